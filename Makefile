@@ -1,0 +1,46 @@
+# plantd front door: `make run`, `make test`, `make lint`, `make bench`.
+# Each target creates the virtual environment it needs in .venv.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CONFIG ?= etc/plantd.ini
+TRIAL_JOBS ?= 2
+
+.PHONY: run test trial lint bench check-config sim clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]' --config-settings editable_mode=compat
+	touch $(STAMP)
+
+## run: the daemon with the default config, beside the device simulators, in the foreground
+run: $(STAMP)
+	@mkdir -p var/state var/printer
+	@$(BIN)/twistd --pidfile= -n plantd-sim demo --jobs-dir var/printer & sim=$$!; \
+	  trap 'kill $$sim 2>/dev/null' EXIT INT TERM; \
+	  $(BIN)/twistd --pidfile= -n plantd --config $(CONFIG)
+
+## check-config: validate CONFIG and print one line per trigger and action
+check-config: $(STAMP)
+	$(BIN)/twistd --pidfile= -n plantd --config $(CONFIG) --check-config
+
+## test: unit and end-to-end tests, then lint and type checks
+test: trial lint
+
+trial: $(STAMP)
+	$(BIN)/python -m twisted.trial --jobs=$(TRIAL_JOBS) tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check daemon tests twisted
+	$(BIN)/ruff format --check daemon tests twisted
+	$(BIN)/mypy
+
+## bench: throughput and memory figures (prints numbers and ratios; never a pass/fail test)
+bench: $(STAMP)
+	$(BIN)/python -m daemon.bench
+
+clean:
+	rm -rf $(VENV) _trial_temp* build *.egg-info twisted/plugins/dropin.cache

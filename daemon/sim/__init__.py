@@ -1,0 +1,1 @@
+"""Device simulators (printer, SpringCore reader, PLC) for tests and demos."""
