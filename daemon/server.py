@@ -1,0 +1,573 @@
+"""
+The TCP/IP server trigger: ``[server:NAME]``.
+
+A L{ServerTrigger} is the factory and the shared state of one listener
+(limits, allow-list, counters, actions); each connection is a
+L{ServerConnection}, which frames the bytes, turns every frame into an
+L{Event}, runs the trigger's actions and writes the replies back to that
+client only, in the order of its messages, whatever the actions' timing.
+
+The hot path (read -> frame -> event -> reply) is kept lean: frames are
+split in bulk per read, counters are plain integers, an event whose actions
+are all synchronous creates no Deferred, and the replies produced by one
+read go out in one C{write}.
+"""
+
+from __future__ import annotations
+
+import csv
+import ipaddress
+import json
+import time
+from collections import deque
+from collections.abc import Mapping
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IReactorTime,
+)
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from daemon.actions import ActionChain, Event, Outcome
+from daemon.config import ParseSpec, ServerConfig
+from daemon.framing import ETX, STX, FrameTooLong, make_framer
+from daemon.stats import ServerStats
+from daemon.template import MissingVariable
+
+#: At most this many distinct refused peers are remembered for log-once.
+MAX_REMEMBERED_REFUSALS = 1024
+
+
+def timestamp(seconds: float) -> str:
+    """
+    ISO 8601 local time with milliseconds and UTC offset.
+    """
+    local = time.localtime(seconds)
+    millis = int((seconds % 1) * 1000)
+    zone = time.strftime("%z", local)
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", local)
+        + f".{millis:03d}{zone[:3]}:{zone[3:]}"
+    )
+
+
+def decode(frame: bytes, encoding: str) -> str:
+    """
+    Decode a frame; ``auto`` is UTF-8 when valid, else latin-1.
+
+    @raise UnicodeDecodeError: when C{frame} is not valid in C{encoding}.
+    """
+    if encoding == "auto":
+        try:
+            return frame.decode("utf-8")
+        except UnicodeDecodeError:
+            return frame.decode("latin-1")
+    return frame.decode(encoding)
+
+
+def encode(text: str, encoding: str) -> bytes:
+    """
+    Encode a reply; ``auto`` is UTF-8.
+
+    @raise UnicodeEncodeError: when C{text} cannot be encoded.
+    """
+    return text.encode("utf-8" if encoding == "auto" else encoding)
+
+
+class ParseError(ValueError):
+    """
+    A frame did not match the trigger's ``parse`` rule.
+    """
+
+
+def parse_frame(spec: ParseSpec, text: str) -> dict[str, str]:
+    """
+    Turn decoded frame text into variables according to C{spec}.
+
+    @raise ParseError: when the frame does not fit the rule.
+    """
+    if spec.kind == "regex":
+        assert spec.pattern is not None
+        m = spec.pattern.search(text)
+        if m is None:
+            raise ParseError("frame does not match the parse regex")
+        return {k: v if v is not None else "" for k, v in m.groupdict().items()}
+    if spec.kind == "csv":
+        try:
+            rows = list(csv.reader([text], delimiter=spec.separator, strict=True))
+        except csv.Error as e:
+            raise ParseError(f"bad CSV: {e}") from None
+        fields = rows[0] if rows else []
+        result = {f"field{i}": v for i, v in enumerate(fields, 1)}
+        result["fields"] = str(len(fields))
+        return result
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise ParseError(f"bad JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise ParseError("JSON frame is not an object")
+    return {
+        str(k): v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
+        for k, v in value.items()
+    }
+
+
+def describe(address: IAddress) -> tuple[str, str]:
+    """
+    The host and port of a peer address, as strings.
+    """
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is None:
+        name = getattr(address, "name", None)
+        return ("unix" if name is not None else str(address), "")
+    return (str(host), str(port) if port is not None else "")
+
+
+class _Pending:
+    """
+    One event of a connection whose reply is not written yet.
+    """
+
+    __slots__ = ("data", "done")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.data = b""
+
+
+class ServerTrigger(Factory):
+    """
+    One ``[server:NAME]``: the protocol factory and the state its
+    connections share.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        chain: ActionChain,
+        variables: Mapping[str, str],
+        clock: IReactorTime,
+        stats: ServerStats,
+    ) -> None:
+        self.config = config
+        self.chain = chain
+        self.variables = dict(variables)
+        self.clock = clock
+        self.stats = stats
+        self.section = f"server:{config.name}"
+        self.connections: set[ServerConnection] = set()
+        self._refused_logged: set[str] = set()
+        self._echo_wrap = self._echo_wrapping(config)
+
+    @staticmethod
+    def _echo_wrapping(config: ServerConfig) -> tuple[bytes, bytes]:
+        if config.frame == "line":
+            return (b"", b"\r\n")
+        if config.frame == "delimiter":
+            return (b"", config.delimiter)
+        if config.frame == "stx-etx":
+            return (STX, ETX)
+        return (b"", b"")
+
+    def buildProtocol(self, addr: IAddress | None) -> ServerConnection | None:
+        host, port = describe(addr) if addr is not None else ("unknown", "")
+        reason = self._refusal(host)
+        if reason is not None:
+            self.stats.rejected += 1
+            self._log_refusal(host, port, reason)
+            return None
+        connection = ServerConnection(self, host, port)
+        return connection
+
+    def _refusal(self, host: str) -> str | None:
+        config = self.config
+        if config.allow and not self._allowed(host):
+            return "not in the allow list"
+        if len(self.connections) >= config.max_connections:
+            return f"max_connections ({config.max_connections}) reached"
+        return None
+
+    def _allowed(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host.partition("%")[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.config.allow)
+
+    def _log_refusal(self, host: str, port: str, reason: str) -> None:
+        key = f"{host}:{reason}"
+        if key in self._refused_logged:
+            return
+        if len(self._refused_logged) < MAX_REMEMBERED_REFUSALS:
+            self._refused_logged.add(key)
+        self.log.warn(
+            "[{trigger}] refused {peer_host}:{peer_port}: {reason} "
+            "(logged once per peer; see the 'rejected' counter)",
+            trigger=self.section,
+            peer_host=host,
+            peer_port=port,
+            reason=reason,
+        )
+
+    def closeAll(self) -> None:
+        """
+        Close every open connection (the daemon is stopping).
+        """
+        for connection in list(self.connections):
+            connection.transport.loseConnection()  # type: ignore[union-attr]
+
+
+@implementer(IHalfCloseableProtocol)
+class ServerConnection(Protocol):
+    """
+    One client of a server trigger.
+    """
+
+    log = Logger()
+
+    def __init__(self, trigger: ServerTrigger, host: str, port: str) -> None:
+        self.trigger = trigger
+        self.peer_host = host
+        self.peer_port = port
+        self.peer = f"{host}:{port}" if port else host
+        config = trigger.config
+        self.framer = make_framer(
+            config.frame,
+            max_frame=config.max_frame,
+            delimiter=config.delimiter,
+            frame_size=config.frame_size,
+        )
+        self.seq = 0
+        self.pending: deque[_Pending] = deque()
+        self.paused = False
+        self.closing = False
+        self.connected = False
+        self.last_data = 0.0
+        self._idle_call: IDelayedCall | None = None
+        self._timeout_call: IDelayedCall | None = None
+        self._out: list[bytes] = []
+        self._waiters: list[Deferred[None]] = []
+
+    # -- connection life
+
+    def closed(self) -> Deferred[None]:
+        """
+        A Deferred that fires when this connection is gone.
+        """
+        d: Deferred[None] = Deferred()
+        if self.connected:
+            self._waiters.append(d)
+        else:
+            d.callback(None)
+        return d
+
+    def connectionMade(self) -> None:
+        trigger = self.trigger
+        trigger.connections.add(self)
+        trigger.stats.connections += 1
+        trigger.stats.active += 1
+        self.connected = True
+        self.last_data = trigger.clock.seconds()
+        if trigger.config.idle_timeout > 0:
+            self._timeout_call = trigger.clock.callLater(
+                trigger.config.idle_timeout, self._check_idle_timeout
+            )
+        self.log.info(
+            "[{trigger}] {peer} connected", trigger=trigger.section, peer=self.peer
+        )
+
+    def readConnectionLost(self) -> None:
+        """
+        The client half-closed: its message (``frame = disconnect``) is
+        complete, and its replies can still be written before we close.
+        """
+        self._end_of_input()
+        self.closing = True
+        self._close_when_drained()
+
+    def writeConnectionLost(self) -> None:
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self.connected:
+            return
+        # Replies can no longer be written; a frame completed by the close
+        # (frame = disconnect) still runs its actions.
+        self.connected = False
+        if not self.closing:
+            self._end_of_input()
+        trigger = self.trigger
+        trigger.connections.discard(self)
+        trigger.stats.active -= 1
+        for call in (self._idle_call, self._timeout_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._idle_call = self._timeout_call = None
+        self.pending.clear()
+        self.log.info(
+            "[{trigger}] {peer} disconnected after {count} messages",
+            trigger=trigger.section,
+            peer=self.peer,
+            count=self.seq,
+        )
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def _end_of_input(self) -> None:
+        frame = self.framer.flush()
+        discarded = self.framer.discarded
+        if discarded:
+            self.trigger.stats.discarded_bytes += discarded
+            self.framer.discarded = 0
+        if frame is not None:
+            self._handle(frame)
+            self._flush()
+
+    # -- reading
+
+    def dataReceived(self, data: bytes) -> None:
+        trigger = self.trigger
+        stats = trigger.stats
+        stats.bytes_in += len(data)
+        if self.closing:
+            return
+        self.last_data = trigger.clock.seconds()
+        oversized: FrameTooLong | None = None
+        try:
+            frames = self.framer.feed(data)
+        except FrameTooLong as e:
+            frames = e.frames
+            oversized = e
+        for frame in frames:
+            self._handle(frame)
+        if self.framer.discarded:
+            stats.discarded_bytes += self.framer.discarded
+            self.framer.discarded = 0
+        self._flush()
+        if oversized is not None:
+            self._oversized(oversized)
+        elif trigger.config.frame == "idle" and self._idle_call is None:
+            if self.framer.buffered:
+                self._idle_call = trigger.clock.callLater(
+                    trigger.config.frame_idle, self._check_frame_idle
+                )
+
+    def _oversized(self, error: FrameTooLong) -> None:
+        stats = self.trigger.stats
+        stats.oversized += 1
+        stats.errors += 1
+        self.log.warn(
+            "[{trigger}] {peer}: frame longer than max_frame ({max_frame} bytes); "
+            "closing the connection",
+            trigger=self.trigger.section,
+            peer=self.peer,
+            max_frame=error.max_frame,
+        )
+        self.closing = True
+        self._close_when_drained()
+
+    def _check_frame_idle(self) -> None:
+        self._idle_call = None
+        if not self.connected:
+            return
+        trigger = self.trigger
+        remaining = self.last_data + trigger.config.frame_idle - trigger.clock.seconds()
+        if remaining > 0:
+            self._idle_call = trigger.clock.callLater(remaining, self._check_frame_idle)
+            return
+        frame = self.framer.flush()
+        if frame is not None:
+            self._handle(frame)
+            self._flush()
+
+    def _check_idle_timeout(self) -> None:
+        self._timeout_call = None
+        if not self.connected:
+            return
+        trigger = self.trigger
+        timeout = trigger.config.idle_timeout
+        remaining = self.last_data + timeout - trigger.clock.seconds()
+        if remaining > 0 or self.pending:
+            self._timeout_call = trigger.clock.callLater(
+                remaining if remaining > 0 else timeout, self._check_idle_timeout
+            )
+            return
+        trigger.stats.idle_timeouts += 1
+        self.log.info(
+            "[{trigger}] {peer}: silent for {timeout}s (idle_timeout); aborting",
+            trigger=trigger.section,
+            peer=self.peer,
+            timeout=timeout,
+        )
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    # -- events
+
+    def _handle(self, frame: bytes) -> None:
+        """
+        Turn one frame into an event, run the actions, queue the reply.
+        """
+        trigger = self.trigger
+        config = trigger.config
+        stats = trigger.stats
+        stats.frames += 1
+        self.seq += 1
+        if config.log_frames:
+            self.log.info(
+                "[{trigger}] {peer} #{seq}: {frame!r}",
+                trigger=trigger.section,
+                peer=self.peer,
+                seq=self.seq,
+                frame=frame[:200],
+            )
+        variables = dict(trigger.variables)
+        variables["peer_host"] = self.peer_host
+        variables["peer_port"] = self.peer_port
+        variables["trigger"] = config.name
+        variables["seq"] = str(self.seq)
+        variables["timestamp"] = timestamp(trigger.clock.seconds())
+        event = Event(trigger.section, self.peer, variables, [])
+        try:
+            text = decode(frame, config.encoding)
+        except UnicodeDecodeError as e:
+            stats.decode_errors += 1
+            variables["data"] = frame.decode("latin-1")
+            self._finish(
+                event,
+                frame,
+                f"cannot decode message as {config.encoding} at byte {e.start}",
+            )
+            return
+        variables["data"] = text
+        if config.parse is not None:
+            try:
+                variables.update(parse_frame(config.parse, text))
+            except ParseError as e:
+                stats.parse_errors += 1
+                self._finish(event, frame, str(e))
+                return
+        outcome = trigger.chain.run(event)
+        if isinstance(outcome, Deferred):
+            slot = _Pending()
+            self.pending.append(slot)
+            if len(self.pending) >= config.max_pending and not self.paused:
+                self.paused = True
+                self.transport.pauseProducing()  # type: ignore[union-attr]
+            outcome.addCallback(self._finished_later, slot, event, frame)
+            return
+        if outcome is not None:
+            stats.action_errors += 1
+        self._finish(event, frame, outcome)
+
+    def _finish(self, event: Event, frame: bytes, outcome: Outcome) -> None:
+        data = self._reply(event, frame, outcome)
+        if self.pending:
+            slot = _Pending()
+            slot.done = True
+            slot.data = data
+            self.pending.append(slot)
+        elif data:
+            self._out.append(data)
+
+    def _finished_later(
+        self, outcome: Outcome, slot: _Pending, event: Event, frame: bytes
+    ) -> None:
+        if outcome is not None:
+            self.trigger.stats.action_errors += 1
+        slot.data = self._reply(event, frame, outcome)
+        slot.done = True
+        self._drain()
+
+    def _reply(self, event: Event, frame: bytes, outcome: Outcome) -> bytes:
+        """
+        The bytes this event sends back: what actions sent to the sender,
+        then the reply (or the error reply).
+        """
+        trigger = self.trigger
+        config = trigger.config
+        stats = trigger.stats
+        parts = event.reply or []
+        if outcome is not None:
+            stats.errors += 1
+            if config.error_reply is None:
+                self.log.warn(
+                    "[{trigger}] {peer} #{seq}: {error} (no error_reply configured)",
+                    trigger=trigger.section,
+                    peer=self.peer,
+                    seq=event.variables.get("seq"),
+                    error=outcome,
+                )
+                return b"".join(parts)
+            event.variables["error"] = outcome
+            template = config.error_reply
+        elif config.reply == "echo":
+            before, after = trigger._echo_wrap
+            parts.append(before + frame + after)
+            return b"".join(parts)
+        elif config.reply_template is not None:
+            template = config.reply_template
+        else:
+            return b"".join(parts)
+        try:
+            parts.append(encode(template.render(event.variables), config.encoding))
+        except (MissingVariable, UnicodeEncodeError) as e:
+            stats.errors += 1
+            self.log.warn(
+                "[{trigger}] {peer} #{seq}: cannot build the reply: {error}",
+                trigger=trigger.section,
+                peer=self.peer,
+                seq=event.variables.get("seq"),
+                error=str(e),
+            )
+        return b"".join(parts)
+
+    # -- writing
+
+    def _flush(self) -> None:
+        out = self._out
+        if not out:
+            if self.closing:
+                self._close_when_drained()
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        if self.connected:
+            stats = self.trigger.stats
+            stats.bytes_out += len(data)
+            stats.replies += 1
+            self.transport.write(data)  # type: ignore[union-attr]
+        if self.closing:
+            self._close_when_drained()
+
+    def _drain(self) -> None:
+        """
+        Write the replies of finished events at the head of the queue.
+        """
+        pending = self.pending
+        out = self._out
+        while pending and pending[0].done:
+            data = pending.popleft().data
+            if data:
+                out.append(data)
+        if self.paused and len(pending) < self.trigger.config.max_pending:
+            self.paused = False
+            if self.connected and not self.closing:
+                self.transport.resumeProducing()  # type: ignore[union-attr]
+        self._flush()
+
+    def _close_when_drained(self) -> None:
+        if self.closing and not self.pending and self.connected:
+            self.transport.loseConnection()  # type: ignore[union-attr]

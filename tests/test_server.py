@@ -1,0 +1,573 @@
+"""
+Tests for L{daemon.server}: framing modes, limits and reply paths, with
+StringTransport and a fake clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransportWithDisconnection
+from twisted.trial.unittest import SynchronousTestCase
+
+from daemon.actions import ActionChain, ActionFailed, ActionResult, Event
+from daemon.config import config_from_string
+from daemon.server import ServerConnection, ServerTrigger, parse_frame, timestamp
+from daemon.stats import ActionStats, ServerStats
+
+
+class FakeAction:
+    """
+    An action whose behaviour the test chooses: synchronous variables, a
+    failure, or a Deferred the test fires.
+    """
+
+    def __init__(self, name: str = "fake") -> None:
+        self.name = name
+        self.stats = ActionStats()
+        self.events: list[Event] = []
+        self.result: Mapping[str, str] | None = None
+        self.fail: str | None = None
+        self.later: list[Deferred[Mapping[str, str] | None]] | None = None
+        self.to_sender: bytes | None = None
+
+    def run(self, event: Event) -> ActionResult:
+        self.events.append(event)
+        if self.to_sender is not None and event.reply is not None:
+            event.reply.append(self.to_sender)
+        if self.fail is not None:
+            raise ActionFailed(self.fail)
+        if self.later is not None:
+            d: Deferred[Mapping[str, str] | None] = Deferred()
+            self.later.append(d)
+            return d
+        return self.result
+
+    def stop(self) -> None:
+        return None
+
+
+BASE = """
+[server:t]
+listen = tcp:0:interface=127.0.0.1
+"""
+
+
+def make(
+    settings_text: str = "",
+    actions: tuple[FakeAction, ...] = (),
+    variables: Mapping[str, str] | None = None,
+) -> tuple[ServerTrigger, Clock]:
+    """
+    A trigger from config lines for ``[server:t]``, with fake actions.
+    """
+    text = BASE + settings_text
+    for a in actions:
+        text += f"\n[send:{a.name}]\nreply_to_sender = yes\ndata = x\n"
+    config = config_from_string(text, "test.ini")
+    clock = Clock()
+    clock.advance(1_700_000_000)
+    trigger = ServerTrigger(
+        config.servers[0],
+        ActionChain(list(actions)),
+        variables or {},
+        clock,
+        ServerStats(),
+    )
+    return trigger, clock
+
+
+def connect(
+    trigger: ServerTrigger, host: str = "10.1.2.3", port: int = 40000
+) -> tuple[ServerConnection, StringTransportWithDisconnection]:
+    """
+    Connect a fake client; returns the protocol and its transport.
+    """
+    protocol = trigger.buildProtocol(IPv4Address("TCP", host, port))
+    assert protocol is not None
+    transport = StringTransportWithDisconnection(
+        peerAddress=IPv4Address("TCP", host, port)
+    )
+    transport.protocol = protocol
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+class FramingModeTests(SynchronousTestCase):
+    """
+    Each ``frame`` mode turns bytes into events.
+    """
+
+    def frames(self, settings_text: str, *chunks: bytes) -> list[str]:
+        action = FakeAction()
+        trigger, clock = make(settings_text + "\nactions = fake\n", (action,))
+        protocol, transport = connect(trigger)
+        for chunk in chunks:
+            protocol.dataReceived(chunk)
+        self.addCleanup(transport.loseConnection)
+        return [e.variables["data"] for e in action.events]
+
+    def test_line(self) -> None:
+        """
+        ``line`` frames end at LF with one CR stripped.
+        """
+        self.assertEqual(self.frames("", b"a\r\nb", b"c\n"), ["a", "bc"])
+
+    def test_delimiter(self) -> None:
+        """
+        ``delimiter`` frames end at the configured bytes, even split.
+        """
+        self.assertEqual(
+            self.frames("frame = delimiter\ndelimiter = |#", b"one|", b"#two|#"),
+            ["one", "two"],
+        )
+
+    def test_stx_etx(self) -> None:
+        """
+        ``stx-etx`` frames are the bytes between STX and ETX.
+        """
+        self.assertEqual(
+            self.frames("frame = stx-etx", b"noise\x02A1\x03\x02B", b"2\x03"),
+            ["A1", "B2"],
+        )
+
+    def test_bytes(self) -> None:
+        """
+        ``bytes`` frames are ``frame_size`` bytes long.
+        """
+        self.assertEqual(
+            self.frames("frame = bytes\nframe_size = 3", b"abcde", b"f"),
+            ["abc", "def"],
+        )
+
+    def test_idle(self) -> None:
+        """
+        ``idle`` frames end after ``frame_idle`` seconds without data; data
+        arriving before then extends the frame.
+        """
+        action = FakeAction()
+        trigger, clock = make(
+            "frame = idle\nframe_idle = 0.5\nactions = fake", (action,)
+        )
+        protocol, transport = connect(trigger)
+        protocol.dataReceived(b"ab")
+        clock.advance(0.4)
+        protocol.dataReceived(b"cd")
+        clock.advance(0.4)
+        self.assertEqual(action.events, [])
+        clock.advance(0.1)
+        self.assertEqual([e.variables["data"] for e in action.events], ["abcd"])
+        protocol.dataReceived(b"next")
+        clock.advance(0.5)
+        self.assertEqual(len(action.events), 2)
+        transport.loseConnection()
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_disconnect(self) -> None:
+        """
+        ``disconnect``: the whole connection is one message, run when the
+        client closes (Loftware's default execution event).
+        """
+        action = FakeAction()
+        trigger, clock = make("frame = disconnect\nactions = fake", (action,))
+        protocol, transport = connect(trigger)
+        protocol.dataReceived(b"line1\n")
+        protocol.dataReceived(b"line2\n")
+        self.assertEqual(action.events, [])
+        transport.loseConnection()
+        self.assertEqual(
+            [e.variables["data"] for e in action.events], ["line1\nline2\n"]
+        )
+
+    def test_disconnect_half_close_reply(self) -> None:
+        """
+        With ``frame = disconnect``, a client that half-closes still gets
+        its reply before the connection closes.
+        """
+        trigger, clock = make("frame = disconnect\nreply = GOT [data]")
+        protocol, transport = connect(trigger)
+        protocol.dataReceived(b"job")
+        protocol.readConnectionLost()
+        self.assertEqual(transport.value(), b"GOT job")
+        self.assertFalse(transport.connected)
+
+
+class EventTests(SynchronousTestCase):
+    """
+    Events carry the documented variables; parse rules add more.
+    """
+
+    def test_variables(self) -> None:
+        """
+        data, peer_host, peer_port, trigger, seq, timestamp and globals.
+        """
+        action = FakeAction()
+        trigger, clock = make("actions = fake", (action,), {"site": "P1"})
+        protocol, transport = connect(trigger, "10.9.8.7", 5555)
+        protocol.dataReceived(b"x\ny\n")
+        v = action.events[1].variables
+        self.assertEqual(v["data"], "y")
+        self.assertEqual(v["peer_host"], "10.9.8.7")
+        self.assertEqual(v["peer_port"], "5555")
+        self.assertEqual(v["trigger"], "t")
+        self.assertEqual(v["seq"], "2")
+        self.assertEqual(v["site"], "P1")
+        self.assertEqual(v["timestamp"], timestamp(clock.seconds()))
+        transport.loseConnection()
+
+    def test_regex(self) -> None:
+        """
+        Named groups of ``parse = regex:`` become variables.
+        """
+        trigger, _ = make(
+            "parse = regex:^(?P<sku>\\w+);(?P<qty>\\d+)$\nreply = [qty]x[sku]\\n"
+        )
+        protocol, transport = connect(trigger)
+        protocol.dataReceived(b"AB1;3\n")
+        self.assertEqual(transport.value(), b"3xAB1\n")
+        transport.loseConnection()
+
+    def test_parse_csv_json(self) -> None:
+        """
+        ``csv`` gives field1..N and ``json`` the top-level keys.
+        """
+        from daemon.config import ParseSpec
+
+        self.assertEqual(
+            parse_frame(ParseSpec("csv", separator=";"), 'a;"b;c";'),
+            {"field1": "a", "field2": "b;c", "field3": "", "fields": "3"},
+        )
+        self.assertEqual(
+            parse_frame(ParseSpec("json"), '{"a": "x", "n": 2, "l": [1]}'),
+            {"a": "x", "n": "2", "l": "[1]"},
+        )
+
+    def test_parse_error_reply(self) -> None:
+        """
+        A frame that does not parse is counted and answered with the error
+        reply; the actions do not run.
+        """
+        action = FakeAction()
+        trigger, _ = make(
+            "parse = json\nactions = fake\nerror_reply = ERR [error]\\n", (action,)
+        )
+        protocol, transport = connect(trigger)
+        protocol.dataReceived(b"[1]\n")
+        self.assertEqual(transport.value(), b"ERR JSON frame is not an object\n")
+        self.assertEqual(action.events, [])
+        self.assertEqual(trigger.stats.parse_errors, 1)
+        transport.loseConnection()
+
+    def test_decode_error(self) -> None:
+        """
+        Bytes that are not valid in the encoding never crash: the frame is
+        answered with the error reply naming the byte.
+        """
+        trigger, _ = make("error_reply = ERR [error]\\n\nreply = OK\\n")
+        protocol, transport = connect(trigger)
+        protocol.dataReceived(b"ok\n\xffbad\nok\n")
+        self.assertEqual(
+            transport.value(),
+            b"OK\nERR cannot decode message as utf-8 at byte 0\nOK\n",
+        )
+        self.assertEqual(trigger.stats.decode_errors, 1)
+        transport.loseConnection()
+
+    def test_auto_encoding(self) -> None:
+        """
+        ``encoding = auto`` falls back to latin-1 for invalid UTF-8.
+        """
+        action = FakeAction()
+        trigger, _ = make("encoding = auto\nactions = fake", (action,))
+        protocol, transport = connect(trigger)
+        protocol.dataReceived("é\n".encode() + b"\xe9\n")
+        self.assertEqual([e.variables["data"] for e in action.events], ["é", "é"])
+        transport.loseConnection()
+
+
+class ReplyTests(SynchronousTestCase):
+    """
+    Replies: none, echo, templates, error replies, ordering.
+    """
+
+    def test_echo(self) -> None:
+        """
+        ``reply = echo`` sends each frame back with its line ending, all
+        replies of one read in one write.
+        """
+        trigger, _ = make("reply = echo")
+        protocol, transport = connect(trigger)
+        writes: list[bytes] = []
+        original = transport.write
+
+        def write(data: bytes) -> None:
+            writes.append(data)
+            original(data)
+
+        transport.write = write  # type: ignore[method-assign]
+        protocol.dataReceived(b"a\nb\nc\n")
+        self.assertEqual(writes, [b"a\r\nb\r\nc\r\n"])
+        transport.loseConnection()
+
+    def test_echo_stx(self) -> None:
+        """
+        Echo in ``stx-etx`` mode wraps the frame again.
+        """
+        trigger, _ = make("frame = stx-etx\nreply = echo")
+        protocol, transport = connect(trigger)
+        protocol.dataReceived(b"\x02hi\x03")
+        self.assertEqual(transport.value(), b"\x02hi\x03")
+        transport.loseConnection()
+
+    def test_none(self) -> None:
+        """
+        The default is no reply at all.
+        """
+        trigger, _ = make()
+        protocol, transport = connect(trigger)
+        protocol.dataReceived(b"a\n")
+        self.assertEqual(transport.value(), b"")
+        transport.loseConnection()
+
+    def test_action_variables_in_reply(self) -> None:
+        """
+        Variables from actions reach the reply template.
+        """
+        action = FakeAction()
+        action.result = {"printer_reply": "PRINTED"}
+        text = "actions = fake\nreply = [printer_reply]\\n"
+        config_text = BASE + text + "\n[send:fake]\ndestination = h:1\ndata = x\n"
+        config_text += "save_reply = printer_reply\n"
+        config = config_from_string(config_text)
+        trigger = ServerTrigger(
+            config.servers[0], ActionChain([action]), {}, Clock(), ServerStats()
+        )
+        protocol, transport = connect(trigger)
+        protocol.dataReceived(b"go\n")
+        self.assertEqual(transport.value(), b"PRINTED\n")
+        transport.loseConnection()
+
+    def test_error_reply(self) -> None:
+        """
+        A failed action sends ``error_reply`` with ``[error]``; the later
+        actions do not run.
+        """
+        first, second = FakeAction("first"), FakeAction("second")
+        first.fail = "printer 10.0.0.40:9100: connection refused"
+        trigger, _ = make(
+            "actions = first, second\nreply = OK\\n\nerror_reply = ERR [error]\\n",
+            (first, second),
+        )
+        protocol, transport = connect(trigger)
+        protocol.dataReceived(b"x\n")
+        self.assertEqual(
+            transport.value(), b"ERR printer 10.0.0.40:9100: connection refused\n"
+        )
+        self.assertEqual(second.events, [])
+        self.assertEqual(trigger.stats.action_errors, 1)
+        self.assertEqual(first.stats.failed, 1)
+        transport.loseConnection()
+
+    def test_reply_to_sender_before_reply(self) -> None:
+        """
+        What actions send to the sender goes out before the trigger's reply.
+        """
+        action = FakeAction()
+        action.to_sender = b"DATA;"
+        trigger, _ = make("actions = fake\nreply = OK\\n", (action,))
+        protocol, transport = connect(trigger)
+        protocol.dataReceived(b"x\n")
+        self.assertEqual(transport.value(), b"DATA;OK\n")
+        transport.loseConnection()
+
+    def test_order_with_async_actions(self) -> None:
+        """
+        Replies go out in message order even when later messages finish
+        first.
+        """
+        action = FakeAction()
+        action.later = []
+        trigger, _ = make("actions = fake\nreply = [data]\\n", (action,))
+        protocol, transport = connect(trigger)
+        protocol.dataReceived(b"1\n2\n3\n")
+        d1, d2, d3 = action.later
+        d3.callback(None)
+        d2.callback(None)
+        self.assertEqual(transport.value(), b"")
+        d1.callback(None)
+        self.assertEqual(transport.value(), b"1\n2\n3\n")
+        transport.loseConnection()
+
+    def test_sync_after_async_waits(self) -> None:
+        """
+        A synchronous event queued behind a pending one waits for it.
+        """
+        action = FakeAction()
+        pending: list[Deferred[Mapping[str, str] | None]] = []
+        action.later = pending
+        trigger, _ = make("actions = fake\nreply = [data]\\n", (action,))
+        protocol, transport = connect(trigger)
+        protocol.dataReceived(b"slow\n")
+        action.later = None
+        protocol.dataReceived(b"fast\n")
+        self.assertEqual(transport.value(), b"")
+        pending[0].callback(None)
+        self.assertEqual(transport.value(), b"slow\nfast\n")
+        transport.loseConnection()
+
+    def test_clients_isolated(self) -> None:
+        """
+        Each client gets only its own replies.
+        """
+        trigger, _ = make("reply = [peer_port]:[data]\\n")
+        p1, t1 = connect(trigger, port=1)
+        p2, t2 = connect(trigger, port=2)
+        p1.dataReceived(b"a\n")
+        p2.dataReceived(b"b\n")
+        p1.dataReceived(b"c\n")
+        self.assertEqual(t1.value(), b"1:a\n1:c\n")
+        self.assertEqual(t2.value(), b"2:b\n")
+        t1.loseConnection()
+        t2.loseConnection()
+
+    def test_lost_while_pending(self) -> None:
+        """
+        A connection lost while an action runs does not crash when the
+        action finishes later.
+        """
+        action = FakeAction()
+        action.later = []
+        trigger, _ = make("actions = fake\nreply = OK\\n", (action,))
+        protocol, transport = connect(trigger)
+        protocol.dataReceived(b"x\n")
+        transport.loseConnection()
+        action.later[0].callback(None)
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(trigger.stats.active, 0)
+
+
+class LimitTests(SynchronousTestCase):
+    """
+    max_frame, max_connections, idle_timeout, allow, max_pending.
+    """
+
+    def test_max_frame(self) -> None:
+        """
+        An oversized frame is counted and logged once, earlier frames of
+        the same read are answered, and the connection is closed.
+        """
+        trigger, _ = make("max_frame = 8\nreply = [data]\\n")
+        protocol, transport = connect(trigger)
+        protocol.dataReceived(b"ok\n" + b"x" * 9)
+        self.assertEqual(transport.value(), b"ok\n")
+        self.assertEqual(trigger.stats.oversized, 1)
+        self.assertFalse(transport.connected)
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+    def test_max_frame_memory(self) -> None:
+        """
+        Without a delimiter, the buffer never holds more than max_frame.
+        """
+        trigger, _ = make("max_frame = 100")
+        protocol, transport = connect(trigger)
+        for _ in range(5):
+            protocol.dataReceived(b"y" * 30)
+            self.assertLessEqual(protocol.framer.buffered, 100)
+        self.assertEqual(trigger.stats.oversized, 1)
+        self.assertFalse(transport.connected)
+
+    def test_max_connections(self) -> None:
+        """
+        Connections beyond max_connections are refused and counted.
+        """
+        trigger, _ = make("max_connections = 2")
+        connect(trigger, port=1)
+        connect(trigger, port=2)
+        self.assertIsNone(trigger.buildProtocol(IPv4Address("TCP", "10.0.0.1", 3)))
+        self.assertEqual(trigger.stats.rejected, 1)
+
+    def test_allow(self) -> None:
+        """
+        Peers outside the allow list are refused before any byte is read;
+        IPv4-mapped IPv6 addresses are checked as IPv4.
+        """
+        trigger, _ = make("allow = 10.1.0.0/16, 127.0.0.1")
+        self.assertIsNotNone(trigger.buildProtocol(IPv4Address("TCP", "10.1.9.9", 1)))
+        self.assertIsNone(trigger.buildProtocol(IPv4Address("TCP", "10.2.0.1", 1)))
+        self.assertIsNotNone(
+            trigger.buildProtocol(IPv6Address("TCP", "::ffff:127.0.0.1", 1))
+        )
+        self.assertIsNone(trigger.buildProtocol(IPv6Address("TCP", "::1", 1)))
+        self.assertEqual(trigger.stats.rejected, 2)
+
+    def test_idle_timeout(self) -> None:
+        """
+        A silent connection is aborted after idle_timeout; data resets it.
+        """
+        trigger, clock = make("idle_timeout = 10")
+        protocol, transport = connect(trigger)
+        clock.advance(9)
+        protocol.dataReceived(b"a\n")
+        clock.advance(9)
+        self.assertTrue(transport.connected)
+        clock.advance(1)
+        self.assertFalse(transport.connected)
+        self.assertEqual(trigger.stats.idle_timeouts, 1)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_max_pending_pauses(self) -> None:
+        """
+        Reading pauses while max_pending events are unfinished, and resumes
+        when they finish.
+        """
+        action = FakeAction()
+        action.later = []
+        trigger, _ = make("actions = fake\nmax_pending = 2", (action,))
+        protocol, transport = connect(trigger)
+        protocol.dataReceived(b"1\n")
+        self.assertEqual(transport.producerState, "producing")
+        protocol.dataReceived(b"2\n")
+        self.assertEqual(transport.producerState, "paused")
+        action.later[0].callback(None)
+        self.assertEqual(transport.producerState, "producing")
+        action.later[1].callback(None)
+        transport.loseConnection()
+
+
+class ChunkingPropertyTests(SynchronousTestCase):
+    """
+    The trigger answers the same whatever the TCP segmentation.
+    """
+
+    @settings(max_examples=100, deadline=None)
+    @given(
+        st.lists(
+            st.binary(max_size=6).map(lambda b: b.replace(b"\n", b"")), max_size=8
+        ),
+        st.lists(st.integers(min_value=1, max_value=7), min_size=1, max_size=20),
+    )
+    def test_any_split(self, lines: list[bytes], cuts: list[int]) -> None:
+        """
+        Feeding the stream in any chunk sizes gives the same replies as
+        feeding it whole.
+        """
+        stream = b"".join(line + b"\n" for line in lines)
+        trigger, _ = make("reply = echo\nencoding = latin-1")
+        whole, whole_t = connect(trigger, port=1)
+        whole.dataReceived(stream)
+        split, split_t = connect(trigger, port=2)
+        i = 0
+        k = 0
+        while i < len(stream):
+            n = cuts[k % len(cuts)]
+            split.dataReceived(stream[i : i + n])
+            i += n
+            k += 1
+        self.assertEqual(split_t.value(), whole_t.value())
+        whole_t.loseConnection()
+        split_t.loseConnection()
