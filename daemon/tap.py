@@ -1,0 +1,274 @@
+"""
+``twistd plantd``: command-line options and the service tree.
+
+C{makeService} only builds services; nothing listens or connects before
+C{startService}.  This is the only module that touches the global reactor.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python import usage
+
+from daemon.actions import Action, ActionChain
+from daemon.config import Config, ConfigError, read_config
+from daemon.server import ServerTrigger
+from daemon.stats import Stats
+
+DEFAULT_CONFIG = "/etc/plantd/plantd.ini"
+
+
+class Options(usage.Options):
+    """
+    ``twistd plantd [--config FILE] [--check-config]``.
+    """
+
+    synopsis = "[--config FILE] [--check-config]"
+    longdesc = (
+        "plantd connects the machines of a plant floor over TCP: server triggers "
+        "receive messages from PLCs and scanners, send actions drive printers, "
+        "reader triggers answer SpringCore badge readers. Everything is "
+        "configured in one INI file."
+    )
+    optParameters = [
+        ["config", "c", DEFAULT_CONFIG, "The configuration file (INI)."],
+    ]
+    optFlags = [
+        [
+            "check-config",
+            None,
+            "Validate the configuration file, print one line per trigger and "
+            "action, and exit: 0 when it is valid, 1 when it is not.",
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        try:
+            self.loaded = read_config(self["config"])
+        except ConfigError as e:
+            sys.stderr.write(f"plantd: {e}\n")
+            sys.stderr.flush()
+            raise SystemExit(1) from None
+        if self["check-config"]:
+            for line in summary(self.loaded):
+                sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+            raise SystemExit(0)
+
+
+def summary(config: Config) -> Iterator[str]:
+    """
+    One line per trigger and action, for ``--check-config``.
+    """
+    yield f"{config.path}: OK"
+    status = config.daemon.status or "off"
+    yield f"[plantd] state_dir={config.daemon.state_dir} status={status}"
+    for s in config.servers:
+        actions = ", ".join(s.actions) or "none"
+        allow = " ".join(str(n) for n in s.allow) or "any"
+        yield (
+            f"[server:{s.name}] listen {s.listen}, frame {s.frame}, "
+            f"encoding {s.encoding}, actions {actions}, reply {s.reply}, allow {allow}"
+        )
+    for a in config.sends:
+        target = (
+            "sender" if a.reply_to_sender else a.destination and a.destination.source
+        )
+        extra = f", save_reply [{a.save_reply}]" if a.save_reply else ""
+        yield (
+            f"[send:{a.name}] to {target}, encoding {a.encoding}, "
+            f"queue {a.queue}, disconnect_delay {a.disconnect_delay}s{extra}"
+        )
+    for r in config.readers:
+        if r.allow_list:
+            decide = f"allow_list {r.allow_list}"
+        elif r.accept_if:
+            decide = (
+                f"accept_if [{r.accept_if.variable}] ~ {r.accept_if.pattern.pattern}"
+            )
+        else:
+            decide = f"reply {r.reply or 'none'}"
+        actions = ", ".join(r.actions) or "none"
+        yield (
+            f"[reader:{r.name}] connect {r.connect}, keepalive {r.keepalive}s, "
+            f"{decide}, actions {actions}"
+        )
+
+
+class ListenerService(Service):
+    """
+    Listens for a server trigger; on stop, stops listening, closes the
+    open connections and fires when they are gone.
+
+    Listening happens in C{privilegedStartService}, and a failure to listen
+    (port in use, bad address) is raised there, so twistd stops at start-up
+    instead of running without its port.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, description: str, trigger: ServerTrigger) -> None:
+        self.reactor = reactor
+        self.description = description
+        self.trigger = trigger
+        self.port: IListeningPort | None = None
+        self._failure: Exception | None = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        endpoint = serverFromString(self.reactor, self.description)
+        d = endpoint.listen(self.trigger)
+        d.addCallbacks(self._listening, self._cannot)
+        if self._failure is not None:
+            raise self._failure
+
+    def _listening(self, port: IListeningPort) -> None:
+        self.port = port
+        self.log.info(
+            "[{trigger}] listening on {address}",
+            trigger=self.trigger.section,
+            address=port.getHost(),
+        )
+
+    def _cannot(self, failure: Any) -> None:
+        error = failure.value
+        message = str(error) if isinstance(error, CannotListenError) else repr(error)
+        self._failure = CannotListenError(
+            None, self.description, f"[{self.trigger.section}] cannot listen: {message}"
+        )
+        self.log.critical(
+            "[{trigger}] cannot listen on {description}: {message}",
+            trigger=self.trigger.section,
+            description=self.description,
+            message=message,
+        )
+
+    def startService(self) -> None:
+        if self.port is None and self._failure is None:
+            self.privilegedStartService()
+        super().startService()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        port, self.port = self.port, None
+        waits: list[Deferred[Any]] = [
+            c.closed() for c in list(self.trigger.connections)
+        ]
+        if port is not None:
+            waits.append(maybeDeferred(port.stopListening))
+        self.trigger.closeAll()
+        return DeferredList(waits).addCallback(lambda _: None)
+
+
+class ActionsService(Service):
+    """
+    Owns the actions; stopping it stops each one once (cancels disconnect
+    delays, closes device links).
+    """
+
+    def __init__(self, actions: Mapping[str, Action]) -> None:
+        self.actions = actions
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return DeferredList(
+            [maybeDeferred(a.stop) for a in self.actions.values()]
+        ).addCallback(lambda _: None)
+
+
+class PlantdService(MultiService):
+    """
+    The whole daemon.  Children start in order (status, outboxes, actions,
+    readers, server triggers: nothing listens before the outbox is
+    recovered) and stop in reverse.
+    """
+
+    def __init__(self, config: Config, stats: Stats) -> None:
+        super().__init__()
+        self.config = config
+        self.stats = stats
+        self.listeners: dict[str, ListenerService] = {}
+        self.actions: dict[str, Action] = {}
+
+
+def build_actions(
+    config: Config, reactor: Any, stats: Stats, service: MultiService
+) -> dict[str, Action]:
+    """
+    Build every ``[send:NAME]`` action (and its outbox, when queued).
+    """
+    if not config.sends:
+        return {}
+    from daemon.send import build_send_actions
+
+    return build_send_actions(config, reactor, stats, service)
+
+
+def build_service(config: Config, reactor: Any) -> PlantdService:
+    """
+    The service tree for C{config}; nothing listens or connects yet.
+    """
+    stats = Stats()
+    top = PlantdService(config, stats)
+    if config.daemon.status is not None:
+        from daemon.status import StatusService
+
+        StatusService(reactor, config.daemon.status, stats).setServiceParent(top)
+    actions = build_actions(config, reactor, stats, top)
+    top.actions = actions
+    ActionsService(actions).setServiceParent(top)
+    if config.readers:
+        from daemon.reader import ReaderService
+
+        for reader in config.readers:
+            ReaderService(
+                reader,
+                reactor,
+                chain=ActionChain([actions[n] for n in reader.actions]),
+                on_connect=ActionChain([actions[n] for n in reader.on_connect]),
+                on_disconnect=ActionChain([actions[n] for n in reader.on_disconnect]),
+                variables=config.variables,
+                stats=stats,
+            ).setServiceParent(top)
+    for server in config.servers:
+        trigger = ServerTrigger(
+            server,
+            ActionChain([actions[n] for n in server.actions]),
+            config.variables,
+            reactor,
+            stats.server(server.name),
+        )
+        listener = ListenerService(reactor, server.listen, trigger)
+        listener.setServiceParent(top)
+        top.listeners[server.name] = listener
+    return top
+
+
+def makeService(options: Options) -> IService:
+    """
+    Build the daemon's services from the parsed options.
+    """
+    from twisted.internet import reactor
+
+    config: Config = options.loaded
+    state_dir = config.daemon.state_dir
+    if any(a.queue == "durable" for a in config.sends):
+        try:
+            os.makedirs(state_dir, exist_ok=True)
+        except OSError as e:
+            sys.stderr.write(
+                f"plantd: {config.path}: [plantd] state_dir: cannot create "
+                f"{state_dir!r}: {e.strerror}\n"
+            )
+            raise SystemExit(1) from None
+    return build_service(config, reactor)
