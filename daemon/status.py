@@ -37,6 +37,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, Request
@@ -448,7 +449,7 @@ class StatusChannel(HTTPChannel):
         super().__init__()
         self.gone: Deferred[None] = Deferred()
 
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         gone, self.gone = self.gone, Deferred()
         gone.callback(None)
