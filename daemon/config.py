@@ -61,6 +61,24 @@ READER_STATE_VARIABLES = frozenset({"reader", "timestamp", "state", "peer"})
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+#: Keys whose value is taken verbatim: templates, regexes and byte strings
+#: may contain ' ;' or ' #', so an inline comment is not stripped there.
+#: Everywhere else ``key = value   ; comment`` works.  ``[variables]``
+#: values are verbatim too.
+VERBATIM_KEYS = frozenset(
+    {
+        "data",
+        "reply",
+        "error_reply",
+        "destination",
+        "parse",
+        "accept_if",
+        "delimiter",
+        "reply_until",
+    }
+)
+_INLINE_COMMENT = re.compile(r"\s[;#].*$", re.DOTALL)
+
 
 class ConfigError(Exception):
     """
@@ -285,7 +303,7 @@ def config_from_string(text: str, path: str = "<string>") -> Config:
     """
     parser = configparser.ConfigParser(
         interpolation=None,
-        inline_comment_prefixes=(";", "#"),
+        inline_comment_prefixes=None,
         comment_prefixes=(";", "#"),
         empty_lines_in_values=False,
         default_section="\x00no-default-section",
@@ -380,6 +398,8 @@ class _Section:
         value = self.items.get(key)
         if value is None:
             return None
+        if key not in VERBATIM_KEYS and self.name != "variables":
+            value = _INLINE_COMMENT.sub("", value)
         return value.strip()
 
     def has(self, key: str) -> bool:

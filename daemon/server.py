@@ -150,6 +150,7 @@ class ServerTrigger(Factory):
     """
 
     log = Logger()
+    noisy = False
 
     def __init__(
         self,

@@ -22,7 +22,7 @@ from twisted.python import usage
 
 from daemon.actions import Action, ActionChain
 from daemon.config import Config, ConfigError, read_config
-from daemon.server import ServerTrigger
+from daemon.server import ServerTrigger, describe
 from daemon.stats import Stats
 
 DEFAULT_CONFIG = "/etc/plantd/plantd.ini"
@@ -134,10 +134,11 @@ class ListenerService(Service):
 
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
+        host, number = describe(port.getHost())
         self.log.info(
             "[{trigger}] listening on {address}",
             trigger=self.trigger.section,
-            address=port.getHost(),
+            address=f"{host}:{number}" if number else host,
         )
 
     def _cannot(self, failure: Any) -> None:

@@ -1,0 +1,196 @@
+"""
+Helpers for end-to-end tests: the real daemon as a C{twistd} subprocess,
+and small loopback clients.  Everything stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+from collections.abc import Callable, Sequence
+
+from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol, Protocol, connectionDone
+from twisted.python.failure import Failure
+
+LISTENING = re.compile(rb"\[(server:[\w.\-]+)\] listening on [^\s]+:(\d+)")
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def twistd_command(python: str = sys.executable) -> list[str]:
+    """
+    The command that runs twistd with C{python}.
+    """
+    return [python, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+class DaemonProcess(ProcessProtocol):
+    """
+    ``twistd -n plantd --config FILE`` as a child process.
+
+    L{listening} fires with C{{trigger_section: port}} once every expected
+    server trigger logged its port; L{ended} fires with the exit code.
+    """
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.output = b""
+        self.ports: dict[str, int] = {}
+        self.listening: Deferred[dict[str, int]] = Deferred()
+        self.ended: Deferred[int] = Deferred()
+        self.exit_code: int | None = None
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        for m in LISTENING.finditer(self.output):
+            self.ports[m.group(1).decode()] = int(m.group(2))
+        if len(self.ports) >= self.expected and not self.listening.called:
+            self.listening.callback(dict(self.ports))
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Failure) -> None:
+        if isinstance(reason.value, ProcessDone):
+            code = 0
+        elif isinstance(reason.value, ProcessTerminated):
+            # A negative code is the signal that ended it, as in subprocess.
+            value = reason.value
+            if value.exitCode is not None:
+                code = value.exitCode
+            else:
+                code = -(value.signal or 1)
+        else:
+            code = -1
+        self.exit_code = code
+        if not self.listening.called:
+            self.listening.errback(
+                RuntimeError(
+                    f"daemon exited ({code}) before listening:\n"
+                    + self.output.decode(errors="replace")
+                )
+            )
+        self.ended.callback(code)
+
+    def stop(self, sig: int = signal.SIGTERM) -> Deferred[int]:
+        """
+        Signal the daemon and wait for it to exit.
+        """
+        if self.exit_code is None:
+            assert self.transport is not None
+            self.transport.signalProcess("TERM" if sig == signal.SIGTERM else "KILL")
+        return self.ended
+
+
+def start_daemon(
+    config_path: str,
+    expected: int = 1,
+    extra: Sequence[str] = (),
+    cwd: str | None = None,
+    python: str = sys.executable,
+) -> DaemonProcess:
+    """
+    Start the daemon on C{config_path}; wait on C{.listening}.
+    """
+    process = DaemonProcess(expected)
+    argv = [*twistd_command(python), "--pidfile=", "-n", "plantd"]
+    argv += ["--config", config_path, *extra]
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    _reactor.spawnProcess(process, argv[0], argv, env=env, path=cwd or ROOT)
+    return process
+
+
+class RunResult:
+    """
+    The outcome of a finished command.
+    """
+
+    def __init__(self, code: int, out: bytes, err: bytes) -> None:
+        self.code = code
+        self.out = out
+        self.err = err
+
+
+class _Collect(ProcessProtocol):
+    def __init__(self) -> None:
+        self.out = b""
+        self.err = b""
+        self.done: Deferred[RunResult] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+
+    def errReceived(self, data: bytes) -> None:
+        self.err += data
+
+    def processEnded(self, reason: Failure) -> None:
+        value = reason.value
+        code = getattr(value, "exitCode", None)
+        if code is None:
+            code = -(getattr(value, "signal", None) or 0)
+        self.done.callback(RunResult(code, self.out, self.err))
+
+
+def run(argv: Sequence[str], cwd: str | None = None) -> Deferred[RunResult]:
+    """
+    Run a command to completion without blocking the reactor.
+    """
+    collect = _Collect()
+    env = dict(os.environ)
+    _reactor.spawnProcess(collect, argv[0], list(argv), env=env, path=cwd or ROOT)
+    return collect.done
+
+
+class Collector(Protocol):
+    """
+    A loopback client that records what it receives and lets a test wait
+    for a condition on it, without polling.
+    """
+
+    def __init__(self) -> None:
+        self.data = b""
+        self._waiters: list[tuple[Callable[[bytes], bool], Deferred[bytes]]] = []
+        self.lost: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        self._check()
+
+    def _check(self) -> None:
+        for item in list(self._waiters):
+            predicate, d = item
+            if predicate(self.data):
+                self._waiters.remove(item)
+                d.callback(self.data)
+
+    def until(self, predicate: Callable[[bytes], bool]) -> Deferred[bytes]:
+        """
+        Fires with everything received once C{predicate} holds.
+        """
+        d: Deferred[bytes] = Deferred()
+        self._waiters.append((predicate, d))
+        self._check()
+        return d
+
+    def lines(self, count: int) -> Deferred[bytes]:
+        """
+        Fires once C{count} line endings have arrived.
+        """
+        return self.until(lambda data: data.count(b"\n") >= count)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost.callback(None)
+
+
+def connect_client(port: int, host: str = "127.0.0.1") -> Deferred[Collector]:
+    """
+    Connect a L{Collector} to C{host:port} on loopback.
+    """
+    endpoint = TCP4ClientEndpoint(_reactor, host, port, timeout=5)
+    return connectProtocol(endpoint, Collector())
