@@ -500,6 +500,7 @@ class Link:
         self._producing = False
         self._half_closed = False
         self._write_closed_seen = False
+        self._read_closed_seen = False
         self._error: str | None = None
         self._ok_on_loss = False
         self._cancelled = False
@@ -741,6 +742,9 @@ class Link:
         Our FIN went out after the last byte: everything was handed over.
         """
         self._write_closed_seen = True
+        if self._read_closed_seen and self._transport is not None:
+            self._cancel_timer()
+            self._transport.loseConnection()
 
     def _read_closed(self) -> None:
         """
@@ -752,7 +756,12 @@ class Link:
             self._error = "device closed the connection before all the data was written"
             self._kill()
             return
-        self._ok_on_loss = True
+        self._read_closed_seen = True
+        if self._half_closed and not self._write_closed_seen:
+            # Our data is still going out: wait for it (or for a reset).
+            return
+        # Close too; a clean end (everything flushed) is a success, a reset
+        # while flushing is not (see _lost).
         self._cancel_timer()
         self._transport.loseConnection()
 

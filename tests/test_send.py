@@ -605,6 +605,26 @@ class LinkTests(SynchronousTestCase):
         lost(protocol, ConnectionDone())
         self.assertEqual(self.successResultOf(d), b"bye")
 
+    def test_deviceClosesWhileOurDataFlushes(self) -> None:
+        """
+        A device that closes while our half-close still waits for the data
+        to go out: the link waits for the flush, then closes and succeeds;
+        a reset while flushing fails it.
+        """
+        d = self.link().start()
+        protocol, transport = self.endpoint.accept()
+        protocol.readConnectionLost()  # type: ignore[attr-defined]
+        self.assertFalse(transport.disconnecting)
+        protocol.writeConnectionLost()  # type: ignore[attr-defined]
+        self.assertTrue(transport.disconnecting)
+        lost(protocol, ConnectionDone())
+        self.successResultOf(d)
+        d = self.link().start()
+        protocol, transport = self.endpoint.accept()
+        protocol.readConnectionLost()  # type: ignore[attr-defined]
+        lost(protocol, ConnectionLost("Broken pipe"))
+        self.failureResultOf(d, ActionFailed)
+
     def test_resetDuringDelay(self) -> None:
         """
         A reset while waiting for the reply fails the link.
