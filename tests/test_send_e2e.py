@@ -24,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from twisted.application.service import MultiService
 from twisted.internet import reactor as globalReactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -39,10 +40,10 @@ from twisted.trial.unittest import TestCase
 
 from daemon.actions import ActionChain, ActionFailed, Event
 from daemon.config import ServerConfig, config_from_string
-from daemon.send import SendAction
+from daemon.send import SendAction, build_send_actions
 from daemon.server import ServerTrigger
 from daemon.sim.printer import PrinterSimulator
-from daemon.stats import ServerStats
+from daemon.stats import ServerStats, Stats
 
 #: Large enough that the kernel buffers of a loopback connection fill up.
 LARGE = 8 * 1024 * 1024
@@ -531,5 +532,59 @@ class ReplyToSenderEndToEndTests(TestCase):
             waits = [c.closed() for c in list(trigger.connections)]
             for w in waits:
                 await w
+
+        return Deferred.fromCoroutine(run())
+
+
+class OutboxEndToEndTests(TestCase):
+    """
+    ``queue = durable`` wired by L{build_send_actions}: the SQLite outbox
+    in a temporary state directory delivering to the printer simulator.
+    """
+
+    timeout = 30
+
+    def test_durableQueueDeliversInOrder(self) -> Deferred[None]:
+        """
+        Events are answered once their jobs are stored, even while the
+        printer refuses; when it comes back the jobs arrive, each once, in
+        order; stopping closes everything.
+        """
+
+        async def run() -> None:
+            sim = PrinterSimulator(globalReactor, mode="refuse")
+            port = await sim.listen(globalReactor, "tcp:0:interface=127.0.0.1")
+            self.addCleanup(sim.disconnectAll)
+            self.addCleanup(port.stopListening)
+            address = port.getHost()
+            assert isinstance(address, IPv4Address)
+            state = os.path.abspath(self.mktemp())
+            os.makedirs(state)
+            config = config_from_string(
+                f"[plantd]\nstate_dir = {state}\n"
+                f"[send:label]\ndestination = 127.0.0.1:{address.port}\n"
+                f"data = ^XA[sku]^XZ\nqueue = durable\n"
+                f"retry_initial = 0.05\nretry_max = 0.1\n"
+            )
+            stats = Stats()
+            top = MultiService()
+            actions = build_send_actions(config, globalReactor, stats, top)
+            action = actions["label"]
+            top.privilegedStartService()
+            top.startService()
+            self.addCleanup(top.stopService)
+            self.addCleanup(action.stop)
+            for sku in "123":
+                result = action.run(Event("server:line1", "x", {"sku": sku}, []))
+                assert isinstance(result, Deferred)
+                self.assertIsNone(await result)
+            await sim.waitForConnections(2)
+            self.assertEqual(sim.jobs, [])
+            sim.mode = "normal"
+            jobs = await sim.waitForJobs(3)
+            self.assertEqual(
+                [j.data for j in jobs], [b"^XA1^XZ", b"^XA2^XZ", b"^XA3^XZ"]
+            )
+            self.assertTrue(os.path.exists(os.path.join(state, "outbox.sqlite3")))
 
         return Deferred.fromCoroutine(run())
