@@ -737,12 +737,17 @@ class _ObservedEndpoint:
     def __init__(
         self,
         endpoint: IStreamClientEndpoint,
+        description: str,
         attempted: Callable[[], None],
         failed: Callable[[Failure], None],
     ) -> None:
+        self.description = description
         self._endpoint = endpoint
         self._attempted = attempted
         self._failed = failed
+
+    def __repr__(self) -> str:
+        return self.description
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:
         self._attempted()
@@ -787,6 +792,10 @@ class ReaderService(Service):
     """
     One ``[reader:NAME]``: keeps a session to the reader, turns badges into
     events and answers them.
+
+    C{on_connect} runs when a session opens, C{on_disconnect} when the
+    reader is lost; not when the daemon itself stops (that is not the reader
+    going away).
 
     @ivar session: the open session, or None.
     @ivar stats: the counters (also registered as C{stats["reader"][NAME]}).
@@ -833,7 +842,9 @@ class ReaderService(Service):
 
         if endpoint is None:
             endpoint = clientFromString(reactor, config.connect)
-        observed = _ObservedEndpoint(endpoint, self._attempted, self._attemptFailed)
+        observed = _ObservedEndpoint(
+            endpoint, config.connect, self._attempted, self._attemptFailed
+        )
         if jitter is None:
             backoff = backoffPolicy(config.retry_initial, config.retry_max, factor=2)
         else:
