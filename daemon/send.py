@@ -47,6 +47,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, cast
 
 from OpenSSL import SSL, crypto
+from service_identity.exceptions import VerificationError
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import (
     CancelledError,
@@ -376,8 +377,6 @@ def describe_tls_failure(failure: Failure) -> str | None:
     """
     A one-line reason for a TLS failure, or None when C{failure} is not one.
     """
-    from service_identity.exceptions import VerificationError
-
     error = failure.value
     if isinstance(error, VerificationError):
         names = []
