@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from daemon import logs
 from daemon.stats import ActionStats
 
 #: What an action returns: new variables (or None), now or later.
@@ -76,7 +77,7 @@ class ActionChain:
     The ordered actions of one trigger (or of a reader's on_connect list).
     """
 
-    log = Logger()
+    log = Logger(observer=logs.observer)
 
     def __init__(self, actions: Sequence[Action]) -> None:
         self.actions = tuple(actions)

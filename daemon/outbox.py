@@ -61,6 +61,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from daemon import logs
+
 _T = TypeVar("_T")
 
 #: File name of the outbox database inside C{state_dir}.
@@ -657,7 +659,7 @@ class SqliteJobStore:
         C{COMMIT} (for tests).
     """
 
-    log = Logger()
+    log = Logger(observer=logs.observer)
 
     def __init__(
         self, path: str, reactor: IReactorFromThreads, *, max_batch: int = MAX_BATCH
@@ -865,7 +867,7 @@ class MemoryJobStore:
     letters are bounded by C{max_dead}, the oldest dropped (and logged) first.
     """
 
-    log = Logger()
+    log = Logger(observer=logs.observer)
 
     def __init__(self, max_dead: int = MEMORY_MAX_DEAD) -> None:
         self._max_dead = max_dead
@@ -1122,7 +1124,7 @@ class Outbox:
     @ivar rejected_full: C{put}s refused because the outbox was full.
     """
 
-    log = Logger()
+    log = Logger(observer=logs.observer)
 
     def __init__(
         self,

@@ -63,6 +63,7 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from daemon import logs
 from daemon.actions import ActionChain, Event, Outcome
 from daemon.config import ConfigError, ReaderConfig
 from daemon.scrdr import (
@@ -209,7 +210,7 @@ class AllowList:
     force and one warning is logged (until it is good again).
     """
 
-    log = Logger()
+    log = Logger(observer=logs.observer)
 
     def __init__(self, path: str, clock: IReactorTime, section: str) -> None:
         """
@@ -484,7 +485,7 @@ class ReaderSession(Protocol):
     @ivar received: bytes received on this session.
     """
 
-    log = Logger()
+    log = Logger(observer=logs.observer)
 
     def __init__(self, service: ReaderService) -> None:
         self.service = service
@@ -801,7 +802,7 @@ class ReaderService(Service):
     @ivar stats: the counters (also registered as C{stats["reader"][NAME]}).
     """
 
-    log = Logger()
+    log = Logger(observer=logs.observer)
 
     def __init__(
         self,

@@ -92,6 +92,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from daemon import logs
 from daemon.actions import Action, ActionFailed, ActionResult, Event
 from daemon.config import Config, ConfigError, ReplyUntil, SendConfig
 from daemon.destination import Destination, parse_destination
@@ -465,7 +466,7 @@ class Link:
         module docstring).
     """
 
-    log = Logger()
+    log = Logger(observer=logs.observer)
 
     def __init__(
         self,
@@ -940,7 +941,7 @@ class _Sending:
     One event's send (``queue = none``): attempts with backoff between them.
     """
 
-    log = Logger()
+    log = Logger(observer=logs.observer)
 
     def __init__(
         self,
@@ -1046,7 +1047,7 @@ class SendAction:
         once the outbox service has opened it.
     """
 
-    log = Logger()
+    log = Logger(observer=logs.observer)
 
     def __init__(
         self,
@@ -1310,7 +1311,7 @@ class OutboxService(Service):
     before recovery has finished waits for it.
     """
 
-    log = Logger()
+    log = Logger(observer=logs.observer)
 
     def __init__(self, reactor: Any, state_dir: str, actions: list[SendAction]) -> None:
         self.reactor = reactor

@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from daemon import logs
 from daemon.actions import ActionChain, Event, Outcome
 from daemon.config import ParseSpec, ServerConfig
 from daemon.framing import ETX, STX, FrameTooLong, make_framer
@@ -149,7 +150,7 @@ class ServerTrigger(Factory):
     connections share.
     """
 
-    log = Logger()
+    log = Logger(observer=logs.observer)
     noisy = False
 
     def __init__(
@@ -236,7 +237,7 @@ class ServerConnection(Protocol):
     One client of a server trigger.
     """
 
-    log = Logger()
+    log = Logger(observer=logs.observer)
 
     def __init__(self, trigger: ServerTrigger, host: str, port: str) -> None:
         self.trigger = trigger

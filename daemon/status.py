@@ -45,6 +45,7 @@ from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
+from daemon import logs
 from daemon.stats import Snapshot, Stats
 
 #: Counter names exposed as Prometheus gauges (they go down as well as up).
@@ -463,7 +464,7 @@ class StatusSite(Site):
     """
 
     # Site.log (below) is the access log method, so the logger has another name.
-    _log = Logger()
+    _log = Logger(observer=logs.observer)
     protocol = StatusChannel  # type: ignore[assignment]
     noisy = False
     displayTracebacks = False
@@ -527,7 +528,7 @@ class StatusService(Service):
     its status page.  Stopping stops listening and closes open connections.
     """
 
-    log = Logger()
+    log = Logger(observer=logs.observer)
 
     def __init__(self, reactor: Any, description: str, stats: Stats) -> None:
         self.reactor = reactor

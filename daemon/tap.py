@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python import usage
 
+from daemon import logs
 from daemon.actions import Action, ActionChain
 from daemon.config import Config, ConfigError, read_config
 from daemon.server import ServerTrigger, describe
@@ -42,6 +43,13 @@ class Options(usage.Options):
     )
     optParameters = [
         ["config", "c", DEFAULT_CONFIG, "The configuration file (INI)."],
+        [
+            "log-level",
+            None,
+            "info",
+            f"Least severe log level shown: {', '.join(logs.LEVELS)}. "
+            "debug shows every message, badge and retry.",
+        ],
     ]
     optFlags = [
         [
@@ -53,6 +61,10 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        if self["log-level"] not in logs.LEVELS:
+            raise usage.UsageError(
+                f"--log-level must be one of {', '.join(logs.LEVELS)}"
+            )
         try:
             self.loaded = read_config(self["config"])
         except ConfigError as e:
@@ -115,7 +127,7 @@ class ListenerService(Service):
     instead of running without its port.
     """
 
-    log = Logger()
+    log = Logger(observer=logs.observer)
 
     def __init__(self, reactor: Any, description: str, trigger: ServerTrigger) -> None:
         self.reactor = reactor
@@ -272,4 +284,12 @@ def makeService(options: Options) -> IService:
                 f"{state_dir!r}: {e.strerror}\n"
             )
             raise SystemExit(1) from None
-    return build_service(config, reactor)
+    logs.set_level(options["log-level"])
+    try:
+        return build_service(config, reactor)
+    except ConfigError as e:
+        # Problems only found while building (a TLS file that is not PEM,
+        # an allow-list line that is not a tag id): still one line.
+        sys.stderr.write(f"plantd: {e}\n")
+        sys.stderr.flush()
+        raise SystemExit(1) from None
