@@ -137,12 +137,19 @@ class _Collect(ProcessProtocol):
         self.done.callback(RunResult(code, self.out, self.err))
 
 
-def run(argv: Sequence[str], cwd: str | None = None) -> Deferred[RunResult]:
+def run(
+    argv: Sequence[str], cwd: str | None = None, isolated: bool = False
+) -> Deferred[RunResult]:
     """
     Run a command to completion without blocking the reactor.
+
+    @param isolated: drop C{PYTHONPATH} (trial's workers set it to their
+        own C{sys.path}, which includes the source tree).
     """
     collect = _Collect()
     env = dict(os.environ)
+    if isolated:
+        env.pop("PYTHONPATH", None)
     _reactor.spawnProcess(collect, argv[0], list(argv), env=env, path=cwd or ROOT)
     return collect.done
 

@@ -12,10 +12,11 @@ import sysconfig
 import zipfile
 
 from twisted.application.service import IServiceMaker
+from twisted.internet.defer import Deferred
 from twisted.plugin import getPlugins
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from tests.support import ROOT, run, twistd_command
+from tests.support import ROOT, RunResult, run, twistd_command
 
 
 class PluginDiscoveryTests(SynchronousTestCase):
@@ -42,6 +43,14 @@ class PluginDiscoveryTests(SynchronousTestCase):
         )
 
 
+def run_isolated(argv: list[str], cwd: str | None = None) -> Deferred[RunResult]:
+    """
+    Run without trial's PYTHONPATH, which would put the source tree (and
+    its editable install) in front of the environment under test.
+    """
+    return run(argv, cwd=cwd, isolated=True)
+
+
 class WheelTests(TestCase):
     """
     ``pip install .`` into a fresh virtualenv, used outside the source tree.
@@ -59,7 +68,7 @@ class WheelTests(TestCase):
         work = os.path.abspath(self.mktemp())
         os.makedirs(work)
         wheels = os.path.join(work, "wheels")
-        result = await run(
+        result = await run_isolated(
             [
                 sys.executable,
                 "-m",
@@ -83,10 +92,12 @@ class WheelTests(TestCase):
         self.assertIn("daemon/tap.py", names)
 
         venv = os.path.join(work, "venv")
-        result = await run([sys.executable, "-m", "venv", "--without-pip", venv])
+        result = await run_isolated(
+            [sys.executable, "-m", "venv", "--without-pip", venv]
+        )
         self.assertEqual(result.code, 0, result.err)
         python = os.path.join(venv, "bin", "python")
-        result = await run(
+        result = await run_isolated(
             [
                 sys.executable,
                 "-m",
@@ -103,7 +114,7 @@ class WheelTests(TestCase):
         # Dependencies come from this environment; the path line adds the
         # directory only, so this tree's editable-install .pth is not read.
         site = sysconfig.get_paths()["purelib"]
-        result = await run(
+        result = await run_isolated(
             [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]
         )
         target = result.out.decode().strip()
@@ -115,13 +126,14 @@ class WheelTests(TestCase):
         config = os.path.join(elsewhere, "plantd.ini")
         with open(config, "w") as f:
             f.write("[server:a]\nlisten = tcp:0:interface=127.0.0.1\nreply = echo\n")
-        result = await run(
-            [python, "-c", "import daemon; print(daemon.__file__)"], cwd=elsewhere
+        result = await run_isolated(
+            [python, "-c", "import daemon; print(daemon.__file__)"],
+            cwd=elsewhere,
         )
-        self.assertTrue(result.out.decode().startswith(venv), result.out)
-        result = await run([*twistd_command(python), "--help"], cwd=elsewhere)
+        self.assertTrue(result.out.decode().startswith(venv), result.out + result.err)
+        result = await run_isolated([*twistd_command(python), "--help"], cwd=elsewhere)
         self.assertIn(b"plantd", result.out)
-        result = await run(
+        result = await run_isolated(
             [
                 *twistd_command(python),
                 "-n",
