@@ -1120,6 +1120,7 @@ class ReaderService(Service):
         if not decider.waits:
             verdict, data = decider.before(message.tag_id)
             self._count(verdict)
+            self._logVerdict(session.peer, message.tag_id, verdict.value)
             if data is not None:
                 session.answer(data)
             outcome = self.chain.run(event)
@@ -1140,14 +1141,19 @@ class ReaderService(Service):
         self._countOutcome(outcome)
         verdict, data = self.decider.after(event.variables, outcome)
         self._count(verdict)
-        self.log.debug(
+        self._logVerdict(event.peer, event.variables.get("tag_id", ""), verdict.value)
+        return data
+
+    def _logVerdict(self, peer: str, tag_id: str, verdict: str) -> None:
+        # One line per badge at info: badges come at human pace, and who
+        # was let in (or not) is what an integrator looks for first.
+        self.log.info(
             "[{section}] {peer}: badge {tag_id}: {verdict}",
             section=self.section,
-            peer=event.peer,
-            tag_id=event.variables.get("tag_id"),
-            verdict=verdict.value,
+            peer=peer,
+            tag_id=tag_id or "(empty)",
+            verdict=verdict,
         )
-        return data
 
     def _decidedLater(
         self, outcome: Outcome, session: ReaderSession, place: _Answer, event: Event

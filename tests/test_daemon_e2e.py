@@ -273,3 +273,31 @@ class CheckConfigTests(TestCase):
         result = await run([*twistd_command(), "plantd", "--help"])
         self.assertIn(b"--config", result.out)
         self.assertIn(b"--check-config", result.out)
+
+
+class SampleConfigTests(TestCase):
+    """
+    The shipped sample configuration is valid.
+    """
+
+    timeout = 60
+
+    async def test_sample_valid(self) -> None:
+        """
+        ``etc/plantd.ini`` passes --check-config from the repository root
+        (where ``make run`` starts the daemon), with every trigger listed.
+        """
+        result = await run(
+            [
+                *twistd_command(),
+                "-n",
+                "plantd",
+                "--config",
+                "etc/plantd.ini",
+                "--check-config",
+            ]
+        )
+        self.assertEqual(result.code, 0, result.err)
+        out = result.out.decode()
+        for section in ("[server:orders]", "[send:label]", "[reader:door]"):
+            self.assertIn(section, out)
