@@ -101,7 +101,11 @@ class ActionChain:
                 result = action.run(event)
             except Exception:
                 return self._failed(Failure(), action, event)
-            if isinstance(result, Deferred):
+            if (
+                result is not None
+                and type(result) is not dict
+                and isinstance(result, Deferred)
+            ):
                 return result.addCallbacks(
                     self._resume,
                     self._failed,

@@ -45,17 +45,39 @@ from daemon.template import MissingVariable
 MAX_REMEMBERED_REFUSALS = 1024
 
 
+class _Seconds:
+    """
+    The last formatted second, and its UTC offset: it changes once a
+    second, so the hot path only formats milliseconds.
+    """
+
+    __slots__ = ("whole", "prefix", "zone")
+
+    def __init__(self) -> None:
+        self.whole = -1
+        self.prefix = ""
+        self.zone = ""
+
+    def format(self, seconds: float) -> str:
+        whole = int(seconds)
+        if whole != self.whole:
+            local = time.localtime(whole)
+            zone = time.strftime("%z", local)
+            self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", local)
+            self.zone = f"{zone[:3]}:{zone[3:]}"
+            self.whole = whole
+        return f"{self.prefix}.{int((seconds - whole) * 1000):03d}{self.zone}"
+
+
+_seconds = _Seconds()
+
+
 def timestamp(seconds: float) -> str:
     """
-    ISO 8601 local time with milliseconds and UTC offset.
+    ISO 8601 local time with milliseconds and UTC offset
+    (``2026-11-21T21:15:59.123+01:00``).
     """
-    local = time.localtime(seconds)
-    millis = int((seconds % 1) * 1000)
-    zone = time.strftime("%z", local)
-    return (
-        time.strftime("%Y-%m-%dT%H:%M:%S", local)
-        + f".{millis:03d}{zone[:3]}:{zone[3:]}"
-    )
+    return _seconds.format(seconds)
 
 
 def decode(frame: bytes, encoding: str) -> str:
@@ -462,7 +484,10 @@ class ServerConnection(Protocol):
                 self._finish(event, frame, str(e))
                 return
         outcome = trigger.chain.run(event)
-        if isinstance(outcome, Deferred):
+        # None or a reason string when every action was synchronous (the
+        # common case: skip the costlier ABC isinstance check).
+        if outcome is not None and type(outcome) is not str:
+            assert isinstance(outcome, Deferred)
             slot = _Pending()
             self.pending.append(slot)
             if len(self.pending) >= config.max_pending and not self.paused:
