@@ -8,6 +8,7 @@ C{startService}.  This is the only module that touches the global reactor.
 from __future__ import annotations
 
 import os
+import sqlite3
 import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -23,6 +24,7 @@ from twisted.python import usage
 from daemon import logs
 from daemon.actions import Action, ActionChain
 from daemon.config import Config, ConfigError, read_config
+from daemon.outbox import StoreError
 from daemon.server import ServerTrigger, describe
 from daemon.stats import Stats
 
@@ -212,6 +214,17 @@ class PlantdService(MultiService):
         self.stats = stats
         self.listeners: dict[str, ListenerService] = {}
         self.actions: dict[str, Action] = {}
+
+    def privilegedStartService(self) -> None:
+        """
+        Open stores and listen.  A failure here (port in use, unusable
+        state_dir) was logged as one critical line by the service concerned;
+        exit 1 without twistd's traceback, so systemd sees a failed start.
+        """
+        try:
+            super().privilegedStartService()
+        except (CannotListenError, OSError, sqlite3.Error, StoreError):
+            raise SystemExit(1) from None
 
 
 def build_actions(

@@ -214,8 +214,10 @@ class DaemonTests(TestCase):
         second = start_daemon(path)
         second.listening.addErrback(lambda _: None)
         code = await second.ended
-        self.assertNotEqual(code, 0)
+        self.assertEqual(code, 1)
         self.assertIn(b"[server:clash] cannot listen", second.output)
+        self.assertIn(b"Address already in use", second.output)
+        self.assertNotIn(b"Traceback", second.output)
 
 
 class CheckConfigTests(TestCase):
