@@ -6,10 +6,13 @@ and small loopback clients.  Everything stays on 127.0.0.1.
 from __future__ import annotations
 
 import os
+import random
 import re
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
@@ -17,6 +20,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol, Protocol, connectionDone
 from twisted.python.failure import Failure
+from twisted.trial.unittest import SkipTest, TestCase
 
 LISTENING = re.compile(rb"\[(server:[\w.\-]+)\] listening on [^\s]+:(\d+)")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -201,3 +205,80 @@ def connect_client(port: int, host: str = "127.0.0.1") -> Deferred[Collector]:
     """
     endpoint = TCP4ClientEndpoint(_reactor, host, port, timeout=5)
     return connectProtocol(endpoint, Collector())
+
+
+async def sh(argv: Sequence[str]) -> tuple[int, str]:
+    """
+    Run a command; its exit code and what it printed.
+    """
+    result = await run(argv)
+    return result.code, (result.out + result.err).decode(errors="replace").strip()
+
+
+@dataclass(frozen=True)
+class TestNetwork:
+    """
+    A network namespace joined to this one by a veth pair on a private /30
+    that exists only inside this sandbox.
+
+    @ivar inside: the command prefix that runs a command in the namespace.
+    """
+
+    namespace: str
+    inside: list[str]
+    ip: str
+    ns_if: str
+    ns_ip: str
+    host_ip: str
+
+
+async def private_network(
+    test: TestCase, label: str, octet: int, why: str, pin_neighbour: bool = False
+) -> TestNetwork:
+    """
+    Create a L{TestNetwork} on a random /30 of C{10.OCTET.0.0/16}, deleted at
+    C{test}'s cleanup, or skip C{test} saying C{why} it needs root and
+    C{ip netns}.
+
+    @param pin_neighbour: add a permanent neighbour entry for the namespace's
+        address, so that packets to it vanish once its link is down (without
+        it, the kernel answers 'no route to host' after failed ARP).
+    """
+    if sys.platform != "linux" or os.geteuid() != 0:
+        raise SkipTest(f"{why}: not root")
+    ip = shutil.which("ip")
+    if ip is None:
+        raise SkipTest(f"{why}: no ip command")
+    tag = f"{os.getpid() % 100000:05d}{random.randrange(256):02x}"
+    namespace = f"plantd-{label}-{tag}"
+    host_if, ns_if = f"p{label[0]}h{tag}", f"p{label[0]}n{tag}"
+    last = 4 * random.randrange(64)
+    prefix = f"10.{octet}.{random.randrange(256)}"
+    host_ip, ns_ip = f"{prefix}.{last + 1}", f"{prefix}.{last + 2}"
+    code, out = await sh([ip, "netns", "add", namespace])
+    if code != 0:
+        raise SkipTest(f"{why}: {out}")
+    test.addCleanup(sh, [ip, "link", "del", host_if])
+    test.addCleanup(sh, [ip, "netns", "del", namespace])
+    inside = [ip, "netns", "exec", namespace]
+    for argv in (
+        [ip, "link", "add", host_if, "type", "veth", "peer", "name", ns_if],
+        [ip, "link", "set", ns_if, "netns", namespace],
+        [ip, "addr", "add", f"{host_ip}/30", "dev", host_if],
+        [ip, "link", "set", host_if, "up"],
+        [*inside, ip, "addr", "add", f"{ns_ip}/30", "dev", ns_if],
+        [*inside, ip, "link", "set", ns_if, "up"],
+        [*inside, ip, "link", "set", "lo", "up"],
+    ):
+        code, out = await sh(argv)
+        if code != 0:
+            raise SkipTest(f"{why}: {' '.join(argv)}: {out}")
+    if pin_neighbour:
+        code, mac = await sh([*inside, "cat", f"/sys/class/net/{ns_if}/address"])
+        if code != 0:
+            raise SkipTest(f"{why}: cannot read the address of {ns_if}: {mac}")
+        argv = [ip, "neigh", "replace", ns_ip, "lladdr", mac, "dev", host_if]
+        code, out = await sh([*argv, "nud", "permanent"])
+        if code != 0:
+            raise SkipTest(f"{why}: {' '.join(argv)}: {out}")
+    return TestNetwork(namespace, inside, ip, ns_if, ns_ip, host_ip)

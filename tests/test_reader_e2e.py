@@ -12,11 +12,8 @@ namespace.  Without root or C{ip netns} it is skipped, saying why.
 from __future__ import annotations
 
 import os
-import random
 import shutil
-import sys
 import tempfile
-from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet import reactor
@@ -25,7 +22,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
 from daemon.actions import ActionChain, ActionResult, Event
 from daemon.config import ReaderConfig
@@ -33,7 +30,7 @@ from daemon.reader import ReaderService
 from daemon.scrdr import ParsedCommand
 from daemon.sim.reader import ReaderSimProtocol, ReaderSimService, ReaderSimulator
 from daemon.stats import ActionStats, Stats
-from tests.support import ROOT, run, twistd_command
+from tests.support import ROOT, private_network, sh, twistd_command
 
 clock: IReactorTime = reactor
 
@@ -278,14 +275,6 @@ class SimProcess(ProcessProtocol):
         return self.ended
 
 
-async def sh(argv: Sequence[str]) -> tuple[int, str]:
-    """
-    Run a command; its exit code and what it printed.
-    """
-    result = await run(argv)
-    return result.code, (result.out + result.err).decode(errors="replace").strip()
-
-
 class DeadLinkTests(TestCase):
     """
     A reader whose packets vanish (no FIN, no RST) is noticed within the
@@ -301,38 +290,10 @@ class DeadLinkTests(TestCase):
 
         @return: the namespace, its interface and its address.
         """
-        if sys.platform != "linux" or os.geteuid() != 0:
-            raise SkipTest("the dead-link test needs root and ip netns: not root")
-        if shutil.which("ip") is None:
-            raise SkipTest("the dead-link test needs root and ip netns: no ip command")
-        tag = f"{os.getpid() % 100000:05d}{random.randrange(256):02x}"
-        namespace = f"plantd-reader-{tag}"
-        host_if, ns_if = f"prh{tag}", f"prn{tag}"
-        net = f"10.251.{random.randrange(256)}.{4 * random.randrange(64)}"
-        prefix, last = net.rsplit(".", 1)
-        host_ip, ns_ip = f"{prefix}.{int(last) + 1}", f"{prefix}.{int(last) + 2}"
-        code, out = await sh(["ip", "netns", "add", namespace])
-        if code != 0:
-            raise SkipTest(f"the dead-link test needs root and ip netns: {out}")
-        self.addCleanup(sh, ["ip", "link", "del", host_if])
-        self.addCleanup(sh, ["ip", "netns", "del", namespace])
-        inside = ["ip", "netns", "exec", namespace]
-        for argv in (
-            ["ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if],
-            ["ip", "link", "set", ns_if, "netns", namespace],
-            ["ip", "addr", "add", f"{host_ip}/30", "dev", host_if],
-            ["ip", "link", "set", host_if, "up"],
-            [*inside, "ip", "addr", "add", f"{ns_ip}/30", "dev", ns_if],
-            [*inside, "ip", "link", "set", ns_if, "up"],
-            [*inside, "ip", "link", "set", "lo", "up"],
-        ):
-            code, out = await sh(argv)
-            if code != 0:
-                raise SkipTest(
-                    f"the dead-link test needs root and ip netns: {' '.join(argv)}: "
-                    f"{out}"
-                )
-        return namespace, ns_if, ns_ip
+        net = await private_network(
+            self, "reader", 251, "the dead-link test needs root and ip netns"
+        )
+        return net.namespace, net.ns_if, net.ns_ip
 
     def simulator(self, namespace: str, address: str) -> SimProcess:
         """

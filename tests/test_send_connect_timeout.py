@@ -22,14 +22,10 @@ mechanism is unavailable:
 
 from __future__ import annotations
 
-import os
-import random
-import shutil
 import socket
 import struct
 import sys
 import time
-from collections.abc import Sequence
 
 from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred
@@ -39,7 +35,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from daemon.actions import ActionFailed, Event
 from daemon.config import config_from_string
 from daemon.send import SendAction
-from tests.support import run
+from tests.support import private_network, sh
 
 clock: IReactorTime = reactor
 
@@ -187,14 +183,6 @@ class AcceptQueueOverflowTests(TestCase):
         self.assertEqual(action.stats.bytes_out, 0)
 
 
-async def sh(argv: Sequence[str]) -> tuple[int, str]:
-    """
-    Run a command; its exit code and what it printed.
-    """
-    result = await run(argv)
-    return result.code, (result.out + result.err).decode(errors="replace").strip()
-
-
 class VanishingDeviceTests(TestCase):
     """
     A device in a network namespace whose link goes down: SYNs vanish.
@@ -211,43 +199,14 @@ class VanishingDeviceTests(TestCase):
         @return: the command prefix that runs a command inside the
             namespace, its interface and its address.
         """
-        why = "the vanishing-device test needs root and ip netns"
-        if sys.platform != "linux" or os.geteuid() != 0:
-            raise SkipTest(f"{why}: not root")
-        ip = shutil.which("ip")
-        if ip is None:
-            raise SkipTest(f"{why}: no ip command")
-        tag = f"{os.getpid() % 100000:05d}{random.randrange(256):02x}"
-        namespace = f"plantd-send-{tag}"
-        host_if, ns_if = f"psh{tag}", f"psn{tag}"
-        net = f"10.252.{random.randrange(256)}.{4 * random.randrange(64)}"
-        prefix, last = net.rsplit(".", 1)
-        host_ip, ns_ip = f"{prefix}.{int(last) + 1}", f"{prefix}.{int(last) + 2}"
-        code, out = await sh([ip, "netns", "add", namespace])
-        if code != 0:
-            raise SkipTest(f"{why}: {out}")
-        self.addCleanup(sh, [ip, "link", "del", host_if])
-        self.addCleanup(sh, [ip, "netns", "del", namespace])
-        inside = [ip, "netns", "exec", namespace]
-        for argv in (
-            [ip, "link", "add", host_if, "type", "veth", "peer", "name", ns_if],
-            [ip, "link", "set", ns_if, "netns", namespace],
-            [ip, "addr", "add", f"{host_ip}/30", "dev", host_if],
-            [ip, "link", "set", host_if, "up"],
-            [*inside, ip, "addr", "add", f"{ns_ip}/30", "dev", ns_if],
-            [*inside, ip, "link", "set", ns_if, "up"],
-        ):
-            code, out = await sh(argv)
-            if code != 0:
-                raise SkipTest(f"{why}: {' '.join(argv)}: {out}")
-        code, mac = await sh([*inside, "cat", f"/sys/class/net/{ns_if}/address"])
-        if code != 0:
-            raise SkipTest(f"{why}: cannot read the address of {ns_if}: {mac}")
-        argv = [ip, "neigh", "replace", ns_ip, "lladdr", mac, "dev", host_if]
-        code, out = await sh([*argv, "nud", "permanent"])
-        if code != 0:
-            raise SkipTest(f"{why}: {' '.join(argv)}: {out}")
-        return [*inside, ip], ns_if, ns_ip
+        net = await private_network(
+            self,
+            "send",
+            252,
+            "the vanishing-device test needs root and ip netns",
+            pin_neighbour=True,
+        )
+        return [*net.inside, net.ip], net.ns_if, net.ns_ip
 
     async def test_vanishedDeviceFailsAtDefaultConnectTimeout(self) -> None:
         """

@@ -3,12 +3,10 @@ End-to-end tests for L{daemon.send}: the send action over real loopback
 sockets against the printer simulator (plain and TLS), and reply_to_sender
 through a real server trigger.
 
-What is not here: a connect timeout.  On loopback a SYN is answered at once
-(accepted, or refused with a reset), and a listening socket with an
-exhausted backlog is answered or dropped depending on kernel settings, so
-no loopback test can make a device ignore the SYN reliably; the unit tests
-(tests/test_send.py) drive connect_timeout with a fake endpoint that never
-completes, and prove the attempt is cancelled exactly at the timeout.
+The connect timeout over real sockets (a SYN that is never answered) is in
+tests/test_send_connect_timeout.py: a full accept queue on loopback, and a
+device in a network namespace whose link goes down.  The unit tests
+(tests/test_send.py) prove the attempt is cancelled exactly at the timeout.
 """
 
 from __future__ import annotations
