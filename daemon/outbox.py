@@ -1108,6 +1108,16 @@ class _Waiting:
     deferred: Deferred[Job]
 
 
+def _shielded(d: Deferred[None]) -> Deferred[None]:
+    """
+    A L{Deferred} that fires when C{d} does; cancelling it does not cancel
+    C{d}.
+    """
+    shield: Deferred[None] = Deferred()
+    d.addBoth(lambda _: None if shield.called else shield.callback(None))
+    return shield
+
+
 def _describe(error: BaseException) -> str:
     text = str(error) or type(error).__name__
     return text[:MAX_ERROR_LENGTH]
@@ -1379,7 +1389,12 @@ class Outbox:
 
         return d.addBoth(done)
 
-    def _fire_and_forget(self, d: Deferred[Any], what: str, job: Job) -> None:
+    def _fire_and_forget(self, d: Deferred[Any], what: str, job: Job) -> Deferred[None]:
+        """
+        Track C{d} and log its failure; the returned L{Deferred} fires when
+        C{d} did and never fails.
+        """
+
         def failed(failure: Failure) -> None:
             self.log.failure(
                 "outbox {action}: could not {what} job {job_id} for {destination}",
@@ -1390,7 +1405,7 @@ class Outbox:
                 destination=job.destination,
             )
 
-        self._track(d).addErrback(failed)
+        return self._track(d).addCallbacks(lambda _: None, failed)
 
     def _check_idle(self) -> None:
         if self._state is not _State.STOPPING or self._busy:
@@ -1578,7 +1593,10 @@ class Outbox:
             except Exception as e:
                 reason = _describe(e)
             else:
-                self._delivered(dest, job)
+                removed = self._delivered(dest, job)
+                # The next job goes out once this one is removed for good,
+                # so a crash repeats at most the job in flight.
+                await self._guard(_shielded(removed))
                 return
             now = self._clock.seconds()
             job = replace(
@@ -1631,7 +1649,11 @@ class Outbox:
             )
         return None
 
-    def _delivered(self, dest: _Destination, job: Job) -> None:
+    def _delivered(self, dest: _Destination, job: Job) -> Deferred[None]:
+        """
+        Count C{job} as delivered and remove it; fires once it is removed
+        (or its removal failed, logged).
+        """
         self.delivered += 1
         if dest.failures:
             self.log.info(
@@ -1646,8 +1668,11 @@ class Outbox:
         dest.last_error = None
         dest.head_attempts = 0
         self._adjust(dest, -1, -len(job.payload))
-        self._fire_and_forget(self._store.remove(job.id), "remove delivered", job)
+        removed = self._fire_and_forget(
+            self._store.remove(job.id), "remove delivered", job
+        )
         self._admit()
+        return removed
 
     def _dead_letter(
         self, dest: _Destination, job: Job, reason: str, now: float
