@@ -34,7 +34,6 @@ from __future__ import annotations
 import enum
 import os
 import re
-import socket
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -66,6 +65,7 @@ from zope.interface import implementer
 from daemon import logs
 from daemon.actions import ActionChain, Event, Outcome
 from daemon.config import ConfigError, ReaderConfig
+from daemon.keepalive import apply_keepalive
 from daemon.scrdr import (
     MAX_MESSAGE,
     CommandError,
@@ -97,12 +97,6 @@ gives up)."""
 MAX_PENDING_ANSWERS = 256
 """Badges of one session whose answers wait for their actions.  At this
 many, the session stops reading until some are answered."""
-
-KEEPALIVE_PROBES = 4
-"""Unanswered keepalive probes before the kernel declares the link dead."""
-
-MAX_TRANSPORT_WRAPPERS = 4
-"""How many wrapping transports (TLS…) to look through for the socket."""
 
 _HEX = re.compile(r"[0-9A-Fa-f]+")
 
@@ -368,73 +362,6 @@ class Decider:
         if outcome is None and rule.pattern.search(variables.get(rule.variable, "")):
             return Verdict.ACCEPT, self.accept
         return Verdict.DENY, self.deny
-
-
-# ---------------------------------------------------------------------------
-# Socket options.
-
-
-def find_socket(transport: object) -> socket.socket | None:
-    """
-    The socket under C{transport}: its own C{getHandle()}, or that of the
-    transport it wraps (a TLS transport's C{getHandle()} is its TLS
-    connection object; the TCP transport is its C{transport}).  None for
-    fakes and anything else without a socket.
-    """
-    current: object = transport
-    for _ in range(MAX_TRANSPORT_WRAPPERS):
-        get = getattr(current, "getHandle", None)
-        handle = get() if callable(get) else None
-        if isinstance(handle, socket.socket):
-            return handle
-        current = getattr(current, "transport", None)
-        if current is None:
-            return None
-    return None
-
-
-def keepalive_options(seconds: float) -> list[tuple[int, int, int]]:
-    """
-    The C{(level, option, value)} triples that make a TCP link be declared
-    dead within about C{seconds} when the peer vanishes: keepalive probes
-    from C{seconds/3}, every C{seconds/6}, L{KEEPALIVE_PROBES} of them, and
-    (Linux) C{TCP_USER_TIMEOUT} so unacknowledged data times out too.  The
-    options this platform lacks are left out.  C{seconds = 0}: none.
-    """
-    if seconds <= 0:
-        return []
-    k = max(1, round(seconds))
-    wanted = [
-        ("TCP_KEEPIDLE", max(1, k // 3)),
-        ("TCP_KEEPINTVL", max(1, k // 6)),
-        ("TCP_KEEPCNT", KEEPALIVE_PROBES),
-        ("TCP_USER_TIMEOUT", k * 1000),
-    ]
-    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
-    for name, value in wanted:
-        option = getattr(socket, name, None)
-        if option is not None:
-            options.append((socket.IPPROTO_TCP, option, value))
-    return options
-
-
-def apply_keepalive(transport: object, seconds: float) -> bool:
-    """
-    Set the L{keepalive_options} on the TCP socket under C{transport}.
-
-    @return: whether they were set (False with no TCP socket, or
-        C{seconds = 0}).
-    @raise OSError: the system refused an option.
-    """
-    options = keepalive_options(seconds)
-    sock = find_socket(transport)
-    if not options or sock is None:
-        return False
-    if sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return False
-    for level, option, value in options:
-        sock.setsockopt(level, option, value)
-    return True
 
 
 # ---------------------------------------------------------------------------
@@ -1204,9 +1131,6 @@ __all__ = [
     "ReaderService",
     "ReaderSession",
     "ReaderStats",
-    "apply_keepalive",
-    "find_socket",
-    "keepalive_options",
     "parse_allow_list",
     "read_allow_list",
 ]

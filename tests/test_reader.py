@@ -40,7 +40,6 @@ from daemon.config import AcceptRule, ConfigError, ReaderConfig
 from daemon.reader import (
     ALLOW_LIST_CHECK_INTERVAL,
     FAILURE_SUMMARY_INTERVAL,
-    KEEPALIVE_PROBES,
     MAX_LINE,
     MAX_PENDING_ANSWERS,
     STOP_GRACE,
@@ -48,9 +47,6 @@ from daemon.reader import (
     AllowListError,
     ReaderService,
     ReaderSession,
-    apply_keepalive,
-    find_socket,
-    keepalive_options,
     parse_allow_list,
 )
 from daemon.scrdr import build_greeting, build_scrdr
@@ -409,20 +405,6 @@ class AllowListTests(SynchronousTestCase):
 # Keepalive options.
 
 
-class FakeTransport:
-    """
-    A transport whose C{getHandle()} is whatever the test gives.
-    """
-
-    def __init__(self, handle: object, inner: object = None) -> None:
-        self.handle = handle
-        if inner is not None:
-            self.transport = inner
-
-    def getHandle(self) -> object:
-        return self.handle
-
-
 class SocketTransport(StringTransport):
     """
     A StringTransport whose C{getHandle()} is a real socket.
@@ -436,83 +418,16 @@ class SocketTransport(StringTransport):
         return self.sock
 
 
-class KeepaliveTests(SynchronousTestCase):
+class SessionKeepaliveTests(SynchronousTestCase):
     """
-    Keepalive options go on the real TCP socket under the transport.
+    A session sets keepalive options on the real TCP socket under its
+    transport (the options themselves: L{tests.test_keepalive}).
     """
 
     def tcp_socket(self) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.addCleanup(sock.close)
         return sock
-
-    def test_options(self) -> None:
-        """
-        C{keepalive = 30}: probes from 10 s, every 5 s, 4 of them; 30 s of
-        unacknowledged data is fatal too.
-        """
-        options = keepalive_options(30)
-        self.assertIn((socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1), options)
-        if hasattr(socket, "TCP_KEEPIDLE"):
-            self.assertIn((socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 10), options)
-            self.assertIn((socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 5), options)
-            self.assertIn(
-                (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES), options
-            )
-        if hasattr(socket, "TCP_USER_TIMEOUT"):
-            self.assertIn(
-                (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 30_000), options
-            )
-
-    def test_short(self) -> None:
-        """
-        Very short settings never give a zero timer.
-        """
-        for level, option, value in keepalive_options(1):
-            self.assertGreaterEqual(value, 1, (level, option))
-        self.assertEqual(keepalive_options(0), [])
-
-    def test_applied(self) -> None:
-        """
-        The options are set on the socket a transport's C{getHandle()} gives.
-        """
-        sock = self.tcp_socket()
-        self.assertTrue(apply_keepalive(FakeTransport(sock), 30))
-        self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
-        for level, option, value in keepalive_options(30):
-            self.assertEqual(sock.getsockopt(level, option), value)
-
-    def test_wrapped(self) -> None:
-        """
-        Under a TLS transport, whose C{getHandle()} is not a socket, the
-        wrapped TCP transport's socket gets the options.
-        """
-        sock = self.tcp_socket()
-        tls = FakeTransport(object(), inner=FakeTransport(sock))
-        self.assertIs(find_socket(tls), sock)
-        self.assertTrue(apply_keepalive(tls, 3))
-        if hasattr(socket, "TCP_USER_TIMEOUT"):
-            self.assertEqual(
-                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT), 3000
-            )
-
-    def test_off(self) -> None:
-        """
-        C{keepalive = 0} leaves the socket alone.
-        """
-        sock = self.tcp_socket()
-        self.assertFalse(apply_keepalive(FakeTransport(sock), 0))
-        self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 0)
-
-    def test_no_socket(self) -> None:
-        """
-        Fakes and non-TCP sockets are skipped quietly.
-        """
-        self.assertFalse(apply_keepalive(StringTransport(), 30))
-        a, b = socket.socketpair()
-        self.addCleanup(a.close)
-        self.addCleanup(b.close)
-        self.assertFalse(apply_keepalive(FakeTransport(a), 30))
 
     def test_session_applies(self) -> None:
         """
@@ -534,6 +449,31 @@ class KeepaliveTests(SynchronousTestCase):
             self.assertEqual(
                 sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), 2
             )
+        d2 = harness.service.stopService()
+        proxy.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(d2)
+        self.assertEqual(harness.clock.getDelayedCalls(), [])
+
+    def test_refused_options(self) -> None:
+        """
+        A socket that refuses the options (here: already closed) is one
+        warning, and the session opens anyway.
+        """
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.close()
+        harness = Harness(make_config(keepalive=6))
+        harness.service.startService()
+        factory, d = harness.endpoint.attempts[-1]
+        address = IPv4Address("TCP", "10.0.0.60", 4000)
+        proxy = factory.buildProtocol(address)
+        assert proxy is not None
+        with capturedLogs() as events:
+            proxy.makeConnection(SocketTransport(sock, peerAddress=address))
+        d.callback(proxy)
+        warnings = messages(events, LogLevel.warn)
+        self.assertEqual(len(warnings), 1, warnings)
+        self.assertIn("cannot set keepalive options", warnings[0])
+        self.assertEqual(harness.counters["connected"], 1)
         d2 = harness.service.stopService()
         proxy.connectionLost(Failure(ConnectionDone()))
         self.successResultOf(d2)

@@ -1,0 +1,113 @@
+"""
+TCP keepalive for long-lived connections: a peer that vanishes without a FIN
+or a reset (power cut, cable pulled, a switch that drops the link) is
+declared dead by the kernel within about C{seconds}, and the connection's
+C{connectionLost} runs, instead of a socket that stays open for hours.
+
+Three functions, no state and no reactor:
+
+  - L{keepalive_options}: the C{(level, option, value)} triples for a bound
+    (pure; the options this platform lacks are left out);
+  - L{find_socket}: the TCP socket under a transport, through TLS and other
+    wrapping transports;
+  - L{apply_keepalive}: both, setting the options on the socket.
+
+Used by the reader trigger on its session to the reader; usable on any
+Twisted TCP (or TLS over TCP) transport.
+"""
+
+from __future__ import annotations
+
+import socket
+
+KEEPALIVE_PROBES = 4
+"""Unanswered keepalive probes before the kernel declares the link dead."""
+
+MAX_TRANSPORT_WRAPPERS = 4
+"""How many wrapping transports (TLS…) to look through for the socket."""
+
+SocketOption = tuple[int, int, int]
+"""C{(level, option, value)}, as C{socket.setsockopt} takes them."""
+
+
+def keepalive_options(seconds: float) -> list[SocketOption]:
+    """
+    The socket options that make a TCP link be declared dead within about
+    C{seconds} when the peer vanishes: keepalive probes from C{seconds/3},
+    every C{seconds/6}, L{KEEPALIVE_PROBES} of them, and (Linux)
+    C{TCP_USER_TIMEOUT} so unacknowledged data times out too.  Timers are
+    whole seconds, at least 1.  The options this platform lacks are left
+    out.
+
+    @param seconds: the bound; 0 (or less) means no keepalive.
+    @return: C{(level, option, value)} triples, C{SO_KEEPALIVE} first; empty
+        for C{seconds <= 0}.
+    """
+    if seconds <= 0:
+        return []
+    k = max(1, round(seconds))
+    wanted = [
+        ("TCP_KEEPIDLE", max(1, k // 3)),
+        ("TCP_KEEPINTVL", max(1, k // 6)),
+        ("TCP_KEEPCNT", KEEPALIVE_PROBES),
+        ("TCP_USER_TIMEOUT", k * 1000),
+    ]
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in wanted:
+        option = getattr(socket, name, None)
+        if option is not None:
+            options.append((socket.IPPROTO_TCP, option, value))
+    return options
+
+
+def find_socket(transport: object) -> socket.socket | None:
+    """
+    The socket under C{transport}: its own C{getHandle()}, or that of the
+    transport it wraps (a TLS transport's C{getHandle()} is its TLS
+    connection object; the TCP transport is its C{transport}), looking
+    through at most L{MAX_TRANSPORT_WRAPPERS} of them.
+
+    @return: the socket, or None for fakes and anything else without one.
+    """
+    current: object = transport
+    for _ in range(MAX_TRANSPORT_WRAPPERS):
+        get = getattr(current, "getHandle", None)
+        handle = get() if callable(get) else None
+        if isinstance(handle, socket.socket):
+            return handle
+        current = getattr(current, "transport", None)
+        if current is None:
+            return None
+    return None
+
+
+def apply_keepalive(transport: object, seconds: float) -> bool:
+    """
+    Set the L{keepalive_options} for C{seconds} on the TCP socket under
+    C{transport} (see L{find_socket}).  Call it from C{connectionMade}.
+
+    @return: whether they were set: False with no socket, a socket that is
+        not TCP over IPv4 or IPv6 (a UNIX socket…), or C{seconds <= 0}.
+    @raise OSError: the system refused an option.
+    """
+    options = keepalive_options(seconds)
+    sock = find_socket(transport)
+    if not options or sock is None:
+        return False
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    if sock.type != socket.SOCK_STREAM:
+        return False
+    for level, option, value in options:
+        sock.setsockopt(level, option, value)
+    return True
+
+
+__all__ = [
+    "KEEPALIVE_PROBES",
+    "MAX_TRANSPORT_WRAPPERS",
+    "SocketOption",
+    "apply_keepalive",
+    "find_socket",
+    "keepalive_options",
+]
