@@ -57,7 +57,6 @@ from twisted.logger import (
     LogEvent,
     Logger,
     LogLevel,
-    globalLogPublisher,
 )
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -692,14 +691,15 @@ class _ObservedEndpoint:
 @implementer(ILogObserver)
 class _AtDebug:
     """
-    Passes events on to the global log publisher at debug level, whatever
-    level they were emitted at.
+    Passes events on to the daemon's log observer (L{daemon.logs.observer},
+    which applies C{--log-level}) at debug level, whatever level they were
+    emitted at.
     """
 
     def __call__(self, event: LogEvent) -> None:
         event = dict(event)
         event["log_level"] = LogLevel.debug
-        globalLogPublisher(event)
+        logs.observer(event)
 
 
 class _QuietClientService(ClientService):

@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from daemon import logs
 from daemon.actions import ActionChain, ActionFailed, ActionResult, Event
 from daemon.config import AcceptRule, ConfigError, ReaderConfig
 from daemon.reader import (
@@ -260,6 +261,13 @@ def messages(events: Sequence[LogEvent], level: LogLevel | None = None) -> list[
         if e.get("log_namespace", "").startswith("daemon.reader")
         and (level is None or e["log_level"] == level)
     ]
+
+
+def retry_lines(events: Sequence[LogEvent]) -> list[LogEvent]:
+    """
+    Twisted's own "Scheduling retry" events among C{events}.
+    """
+    return [e for e in events if "Scheduling retry" in e.get("log_format", "")]
 
 
 # ---------------------------------------------------------------------------
@@ -1295,6 +1303,30 @@ class ReconnectTests(SynchronousTestCase):
         ]
         self.assertEqual(loud, [])
         c.lose()
+        h.stop(self)
+
+    def test_retry_lines_follow_log_level(self) -> None:
+        """
+        Twisted's "Scheduling retry" line goes through the daemon's level
+        filter at debug level: dropped at C{--log-level info}, kept (at
+        debug) at C{--log-level debug}.
+        """
+        self.addCleanup(logs.set_level, "debug")
+        h = Harness()
+        h.service.startService()
+        logs.set_level("info")
+        with capturedLogs() as events:
+            h.endpoint.fail()
+        self.assertEqual(len(h.clock.getDelayedCalls()), 1)
+        self.assertEqual(retry_lines(events), [])
+
+        logs.set_level("debug")
+        h.clock.advance(h.next_delay())
+        with capturedLogs() as events:
+            h.endpoint.fail()
+        [line] = retry_lines(events)
+        self.assertEqual(line["log_level"], LogLevel.debug)
+        self.assertIn("tcp:host=10.0.0.60:port=4000", formatEvent(line))
         h.stop(self)
 
     def test_when_connected(self) -> None:
