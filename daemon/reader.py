@@ -37,9 +37,10 @@ import re
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from random import random as random_fraction
 from typing import Any, Literal
 
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import clientFromString
@@ -92,6 +93,15 @@ STOP_GRACE = 2.0
 """Seconds a stopping service waits for the session to close cleanly before
 aborting it (a dead link would otherwise hold the stop until the kernel
 gives up)."""
+
+RETRY_JITTER = 0.2
+"""Each reconnection delay is shortened by a random fraction of at most this
+much (readers that went down together are not all retried in step); never
+lengthened, so C{retry_max} is a true bound."""
+
+MAX_DOUBLINGS = 64
+"""Past this many failed attempts the backoff stops doubling (it has long
+reached C{retry_max}); keeps the arithmetic finite."""
 
 MAX_PENDING_ANSWERS = 256
 """Badges of one session whose answers wait for their actions.  At this
@@ -712,6 +722,33 @@ class _QuietClientService(ClientService):
     _log = Logger(observer=_AtDebug())
 
 
+def capped_backoff(
+    initial: float,
+    maximum: float,
+    random: Callable[[], float] = random_fraction,
+) -> Callable[[int], float]:
+    """
+    A retry policy for L{ClientService}: C{initial} seconds before the first
+    retry (C{attempt} 0), doubling with each attempt up to C{maximum}, then
+    shortened by up to L{RETRY_JITTER} of itself::
+
+        delay = min(maximum, initial * 2 ** attempt)
+        delay * (1 - RETRY_JITTER * random())
+
+    The result is never more than C{maximum} (unlike L{backoffPolicy
+    <twisted.application.internet.backoffPolicy>}, which adds its jitter
+    after the cap).
+
+    @param random: a number in M{[0, 1)} for each delay (tests fix it).
+    """
+
+    def policy(attempt: int) -> float:
+        delay = min(maximum, initial * 2.0 ** min(max(attempt, 0), MAX_DOUBLINGS))
+        return delay * (1.0 - RETRY_JITTER * random())
+
+    return policy
+
+
 # ---------------------------------------------------------------------------
 # The service.
 
@@ -742,15 +779,15 @@ class ReaderService(Service):
         variables: Mapping[str, str],
         stats: Stats,
         endpoint: IStreamClientEndpoint | None = None,
-        jitter: Callable[[], float] | None = None,
+        random: Callable[[], float] = random_fraction,
     ) -> None:
         """
         @param reactor: the clock, and the reactor that C{config.connect}
             connects with.
         @param endpoint: connect with this instead of C{config.connect}
             (tests).
-        @param jitter: the backoff's jitter, in seconds (default: Twisted's,
-            a random 0..1 s).
+        @param random: the reconnection backoff's source of jitter, a number
+            in M{[0, 1)} for each delay (see L{capped_backoff}).
 
         @raise ConfigError: the allow list cannot be read, or a command
             cannot be built.
@@ -773,13 +810,7 @@ class ReaderService(Service):
         observed = _ObservedEndpoint(
             endpoint, config.connect, self._attempted, self._attemptFailed
         )
-        if jitter is None:
-            backoff = backoffPolicy(config.retry_initial, config.retry_max, factor=2)
-        else:
-            backoff = backoffPolicy(
-                config.retry_initial, config.retry_max, factor=2, jitter=jitter
-            )
-        self._backoff = backoff
+        self._backoff = capped_backoff(config.retry_initial, config.retry_max, random)
         self._client = _QuietClientService(
             observed, _SessionFactory(self), retryPolicy=self._retryDelay, clock=reactor
         )
@@ -1131,6 +1162,7 @@ __all__ = [
     "ReaderService",
     "ReaderSession",
     "ReaderStats",
+    "capped_backoff",
     "parse_allow_list",
     "read_allow_list",
 ]

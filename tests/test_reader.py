@@ -43,18 +43,24 @@ from daemon.reader import (
     FAILURE_SUMMARY_INTERVAL,
     MAX_LINE,
     MAX_PENDING_ANSWERS,
+    RETRY_JITTER,
     STOP_GRACE,
     AllowList,
     AllowListError,
     ReaderService,
     ReaderSession,
+    capped_backoff,
     parse_allow_list,
 )
 from daemon.scrdr import build_greeting, build_scrdr
 from daemon.stats import ActionStats, Stats
 
-JITTER = 0.125
-"""The fixed jitter of the tests' backoff (exact in binary)."""
+RANDOM = 0.625
+"""The tests' fixed random number for the backoff's jitter."""
+
+SHORTER = 0.875
+"""What it scales each delay by: 1 - RETRY_JITTER * RANDOM (exact in binary,
+so delays compare exactly)."""
 
 ACCEPT = b"$SCCMD;SEQ=60\r\n"
 DENY = b"$SCCMD;SEQ=61\r\n"
@@ -200,6 +206,7 @@ class Harness:
         config: ReaderConfig | None = None,
         variables: Mapping[str, str] | None = None,
     ) -> None:
+        self.random = RANDOM
         self.clock = Clock()
         self.clock.advance(1_000_000)
         self.endpoint = FakeEndpoint()
@@ -217,7 +224,7 @@ class Harness:
             variables=variables or {"site": "plant1"},
             stats=self.stats,
             endpoint=self.endpoint,
-            jitter=lambda: JITTER,
+            random=lambda: self.random,
         )
 
     @property
@@ -1128,6 +1135,62 @@ class StatsTests(SynchronousTestCase):
 # Reconnection.
 
 
+class CappedBackoffTests(SynchronousTestCase):
+    """
+    L{capped_backoff}: doubling from the initial delay up to the cap, then
+    shortened (never lengthened) by the jitter.
+    """
+
+    def test_exact(self) -> None:
+        """
+        With a fixed random number the delays are exact: doubled, capped,
+        then scaled by 1 - 0.2 * random.
+        """
+        policy = capped_backoff(1.0, 8.0, lambda: RANDOM)
+        self.assertEqual(
+            [policy(attempt) for attempt in range(6)],
+            [d * SHORTER for d in (1.0, 2.0, 4.0, 8.0, 8.0, 8.0)],
+        )
+        self.assertEqual(capped_backoff(0.25, 60.0, lambda: 0.0)(3), 2.0)
+
+    def test_random_each_time(self) -> None:
+        """
+        The random source is asked once per delay.
+        """
+        numbers = iter([0.0, 0.5, 0.25])
+        policy = capped_backoff(10.0, 10.0, lambda: next(numbers))
+        self.assertEqual([policy(5) for _ in range(3)], [10.0, 9.0, 9.5])
+
+    def test_many_attempts(self) -> None:
+        """
+        A very large attempt count gives the cap, without overflowing.
+        """
+        policy = capped_backoff(1.0, 60.0, lambda: 0.0)
+        self.assertEqual(policy(100_000), 60.0)
+        self.assertEqual(capped_backoff(1e300, 1e308, lambda: 0.0)(5000), 1e308)
+
+    @settings(deadline=None, max_examples=200)
+    @given(
+        attempt=st.integers(min_value=0, max_value=10_000),
+        initial=st.floats(min_value=0.001, max_value=3600),
+        extra=st.floats(min_value=0, max_value=3600),
+        random=st.floats(min_value=0, max_value=1, exclude_max=True),
+    )
+    def test_bounds(
+        self, attempt: int, initial: float, extra: float, random: float
+    ) -> None:
+        """
+        Every delay lies between (1 - RETRY_JITTER) times the capped
+        doubling and the capped doubling itself, so never above the cap.
+        """
+        maximum = initial + extra
+        delay = capped_backoff(initial, maximum, lambda: random)(attempt)
+        base = min(maximum, initial * 2.0 ** min(attempt, 64))
+        self.assertLessEqual(delay, maximum)
+        self.assertLessEqual(delay, base)
+        self.assertGreaterEqual(delay, base * (1 - RETRY_JITTER) * (1 - 1e-12))
+
+
 class ReconnectTests(SynchronousTestCase):
     """
     Reconnection with a capped backoff, on a fake endpoint and a Clock.
@@ -1136,7 +1199,7 @@ class ReconnectTests(SynchronousTestCase):
     def test_backoff(self) -> None:
         """
         Failed attempts are retried after retry_initial, doubling, capped at
-        retry_max, each plus the jitter.
+        retry_max, each shortened by the jitter.
         """
         h = Harness()
         h.service.startService()
@@ -1149,11 +1212,32 @@ class ReconnectTests(SynchronousTestCase):
             self.assertEqual(len(h.endpoint.attempts), attempt)
             h.clock.advance(0.001)
         self.assertEqual(
-            delays, [d + JITTER for d in (1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0)]
+            delays, [d * SHORTER for d in (1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0)]
         )
         self.assertEqual(h.counters["connect_failures"], 7)
         h.endpoint.succeed().lose()
         h.stop(self)
+
+    def test_never_above_retry_max(self) -> None:
+        """
+        With the jitter at its extremes (random 0 and just under 1) the
+        delays run from retry_initial to exactly retry_max, and from 80% of
+        them; never above retry_max.
+        """
+        for random, factor in [(0.0, 1.0), (1 - 2**-53, 1 - RETRY_JITTER)]:
+            h = Harness(make_config(retry_initial=0.5, retry_max=3.0))
+            h.random = random
+            h.service.startService()
+            delays = []
+            for _ in range(6):
+                h.endpoint.fail()
+                delays.append(h.next_delay())
+                h.clock.advance(delays[-1])
+            for delay, base in zip(delays, (0.5, 1.0, 2.0, 3.0, 3.0, 3.0), strict=True):
+                self.assertAlmostEqual(delay, base * factor, delta=1e-9)
+                self.assertLessEqual(delay, 3.0)
+            h.endpoint.succeed().lose()
+            h.stop(self)
 
     def test_after_loss(self) -> None:
         """
@@ -1164,11 +1248,11 @@ class ReconnectTests(SynchronousTestCase):
         c = h.start()
         c.receive(build_greeting())
         c.lose(ConnectionLost())
-        self.assertEqual(h.next_delay(), 1.0 + JITTER)
+        self.assertEqual(h.next_delay(), 1.0 * SHORTER)
         h.clock.advance(h.next_delay())
         self.assertEqual(len(h.endpoint.attempts), 2)
         h.endpoint.fail()
-        self.assertEqual(h.next_delay(), 2.0 + JITTER)
+        self.assertEqual(h.next_delay(), 2.0 * SHORTER)
         h.stop(self)
 
     def test_empty_sessions_back_off(self) -> None:
@@ -1184,14 +1268,14 @@ class ReconnectTests(SynchronousTestCase):
                 h.endpoint.succeed().lose()
                 delays.append(h.next_delay())
                 h.clock.advance(delays[-1])
-        self.assertEqual(delays, [d + JITTER for d in (2.0, 4.0, 8.0, 8.0, 8.0)])
+        self.assertEqual(delays, [d * SHORTER for d in (2.0, 4.0, 8.0, 8.0, 8.0)])
         warnings = messages(events, LogLevel.warn)
         self.assertEqual(len(warnings), 1, warnings)
         self.assertIn("closed the session before sending anything", warnings[0])
         c = h.endpoint.succeed()
         c.receive(build_greeting())
         c.lose()
-        self.assertEqual(h.next_delay(), 1.0 + JITTER)
+        self.assertEqual(h.next_delay(), 1.0 * SHORTER)
         self.assertEqual(h.counters["sessions"], 6)
         h.stop(self)
 
