@@ -65,6 +65,7 @@ from zope.interface import implementer
 from daemon import logs
 from daemon.actions import ActionChain, Event, Outcome
 from daemon.config import ConfigError, ReaderConfig
+from daemon.framing import FrameTooLong, LineFramer
 from daemon.keepalive import apply_keepalive
 from daemon.scrdr import (
     MAX_MESSAGE,
@@ -430,7 +431,7 @@ class ReaderSession(Protocol):
         self.received = 0
         self.opened = 0.0
         self.close_reason: str | None = None
-        self._buffer = b""
+        self._framer = LineFramer(MAX_LINE)
         self._answers: deque[_Answer] = deque()
         self._batch: list[bytes] | None = None
         self._batch_count = 0
@@ -537,32 +538,30 @@ class ReaderSession(Protocol):
             service.firstData(self)
         self.received += len(data)
         self._last_data = service.clock.seconds()
-        if self._buffer:
-            data = self._buffer + data
-        lines = data.split(b"\n")
-        self._buffer = lines.pop()
+        # The framer keeps the partial line in a bytearray and looks for
+        # line ends in the new bytes only: a long line arriving in small
+        # reads costs time in proportion to its length.
+        too_long = 0
+        try:
+            lines = self._framer.feed(data)
+        except FrameTooLong as e:
+            lines, too_long = e.frames, e.size
         self._batch = []
         self._batch_count = 0
         try:
             for line in lines:
-                if line.endswith(b"\r"):
-                    line = line[:-1]
-                if len(line) > MAX_LINE:
-                    self._oversized(len(line))
-                    return
                 if line:
                     service.lineReceived(self, line)
                 if self.state is not SessionState.OPEN:
                     return
-            if len(self._buffer) > MAX_LINE:
-                self._oversized(len(self._buffer))
+            if too_long:
+                self._oversized(too_long)
         finally:
             batch, self._batch = self._batch, None
             if batch and self.state is SessionState.OPEN:
                 self._write(b"".join(batch), self._batch_count)
 
     def _oversized(self, size: int) -> None:
-        self._buffer = b""
         self.service.oversized(self, size)
         self.close(f"a line of more than {MAX_LINE} bytes")
 

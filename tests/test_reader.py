@@ -11,6 +11,7 @@ import re
 import socket
 import tempfile
 from collections.abc import Mapping, Sequence
+from itertools import pairwise
 from typing import Any
 
 from hypothesis import given, settings
@@ -770,6 +771,27 @@ class EventTests(SynchronousTestCase):
         c.lose()
         h.stop(self)
 
+    @settings(deadline=None, max_examples=50)
+    @given(
+        ids=st.lists(st.from_regex(r"[0-9A-F]{2,16}", fullmatch=True), max_size=8),
+        cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=20),
+    )
+    def test_cut_anywhere(self, ids: list[str], cuts: list[int]) -> None:
+        """
+        However the stream is cut into reads (CR and LF of one line end in
+        different reads included), the same badges arrive, in order.
+        """
+        h = Harness()
+        c = h.start()
+        data = b"".join(badge(i) for i in ids)
+        points = sorted({0, len(data), *(x for x in cuts if x < len(data))})
+        for start, end in pairwise(points):
+            c.receive(data[start:end])
+        self.assertEqual([e.variables["tag_id"] for e in h.action.events], ids)
+        self.assertEqual(h.counters["protocol_errors"], 0)
+        c.lose()
+        h.stop(self)
+
     def test_checksum_mode(self) -> None:
         """
         C{checksum = strict} refuses a badge without a checksum.
@@ -820,7 +842,7 @@ class EventTests(SynchronousTestCase):
         h = Harness(make_config(reply="accept"))
         c = h.start()
         c.receive(data + b"\n")
-        lines = [line for line in data.split(b"\n") if line.rstrip(b"\r") != b""]
+        lines = [line for line in data.split(b"\n") if line not in (b"", b"\r")]
         self.assertEqual(h.counters["messages"], len(lines))
         c.lose()
         h.stop(self)
@@ -871,6 +893,27 @@ class OversizedTests(SynchronousTestCase):
         self.assertTrue(c.aborted)
         self.assertEqual(h.counters["oversized"], 1)
         c.lose(ConnectionAborted())
+        h.stop(self)
+
+    def test_long_line_small_reads(self) -> None:
+        """
+        A line of exactly L{MAX_LINE} bytes arriving in small reads, its CR
+        and LF in separate reads, is one line (a protocol error, not an
+        oversized one), and the next badge still arrives.
+        """
+        h = Harness()
+        c = h.start()
+        line = b"$" + b"A" * (MAX_LINE - 1) + b"\r"
+        for i in range(0, len(line), 16):
+            c.receive(line[i : i + 16])
+        self.assertEqual(h.counters["messages"], 0)
+        c.receive(b"\n" + badge("04A1"))
+        self.assertFalse(c.aborted)
+        self.assertEqual(h.counters["messages"], 2)
+        self.assertEqual(h.counters["protocol_errors"], 1)
+        self.assertEqual(h.counters["oversized"], 0)
+        self.assertEqual([e.variables["tag_id"] for e in h.action.events], ["04A1"])
+        c.lose()
         h.stop(self)
 
     def test_longest_line(self) -> None:
