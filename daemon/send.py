@@ -1074,6 +1074,7 @@ class SendAction:
         self._links: set[Link] = set()
         self._sendings: set[_Sending] = set()
         self._outbox_running = False
+        self._outbox_error: str | None = None
         self._outbox_waiters: list[Deferred[None]] = []
 
     # -- Action
@@ -1211,7 +1212,10 @@ class SendAction:
 
     def start_outbox(self) -> Deferred[None]:
         """
-        Start (recover) the outbox; events that arrive meanwhile wait.
+        Start (recover) the outbox; events that arrive meanwhile wait.  When
+        it cannot start, the reason is logged once (critical), and those
+        events and every later one fail at once with
+        ``outbox for action NAME could not be opened: REASON``.
         """
         outbox = self.outbox
         assert outbox is not None
@@ -1223,12 +1227,15 @@ class SendAction:
                 d.callback(None)
 
         def failed(failure: Failure) -> None:
-            self.log.failure(
-                "action {action}: cannot start its outbox", failure, action=self.name
-            )
+            # Remembered: every later event fails at once with this reason
+            # instead of waiting for an outbox that will never run.
+            reason = failure.getErrorMessage()
+            error = f"outbox for action {self.name} could not be opened: {reason}"
+            self._outbox_error = error
+            self.log.failure("{error}", failure, error=error)
             waiters, self._outbox_waiters = self._outbox_waiters, []
             for d in waiters:
-                d.errback(ActionFailed(f"the outbox of {self.name} did not start"))
+                d.errback(ActionFailed(error))
 
         return outbox.start().addCallbacks(started, failed)
 
@@ -1238,6 +1245,8 @@ class SendAction:
         outbox = self.outbox
         if outbox is None:
             raise ActionFailed(f"the outbox of {self.name} is not open")
+        if self._outbox_error is not None:
+            raise ActionFailed(self._outbox_error)
         ready: Deferred[None]
         if self._outbox_running:
             ready = succeed(None)

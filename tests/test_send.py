@@ -13,7 +13,7 @@ from service_identity.exceptions import DNSMismatch, VerificationError
 from service_identity.hazmat import DNS_ID
 from twisted.application.service import MultiService
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint
 from twisted.internet.error import (
     ConnectingCancelledError,
@@ -31,6 +31,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -197,6 +198,25 @@ def sendConfig(**kwargs: Any) -> SendConfig:
     }
     values.update(kwargs)
     return SendConfig(**values)
+
+
+class FakeOutbox:
+    """
+    An outbox whose start the test completes; C{put} stores at once.
+
+    @ivar puts: (destination key, payload) per C{put}.
+    """
+
+    def __init__(self) -> None:
+        self.started: Deferred[None] = Deferred()
+        self.puts: list[tuple[str, bytes]] = []
+
+    def start(self) -> Deferred[None]:
+        return self.started
+
+    def put(self, key: str, payload: bytes) -> Deferred[None]:
+        self.puts.append((key, payload))
+        return succeed(None)
 
 
 def event(**variables: str) -> Event:
@@ -1029,6 +1049,71 @@ class SendActionTests(SynchronousTestCase):
         deviceCloses(protocol)
         self.successResultOf(d)
         self.assertEqual(len(self.printer().attempts), 2)
+
+
+class OutboxStartTests(SynchronousTestCase):
+    """
+    L{SendAction.start_outbox}: events wait for the outbox to start, and
+    fail fast when it could not.
+    """
+
+    def action(self) -> tuple[SendAction, FakeOutbox]:
+        action = SendAction(
+            sendConfig(queue="durable"),
+            Clock(),
+            endpoint_factory=lambda destination: FakeEndpoint(),  # type: ignore[arg-type,return-value]
+        )
+        outbox = FakeOutbox()
+        action.attach_outbox(outbox)  # type: ignore[arg-type]
+        return action, outbox
+
+    def test_eventsWaitForStart(self) -> None:
+        """
+        An event that comes while the outbox starts is stored once it has
+        started; later events are stored at once.
+        """
+        action, outbox = self.action()
+        action.start_outbox()
+        waiting = action.run(event(sku="1"))
+        assert isinstance(waiting, Deferred)
+        self.assertNoResult(waiting)
+        self.assertEqual(outbox.puts, [])
+        outbox.started.callback(None)
+        self.assertIsNone(self.successResultOf(waiting))
+        later = action.run(event(sku="2"))
+        assert isinstance(later, Deferred)
+        self.assertIsNone(self.successResultOf(later))
+        self.assertEqual(outbox.puts, [(PRINTER, b"^XA1^XZ"), (PRINTER, b"^XA2^XZ")])
+
+    def test_startFailureIsRemembered(self) -> None:
+        """
+        When the outbox cannot be opened, the event waiting for it fails
+        with the reason, and so does every later event, at once instead of
+        waiting forever; the reason is logged once, at critical, and nothing
+        is stored.
+        """
+        from daemon.outbox import StoreError
+
+        action, outbox = self.action()
+        expected = "outbox for action label could not be opened: database is locked"
+        with capturedLogs() as events:
+            started = action.start_outbox()
+            waiting = action.run(event())
+            assert isinstance(waiting, Deferred)
+            self.assertNoResult(waiting)
+            outbox.started.errback(StoreError("database is locked"))
+            self.successResultOf(started)
+            failure = self.failureResultOf(waiting, ActionFailed)
+            self.assertEqual(str(failure.value), expected)
+            for _ in range(3):
+                with self.assertRaises(ActionFailed) as e:
+                    action.run(event())
+                self.assertEqual(str(e.exception), expected)
+        critical = [e for e in events if e["log_level"] is LogLevel.critical]
+        self.assertEqual(len(critical), 1)
+        self.assertEqual(formatEvent(critical[0]), expected)
+        self.assertEqual(outbox.puts, [])
+        self.assertEqual(len(self.flushLoggedErrors(StoreError)), 1)
 
 
 class EndpointFactoryTests(SynchronousTestCase):
