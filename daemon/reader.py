@@ -24,6 +24,11 @@ Answers go out in badge order, and only on the session the badge came from:
 an answer computed after that session was lost is dropped and counted, never
 sent to whoever holds the next session.
 
+In every mode a session has at most L{MAX_PENDING_ANSWERS} badges whose
+actions are unfinished (a reader repeating a tag while the printer is down
+would otherwise pile them up): at that many it stops reading from the reader
+until half are done, and counts it in C{read_pauses}.
+
 Division of labour: L{ReaderSession} is the protocol (framing, socket
 options, timers, ordered writes); L{ReaderService} decides (events, answers,
 counters, logs, reconnection).
@@ -105,8 +110,10 @@ MAX_DOUBLINGS = 64
 reached C{retry_max}); keeps the arithmetic finite."""
 
 MAX_PENDING_ANSWERS = 256
-"""Badges of one session whose answers wait for their actions.  At this
-many, the session stops reading until some are answered."""
+"""Badges of one session whose actions are still running (in every mode), or
+whose answers wait for them (C{accept_if}).  At this many the session stops
+reading from the reader, and reads again once at most half remain; the
+lines already read wait, in order."""
 
 _HEX = re.compile(r"[0-9A-Fa-f]+")
 
@@ -123,6 +130,9 @@ class ReaderStats:
     C{dead_links} counts sessions that ended without a clean close and not
     by this side's choice (keepalive or C{TCP_USER_TIMEOUT} expiry, a reset
     from a rebooted reader), plus C{idle_timeout} aborts.
+
+    C{read_pauses} counts the times a session stopped reading because
+    L{MAX_PENDING_ANSWERS} badges' actions were unfinished.
     """
 
     connected: int = 0
@@ -141,6 +151,7 @@ class ReaderStats:
     action_errors: int = 0
     dead_links: int = 0
     idle_timeouts: int = 0
+    read_pauses: int = 0
     last_badge: float | None = None
     last_connect: float | None = None
 
@@ -415,11 +426,18 @@ def describe_peer(address: IAddress | None) -> str:
 class ReaderSession(Protocol):
     """
     The transport side of one connection to the reader: framing, socket
-    options, the idle timer and ordered answers.  What a line means is the
-    service's business.
+    options, the idle timer, ordered answers and flow control.  What a line
+    means is the service's business.
+
+    Flow control: the badges whose actions are still running (L{track}ed,
+    or waiting for a L{reserve}d answer) are this session's backlog.  At
+    L{MAX_PENDING_ANSWERS} the session stops handing lines to the service
+    and pauses the transport; at half that it hands over the lines held
+    meanwhile and reads again.
 
     @ivar peer: the reader's address, C{host:port}.
     @ivar received: bytes received on this session.
+    @ivar pauses: how many times this session stopped reading.
     """
 
     log = Logger(observer=logs.observer)
@@ -431,11 +449,17 @@ class ReaderSession(Protocol):
         self.received = 0
         self.opened = 0.0
         self.close_reason: str | None = None
+        self.pauses = 0
         self._framer = LineFramer(MAX_LINE)
+        self._lines: deque[bytes] = deque()
+        self._too_long = 0
+        self._handling = False
         self._answers: deque[_Answer] = deque()
+        self._running = 0
         self._batch: list[bytes] | None = None
         self._batch_count = 0
         self._paused = False
+        self._reading = True
         self._last_data = 0.0
         self._idle_call: IDelayedCall | None = None
         self._errors_logged = 0
@@ -476,6 +500,7 @@ class ReaderSession(Protocol):
         if self._idle_call is not None and self._idle_call.active():
             self._idle_call.cancel()
         self._idle_call = None
+        self._lines.clear()
         dropped = self._drop_unsent()
         if was is not SessionState.NEW:
             self.service.sessionLost(self, reason, dropped)
@@ -500,6 +525,7 @@ class ReaderSession(Protocol):
             return
         self.state = SessionState.CLOSING
         self.close_reason = reason
+        self._lines.clear()
         dropped = self._drop_unsent()
         if dropped:
             self.service.answersDropped(self, dropped)
@@ -531,7 +557,7 @@ class ReaderSession(Protocol):
     # -- reading
 
     def dataReceived(self, data: bytes) -> None:
-        if self.state is not SessionState.OPEN:
+        if self.state is not SessionState.OPEN or self._too_long:
             return
         service = self.service
         if not self.received:
@@ -541,22 +567,34 @@ class ReaderSession(Protocol):
         # The framer keeps the partial line in a bytearray and looks for
         # line ends in the new bytes only: a long line arriving in small
         # reads costs time in proportion to its length.
-        too_long = 0
         try:
             lines = self._framer.feed(data)
         except FrameTooLong as e:
-            lines, too_long = e.frames, e.size
+            # The framer is unusable now: nothing more is fed to it.
+            lines, self._too_long = e.frames, e.size
+        self._lines.extend(line for line in lines if line)
+        if not self._handling:
+            self._handleLines()
+
+    def _handleLines(self) -> None:
+        """
+        Hand the lines read to the service, in order, until none are left,
+        the session pauses or it is no longer open.  Answers ready meanwhile
+        go out in one write.  A line too long comes after the lines before
+        it: once they are handled, it drops the session.
+        """
+        service = self.service
+        lines = self._lines
+        self._handling = True
         self._batch = []
         self._batch_count = 0
         try:
-            for line in lines:
-                if line:
-                    service.lineReceived(self, line)
-                if self.state is not SessionState.OPEN:
-                    return
-            if too_long:
-                self._oversized(too_long)
+            while lines and not self._paused and self.state is SessionState.OPEN:
+                service.lineReceived(self, lines.popleft())
+            if self._too_long and not lines and self.state is SessionState.OPEN:
+                self._oversized(self._too_long)
         finally:
+            self._handling = False
             batch, self._batch = self._batch, None
             if batch and self.state is SessionState.OPEN:
                 self._write(b"".join(batch), self._batch_count)
@@ -587,6 +625,7 @@ class ReaderSession(Protocol):
             return False
         if self._answers:
             self._answers.append(_Answer(data, True))
+            self._flow()
         elif data:
             self._send(data)
         return True
@@ -601,9 +640,7 @@ class ReaderSession(Protocol):
             return None
         place = _Answer()
         self._answers.append(place)
-        if len(self._answers) >= MAX_PENDING_ANSWERS and not self._paused:
-            self._paused = True
-            self._transport().pauseProducing()
+        self._flow()
         return place
 
     def fill(self, place: _Answer, data: bytes | None) -> bool:
@@ -627,10 +664,74 @@ class ReaderSession(Protocol):
                 out.append(ready)
         if out:
             self._send(b"".join(out), len(out))
-        if self._paused and len(answers) <= MAX_PENDING_ANSWERS // 2:
-            self._paused = False
-            self._transport().resumeProducing()
+        self._flow()
         return True
+
+    def track(self, running: Deferred[Any]) -> None:
+        """
+        A badge's actions run on in the background (its answer, if any, did
+        not wait for them): they count in this session's backlog until
+        C{running} fires.
+        """
+        self._running += 1
+        running.addBoth(self._finished)
+        if not running.called:
+            self._flow()
+
+    def _finished(self, result: object) -> object:
+        self._running -= 1
+        self._flow()
+        return result
+
+    @property
+    def backlog(self) -> int:
+        """
+        Badges whose actions are unfinished, or whose answer waits behind
+        such a badge's.
+        """
+        return max(len(self._answers), self._running)
+
+    def _flow(self) -> None:
+        """
+        Pause at L{MAX_PENDING_ANSWERS} unfinished badges; at half that,
+        hand over the lines held meanwhile, then read again.
+        """
+        if self.state is not SessionState.OPEN:
+            return
+        backlog = self.backlog
+        if not self._paused:
+            if backlog >= MAX_PENDING_ANSWERS:
+                self._paused = True
+                self.pauses += 1
+                self._setReading(False)
+                self.service.readingPaused(self, backlog)
+            return
+        if backlog > MAX_PENDING_ANSWERS // 2:
+            return
+        self._paused = False
+        self.service.readingResumed(self, backlog)
+        if not self._handling:
+            self._handleLines()
+        if not self._paused and self.state is SessionState.OPEN:
+            # Time spent paused is not the reader's silence.
+            self._last_data = self.service.clock.seconds()
+            self._setReading(True)
+
+    def _setReading(self, reading: bool) -> None:
+        """
+        Pause or resume the transport, once per change.
+        """
+        if reading == self._reading:
+            return
+        self._reading = reading
+        transport = self._transport()
+        if getattr(transport, "disconnecting", False):
+            # Closing: it reads no more anyway.
+            return
+        if reading:
+            transport.resumeProducing()
+        else:
+            transport.pauseProducing()
 
     def _send(self, data: bytes, count: int = 1) -> None:
         if self._batch is not None:
@@ -1039,6 +1140,26 @@ class ReaderService(Service):
         self.stats.idle_timeouts += 1
         self.stats.dead_links += 1
 
+    def readingPaused(self, session: ReaderSession, backlog: int) -> None:
+        self.stats.read_pauses += 1
+        self.log.emit(
+            LogLevel.warn if session.pauses == 1 else LogLevel.debug,
+            "[{section}] {peer}: {backlog} badges' actions unfinished; not "
+            "reading from the reader until at most {resume} are",
+            section=self.section,
+            peer=session.peer,
+            backlog=backlog,
+            resume=MAX_PENDING_ANSWERS // 2,
+        )
+
+    def readingResumed(self, session: ReaderSession, backlog: int) -> None:
+        self.log.debug(
+            "[{section}] {peer}: {backlog} badges' actions unfinished; reading again",
+            section=self.section,
+            peer=session.peer,
+            backlog=backlog,
+        )
+
     def answersSent(self, session: ReaderSession, count: int) -> None:
         self.stats.commands_sent += count
 
@@ -1083,6 +1204,7 @@ class ReaderService(Service):
             outcome = self.chain.run(event)
             if isinstance(outcome, Deferred):
                 outcome.addCallback(self._countOutcome)
+                session.track(outcome)
             else:
                 self._countOutcome(outcome)
             return

@@ -1028,8 +1028,282 @@ class SessionAnswerTests(SynchronousTestCase):
         for d in h.action.pending[MAX_PENDING_ANSWERS // 2 :]:
             d.callback({"ok": "yes"})
         self.assertEqual(c.written(), ACCEPT * MAX_PENDING_ANSWERS)
+        self.assertEqual(h.counters["read_pauses"], 1)
         c.lose()
         h.stop(self)
+
+
+class FlowControlTests(SynchronousTestCase):
+    """
+    In every mode, at most L{MAX_PENDING_ANSWERS} badges of a session have
+    actions running: the session stops reading at that many and reads again
+    at half, the lines read meanwhile kept in order.
+    """
+
+    HALF = MAX_PENDING_ANSWERS // 2
+
+    def allow_list(self) -> str:
+        fd, path = tempfile.mkstemp(suffix=".txt")
+        os.write(fd, b"04FFFF\n")
+        os.close(fd)
+        self.addCleanup(os.remove, path)
+        return path
+
+    def modes(self) -> list[tuple[ReaderConfig, bytes]]:
+        """
+        The modes whose answers do not wait for the actions, with the
+        answer each gives to badge "01".
+        """
+        return [
+            (make_config(), b""),
+            (make_config(reply="wink"), WINK),
+            (make_config(allow_list=self.allow_list()), DENY),
+        ]
+
+    def test_cap_every_mode(self) -> None:
+        """
+        With no answer, C{reply} or C{allow_list} and actions that do not
+        finish, the session handles L{MAX_PENDING_ANSWERS} badges (answering
+        them at once), then pauses: once, counted, and one warning.  Once
+        half of the actions finish, the badges held meanwhile are handled,
+        in order, and reading resumes.
+        """
+        extra = [f"{i:02X}" for i in range(10)]
+        for config, answer in self.modes():
+            h = Harness(config)
+            h.action.later = []
+            c = h.start()
+            data = badge("01") * MAX_PENDING_ANSWERS
+            data += b"".join(badge(i) for i in extra)
+            with capturedLogs() as events:
+                c.receive(data)
+            self.assertEqual(len(h.action.events), MAX_PENDING_ANSWERS)
+            self.assertEqual(c.transport.producerState, "paused")
+            self.assertEqual(c.written(), answer * MAX_PENDING_ANSWERS)
+            self.assertEqual(h.counters["read_pauses"], 1)
+            [warning] = messages(events, LogLevel.warn)
+            self.assertIn(f"{MAX_PENDING_ANSWERS} badges' actions unfinished", warning)
+
+            for d in h.action.pending[: self.HALF - 1]:
+                d.callback(None)
+            self.assertEqual(len(h.action.events), MAX_PENDING_ANSWERS)
+            self.assertEqual(c.transport.producerState, "paused")
+            h.action.pending[self.HALF - 1].callback(None)
+            self.assertEqual(c.transport.producerState, "producing")
+            tags = [e.variables["tag_id"] for e in h.action.events]
+            self.assertEqual(tags[MAX_PENDING_ANSWERS:], extra)
+            self.assertEqual(c.written(), answer * len(extra))
+            self.assertEqual(h.counters["badges"], MAX_PENDING_ANSWERS + len(extra))
+
+            for d in h.action.pending[self.HALF :]:
+                d.callback(None)
+            self.assertEqual(c.session.backlog, 0)
+            self.assertEqual(h.counters["read_pauses"], 1)
+            c.lose()
+            h.stop(self)
+
+    def test_printer_down(self) -> None:
+        """
+        The review's case: a reader repeating a badge while every action
+        hangs (a printer down, no queue) never has more than
+        L{MAX_PENDING_ANSWERS} action chains running, however much it sends.
+        """
+        h = Harness(make_config(reply="wink"))
+        h.action.later = []
+        c = h.start()
+        for _ in range(4 * MAX_PENDING_ANSWERS):
+            c.receive(badge("04A1"))
+        self.assertEqual(len(h.action.pending), MAX_PENDING_ANSWERS)
+        self.assertEqual(c.session.backlog, MAX_PENDING_ANSWERS)
+        self.assertEqual(h.counters["read_pauses"], 1)
+        for d in h.action.pending:
+            d.callback(None)
+        c.lose()
+        h.stop(self)
+
+    def test_synchronous_actions(self) -> None:
+        """
+        Actions that finish at once hold nothing: many badges in one read
+        never pause the session.
+        """
+        h = Harness(make_config(reply="wink"))
+        c = h.start()
+        c.receive(badge("01") * (2 * MAX_PENDING_ANSWERS))
+        self.assertEqual(len(h.action.events), 2 * MAX_PENDING_ANSWERS)
+        self.assertEqual(c.transport.producerState, "producing")
+        self.assertEqual(h.counters["read_pauses"], 0)
+        c.lose()
+        h.stop(self)
+
+    def test_ready_answers_count(self) -> None:
+        """
+        C{accept_if}: answers ready at once but held behind an unfinished
+        one count too.
+        """
+        h = Harness(make_config(accept_if=AcceptRule("ok", re.compile("yes"))))
+        h.action.later = []
+        c = h.start()
+        c.receive(badge("01"))
+        [first] = h.action.pending
+        h.action.later = None
+        h.action.result = {"ok": "yes"}
+        c.receive(badge("02") * MAX_PENDING_ANSWERS)
+        self.assertEqual(len(h.action.events), MAX_PENDING_ANSWERS)
+        self.assertEqual(c.transport.producerState, "paused")
+        self.assertEqual(c.written(), b"")
+        first.callback({"ok": "no"})
+        self.assertEqual(c.transport.producerState, "producing")
+        self.assertEqual(len(h.action.events), MAX_PENDING_ANSWERS + 1)
+        self.assertEqual(c.written(), DENY + ACCEPT * MAX_PENDING_ANSWERS)
+        c.lose()
+        h.stop(self)
+
+    def test_lost_while_paused(self) -> None:
+        """
+        Actions finishing after their session was lost touch nothing of it,
+        and the next session starts reading with an empty backlog.
+        """
+        h = Harness(make_config(reply="wink"))
+        h.action.later = []
+        c = h.start()
+        c.receive(badge("01") * (MAX_PENDING_ANSWERS + 5))
+        c.lose(ConnectionLost())
+        for d in h.action.pending:
+            d.callback(None)
+        self.assertEqual(c.transport.producerState, "paused")
+        self.assertEqual(len(h.action.events), MAX_PENDING_ANSWERS)
+        h.clock.advance(h.next_delay())
+        c2 = h.endpoint.succeed()
+        c2.receive(badge("02"))
+        self.assertEqual(len(h.action.events), MAX_PENDING_ANSWERS + 1)
+        self.assertEqual(c2.written(), WINK)
+        self.assertEqual(c2.session.backlog, 1)
+        h.action.pending[-1].callback(None)
+        c2.lose()
+        h.stop(self)
+
+    def test_oversized_after_held_lines(self) -> None:
+        """
+        A line too long, read while paused, drops the session only after the
+        badges before it are handled.
+        """
+        h = Harness()
+        h.action.later = []
+        c = h.start()
+        data = badge("01") * (MAX_PENDING_ANSWERS + 2)
+        c.receive(data + b"$" + b"A" * MAX_LINE + b"\r\n" + badge("03"))
+        self.assertFalse(c.aborted)
+        self.assertEqual(h.counters["oversized"], 0)
+        for d in h.action.pending[: self.HALF]:
+            d.callback(None)
+        self.assertEqual(len(h.action.events), MAX_PENDING_ANSWERS + 2)
+        self.assertTrue(c.aborted)
+        self.assertEqual(h.counters["oversized"], 1)
+        for d in h.action.pending[self.HALF :]:
+            d.callback(None)
+        c.lose(ConnectionAborted())
+        h.stop(self)
+
+    def test_pause_is_not_silence(self) -> None:
+        """
+        While paused, C{idle_timeout} does not drop the session; after it
+        reads again the reader has the full C{idle_timeout} to speak.
+        """
+        h = Harness(make_config(idle_timeout=10))
+        h.action.later = []
+        c = h.start()
+        c.receive(badge("01") * MAX_PENDING_ANSWERS)
+        h.clock.advance(35)
+        self.assertFalse(c.aborted)
+        for d in h.action.pending[: self.HALF]:
+            d.callback(None)
+        self.assertEqual(c.transport.producerState, "producing")
+        h.clock.advance(9.9)
+        self.assertFalse(c.aborted)
+        h.clock.advance(0.1)
+        self.assertTrue(c.aborted)
+        for d in h.action.pending[self.HALF :]:
+            d.callback(None)
+        c.lose(ConnectionAborted())
+        h.stop(self)
+
+    @settings(deadline=None, max_examples=25)
+    @given(
+        mode=st.sampled_from(["none", "reply", "accept_if"]),
+        steps=st.lists(
+            st.tuples(st.booleans(), st.integers(min_value=1, max_value=300)),
+            max_size=12,
+        ),
+        seed=st.randoms(use_true_random=False),
+    )
+    def test_never_above_cap(
+        self, mode: str, steps: list[tuple[bool, int]], seed: Any
+    ) -> None:
+        """
+        Whatever the mix of reads and finishing actions (in any order), no
+        more than L{MAX_PENDING_ANSWERS} action chains run at once, badges
+        are held only while reading is paused, reading is paused only above
+        half the cap, and once all finish every badge sent has been handled
+        (and answered), in order.
+        """
+        config = {
+            "none": make_config(),
+            "reply": make_config(reply="wink"),
+            "accept_if": make_config(accept_if=AcceptRule("ok", re.compile("y"))),
+        }[mode]
+        h = Harness(config)
+        h.action.later = []
+        c = h.start()
+        sent: list[str] = []
+
+        def running() -> list[Deferred[Mapping[str, str] | None]]:
+            return [d for d in h.action.pending if not d.called]
+
+        def finish(count: int) -> None:
+            for d in seed.sample(running(), min(count, len(running()))):
+                d.callback({"ok": "y"})
+
+        for read, count in steps:
+            if read:
+                tags = [f"{len(sent) + i:04X}" for i in range(count)]
+                sent += tags
+                c.receive(b"".join(badge(t) for t in tags))
+            else:
+                finish(count)
+            backlog = c.session.backlog
+            self.assertLessEqual(len(running()), backlog)
+            self.assertLessEqual(backlog, MAX_PENDING_ANSWERS)
+            paused = c.transport.producerState == "paused"
+            if paused:
+                self.assertGreater(backlog, MAX_PENDING_ANSWERS // 2)
+            if len(h.action.events) < len(sent):
+                self.assertTrue(paused, "badges held while reading")
+        while running():
+            finish(MAX_PENDING_ANSWERS)
+        self.assertEqual([e.variables["tag_id"] for e in h.action.events], sent)
+        self.assertEqual(c.transport.producerState, "producing")
+        if mode != "none":
+            self.assertEqual(h.counters["commands_sent"], len(sent))
+        c.lose()
+        h.stop(self)
+
+    def test_stopping_while_paused(self) -> None:
+        """
+        Actions finishing while the service stops do not resume a
+        transport that is closing.
+        """
+        h = Harness(make_config(reply="wink"))
+        h.action.later = []
+        c = h.start()
+        c.receive(badge("01") * MAX_PENDING_ANSWERS)
+        d = h.service.stopService()
+        for pending in h.action.pending:
+            pending.callback(None)
+            self.assertIsNone(self.successResultOf(pending))
+        self.assertEqual(c.transport.producerState, "paused")
+        c.lose()
+        self.successResultOf(d)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
 
 
 class IdleTimeoutTests(SynchronousTestCase):
@@ -1158,6 +1432,7 @@ class StatsTests(SynchronousTestCase):
             "commands_dropped",
             "action_errors",
             "dead_links",
+            "read_pauses",
             "last_badge",
             "last_connect",
         ):
