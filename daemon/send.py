@@ -27,9 +27,23 @@ state machine (L{Link}, L{LinkState})::
   waits for the device to close its side, which a raw-port printer does once
   it has read the whole job; a reset instead is a failure.  A device that
   keeps its side open is left after L{CLOSE_TIMEOUT} (a plain close: the
-  kernel still delivers what it holds).  TLS links send close_notify and wait
-  for the device's, within the same bound.  Once a complete reply
-  (C{reply_until}) has arrived the link closes at once.
+  kernel still delivers what it holds); if by then even our FIN could not go
+  out, the link aborts and fails.  TLS links send close_notify and wait for
+  the device's, within the same bound; a session the device does not close
+  in time (the link aborts, discarding what the TLS and TCP buffers still
+  hold), or ends without close_notify or with a reset, is a failure.  Once a
+  complete reply (C{reply_until}) has arrived the link closes at once.
+
+A link succeeds -- and an outbox job counts as delivered and is removed --
+only when the device accepted the data: all of it written and the
+connection closed cleanly as above, or a complete C{reply_until} reply
+(after which however the link ends is a success).
+
+Encoding: ``encoding = auto`` means latin-1 for the data sent when every
+character fits, else UTF-8 (printers' raw ports mostly expect a single-byte
+code page), and UTF-8 first for decoding replies (L{decode_reply}).  This
+differs on purpose from the server trigger, whose replies with ``auto`` are
+always UTF-8.
 
 Links to one destination are limited across every action by a shared
 L{LinkLimiters} (C{max_parallel}, 1 by default: one job at a time per
@@ -730,10 +744,16 @@ class Link:
 
     def _close_now(self) -> None:
         """
-        Close without waiting for the device (reply complete, or a transport
-        without half-close).
+        Close the whole connection: after a complete reply, over TLS
+        (close_notify), or on a transport without half-close.
+
+        Only a complete reply makes any end a success: the device answered,
+        so it has the data.  Otherwise the link is judged by how it ends
+        (see L{_lost}): over TLS, only the device's close_notify in return
+        (a clean end) confirms that it read everything we sent.
         """
-        self._ok_on_loss = True
+        if self.reply is not None and self.reply.complete:
+            self._ok_on_loss = True
         if self._transport is not None:
             self._transport.loseConnection()
 
@@ -767,25 +787,42 @@ class Link:
 
     def _close_timed_out(self) -> None:
         self._timer = None
-        if self.state is not LinkState.CLOSING or self._transport is None:
+        transport = self._transport
+        if self.state is not LinkState.CLOSING or transport is None:
             return
-        if self._half_closed and not self._write_closed_seen:
-            self._error = (
-                f"device did not read the data (still unsent "
-                f"{seconds(self.options.close_timeout)} after closing)"
+        timeout = seconds(self.options.close_timeout)
+        if self.reply is not None and self.reply.complete:
+            # The device answered (reply_until): it has the data.
+            self._ok_on_loss = True
+            transport.abortConnection()
+            return
+        if self._half_closed and self._write_closed_seen:
+            # Plain TCP, and our FIN went out after the last byte: the
+            # kernel holds everything and goes on delivering it after the
+            # close (no linger, nothing unread on our side, so no reset).
+            # A raw-port device that keeps its side open has nothing more
+            # to tell us; waiting longer would only hold its one link.  A
+            # reset from the device before this point failed the link.
+            self.log.debug(
+                "{link}: the device did not close within {timeout}; closing anyway",
+                link=self.label,
+                timeout=timeout,
             )
-            self._kill()
+            self._ok_on_loss = True
+            transport.loseConnection()
             return
-        self.log.debug(
-            "{link}: the device did not close within {timeout}; closing anyway",
-            link=self.label,
-            timeout=seconds(self.options.close_timeout),
-        )
-        self._ok_on_loss = True
-        if self._half_closed:
-            self._transport.loseConnection()
+        if self._tls:
+            # Our close_notify (and maybe data before it) may still sit in
+            # the TLS and TCP buffers; the abort throws it away.
+            self._error = (
+                f"TLS session not closed by the device within {timeout}; "
+                f"delivery not confirmed"
+            )
         else:
-            self._transport.abortConnection()
+            self._error = (
+                f"device did not read the data (still unsent {timeout} after closing)"
+            )
+        self._kill()
 
     def _lost(self, reason: Failure) -> None:
         state = self.state
@@ -793,22 +830,36 @@ class Link:
             return
         self._producing = False
         if self._error is None and not self._ok_on_loss:
-            tls = describe_tls_failure(reason)
-            clean = reason.check(ConnectionDone) is not None
-            if tls is not None:
-                self._error = tls
-            elif state is LinkState.SENDING or not self.written:
-                self._error = (
-                    "device closed the connection before all the data was written"
-                    if clean
-                    else f"connection lost before all the data was written: "
-                    f"{reason.getErrorMessage()}"
-                )
-            elif not clean:
-                self._error = (
-                    f"connection reset by the device: {reason.getErrorMessage()}"
-                )
+            self._error = self._loss_error(state, reason)
         self._finish()
+
+    def _loss_error(self, state: LinkState, reason: Failure) -> str | None:
+        """
+        What a connection that ended by itself with C{reason} means: None
+        for success (every byte written, and a clean end), else the error.
+        """
+        tls = describe_tls_failure(reason)
+        if tls is not None:
+            return tls
+        clean = reason.check(ConnectionDone) is not None
+        if state is LinkState.SENDING or not self.written:
+            if clean:
+                return "device closed the connection before all the data was written"
+            return (
+                f"connection lost before all the data was written: "
+                f"{reason.getErrorMessage()}"
+            )
+        if clean:
+            # TCP: the device closed after our data; TLS: close_notify both
+            # ways (Twisted's TLS layer reports an end without the device's
+            # close_notify, or a reset, as ConnectionLost).
+            return None
+        if self._tls:
+            return (
+                "TLS session not closed cleanly by the device (no close_notify, "
+                "or a reset); delivery not confirmed"
+            )
+        return f"connection reset by the device: {reason.getErrorMessage()}"
 
 
 # ---------------------------------------------------------------------------

@@ -700,6 +700,107 @@ class LinkTests(SynchronousTestCase):
         lost(protocol, ConnectionDone())
         self.successResultOf(d)
 
+    def tlsWritten(self, **options: Any) -> tuple[Link, Deferred[bytes], Any]:
+        """
+        A TLS link whose handshake is done and whose data is written.
+        """
+        link = self.link(**options)
+        d = link.start()
+        protocol, _ = self.endpoint.accept(TLSTransport())
+        protocol.handshakeCompleted()  # type: ignore[attr-defined]
+        return link, d, protocol
+
+    def test_tlsCloseTimeoutFails(self) -> None:
+        """
+        A TLS device that does not answer our close_notify within the close
+        timeout (a slow reader: data may still sit in the TLS and TCP
+        buffers) is aborted, and the link fails: delivery not confirmed.
+        """
+        link, d, protocol = self.tlsWritten()
+        transport = protocol.transport
+        self.assertIs(link.state, LinkState.CLOSING)
+        self.assertTrue(transport.disconnecting)
+        self.clock.advance(CLOSE_TIMEOUT - 0.001)
+        self.assertFalse(transport.aborted)
+        self.clock.advance(0.001)
+        self.assertTrue(transport.aborted)
+        self.assertNoResult(d)
+        lost(protocol, ConnectionLost())
+        failure = self.failureResultOf(d, ActionFailed)
+        self.assertEqual(
+            str(failure.value),
+            f"{PRINTER}: TLS session not closed by the device within 2s; "
+            f"delivery not confirmed",
+        )
+        self.assertIs(link.state, LinkState.FAILED)
+
+    def test_tlsEndWithoutCloseNotifyFails(self) -> None:
+        """
+        Over TLS, an end that is not clean -- a reset after our
+        close_notify, or the TCP connection closed without the device's
+        close_notify, both ConnectionLost from Twisted's TLS layer -- fails
+        the link, while closing and while waiting for a reply.
+        """
+        expected = (
+            f"{PRINTER}: TLS session not closed cleanly by the device (no "
+            f"close_notify, or a reset); delivery not confirmed"
+        )
+        link, d, protocol = self.tlsWritten()
+        self.assertIs(link.state, LinkState.CLOSING)
+        lost(protocol, ConnectionLost("Connection reset by peer"))
+        failure = self.failureResultOf(d, ActionFailed)
+        self.assertEqual(str(failure.value), expected)
+        link, d, protocol = self.tlsWritten(disconnect_delay=5.0)
+        self.assertIs(link.state, LinkState.WAITING_REPLY)
+        lost(protocol, ConnectionLost())
+        failure = self.failureResultOf(d, ActionFailed)
+        self.assertEqual(str(failure.value), expected)
+
+    def test_tlsDeviceClosesCleanlyDuringDelay(self) -> None:
+        """
+        A TLS device that ends the session cleanly (its close_notify, which
+        Twisted's TLS layer answers) while the link waits for a reply: a
+        success, with what it said.
+        """
+        link, d, protocol = self.tlsWritten(disconnect_delay=5.0, capture=True)
+        protocol.dataReceived(b"done")
+        lost(protocol, ConnectionDone())
+        self.assertEqual(self.successResultOf(d), b"done")
+
+    def test_tlsCloseTimeoutAfterReply(self) -> None:
+        """
+        Once a complete reply_until reply has arrived, a TLS device that
+        does not answer close_notify is aborted at the close timeout, and
+        the link still succeeds: the device answered, so it has the data.
+        """
+        link, d, protocol = self.tlsWritten(
+            disconnect_delay=5.0, capture=True, reply_until=ReplyUntil(count=2)
+        )
+        protocol.dataReceived(b"OK")
+        self.assertIs(link.state, LinkState.CLOSING)
+        self.clock.advance(CLOSE_TIMEOUT)
+        self.assertTrue(protocol.transport.aborted)
+        lost(protocol, ConnectionLost())
+        self.assertEqual(self.successResultOf(d), b"OK")
+
+    def test_closeTimeoutAfterReplyDataStuck(self) -> None:
+        """
+        Over TCP too, a complete reply makes the link a success even when
+        the rest of our data could not go out by the close timeout.
+        """
+        link = self.link(
+            payload=b"x" * 100_000, capture=True, reply_until=ReplyUntil(count=1)
+        )
+        d = link.start()
+        protocol, transport = self.endpoint.accept()
+        assert isinstance(transport, HalfCloseTransport)
+        IPushProducer(protocol).resumeProducing()
+        self.assertTrue(transport.write_closed)
+        protocol.dataReceived(b"!")
+        self.clock.advance(CLOSE_TIMEOUT)
+        lost(protocol, ConnectionAborted())
+        self.assertEqual(self.successResultOf(d), b"!")
+
     def test_tlsHandshakeNeverCompletes(self) -> None:
         """
         A TLS handshake that never finishes is bounded by write_timeout.

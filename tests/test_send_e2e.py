@@ -25,16 +25,19 @@ from cryptography.x509.oid import NameOID
 from twisted.application.service import MultiService
 from twisted.internet import reactor as globalReactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import (
     clientFromString,
     connectProtocol,
     serverFromString,
 )
-from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.interfaces import IHandshakeListener, IListeningPort
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.ssl import CertificateOptions, PrivateCertificate, TLSVersion
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
 from daemon.actions import ActionChain, ActionFailed, Event
 from daemon.config import ServerConfig, config_from_string
@@ -457,6 +460,145 @@ class SendEndToEndTests(TestCase):
             reason = await self.sendFails(action)
             self.assertIn("TLS: ", reason)
             self.assertIn("certificate verify failed", reason)
+
+        return Deferred.fromCoroutine(run())
+
+
+@implementer(IHandshakeListener)
+class _TLSDevice(Protocol):
+    """
+    A TLS device that misbehaves at the end of a job: C{stall} stops reading
+    as soon as the handshake is done, so what comes after it (our data and
+    our close_notify) stays in the TCP buffers and is never answered; else
+    it resets the connection once the job's first data has arrived.
+
+    @ivar received: the data it read.
+    """
+
+    def __init__(self, stall: bool, lost: list[Deferred[None]]) -> None:
+        self.stall = stall
+        self.received = b""
+        self.lost: Deferred[None] = Deferred()
+        lost.append(self.lost)
+
+    def handshakeCompleted(self) -> None:
+        if self.stall:
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if not self.stall:
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost.callback(None)
+
+
+class TLSCloseEndToEndTests(TestCase):
+    """
+    Over TLS a link succeeds only when the device ends the session cleanly
+    (close_notify in return); the clean case is
+    L{SendEndToEndTests.test_tls}.
+    """
+
+    timeout = 30
+
+    async def startDevice(self, stall: bool) -> tuple[list[_TLSDevice], int, str]:
+        """
+        A L{_TLSDevice} server with a throwaway CA's certificate, TLS 1.2 at
+        most (the server's handshake ends before the client may send data),
+        on loopback until the test ends; its connections, port and CA file.
+        """
+        directory = self.mktemp()
+        os.makedirs(directory)
+        files = writeCertificates(directory)
+        with open(files["cert"], "rb") as f, open(files["key"], "rb") as k:
+            pem = PrivateCertificate.loadPEM(f.read() + b"\n" + k.read())
+        options = CertificateOptions(
+            privateKey=pem.privateKey.original,
+            certificate=pem.original,
+            lowerMaximumSecurityTo=TLSVersion.TLSv1_2,
+        )
+        devices: list[_TLSDevice] = []
+        lost: list[Deferred[None]] = []
+
+        def build() -> _TLSDevice:
+            device = _TLSDevice(stall, lost)
+            devices.append(device)
+            return device
+
+        factory = TLSMemoryBIOFactory(options, False, Factory.forProtocol(build))
+        port: IListeningPort = await serverFromString(
+            globalReactor, "tcp:0:interface=127.0.0.1"
+        ).listen(factory)
+
+        async def close() -> None:
+            await maybeDeferred(port.stopListening)
+            for device in devices:
+                if not device.lost.called:
+                    # A paused connection would not notice our abort.
+                    device.transport.abortConnection()  # type: ignore[union-attr]
+            for d in lost:
+                await d
+
+        self.addCleanup(lambda: Deferred.fromCoroutine(close()))
+        address = port.getHost()
+        assert isinstance(address, IPv4Address)
+        return devices, address.port, files["ca"]
+
+    def test_closeNotifyUnanswered(self) -> Deferred[None]:
+        """
+        A device that does not read after the handshake leaves our data and
+        close_notify in the buffers: after the 2 s close timeout the link is
+        aborted and the action fails -- delivery not confirmed -- instead of
+        reporting a job the device never read as sent.
+        """
+
+        async def run() -> None:
+            devices, port, ca = await self.startDevice(stall=True)
+            action = sendAction(
+                f"destination = 127.0.0.1:{port}\ndata = ^XA[sku]^XZ\n"
+                f"tls = yes\ntls_ca = {ca}"
+            )
+            self.addCleanup(action.stop)
+            started = time.monotonic()
+            result = action.run(Event("server:line1", "x", {"sku": "A1"}, []))
+            assert isinstance(result, Deferred)
+            with self.assertRaises(ActionFailed) as e:
+                await result
+            self.assertEqual(
+                str(e.exception),
+                f"127.0.0.1:{port}: TLS session not closed by the device within "
+                f"2s; delivery not confirmed",
+            )
+            self.assertGreaterEqual(time.monotonic() - started, 2.0)
+            self.assertEqual([d.received for d in devices], [b""])
+
+        return Deferred.fromCoroutine(run())
+
+    def test_resetAfterCloseNotify(self) -> Deferred[None]:
+        """
+        A device that resets the connection instead of answering our
+        close_notify fails the action.
+        """
+
+        async def run() -> None:
+            devices, port, ca = await self.startDevice(stall=False)
+            action = sendAction(
+                f"destination = 127.0.0.1:{port}\ndata = ^XA[sku]^XZ\n"
+                f"tls = yes\ntls_ca = {ca}"
+            )
+            self.addCleanup(action.stop)
+            result = action.run(Event("server:line1", "x", {"sku": "A1"}, []))
+            assert isinstance(result, Deferred)
+            with self.assertRaises(ActionFailed) as e:
+                await result
+            self.assertEqual(
+                str(e.exception),
+                f"127.0.0.1:{port}: TLS session not closed cleanly by the device "
+                f"(no close_notify, or a reset); delivery not confirmed",
+            )
+            self.assertEqual(len(devices), 1)
 
         return Deferred.fromCoroutine(run())
 
