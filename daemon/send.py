@@ -544,6 +544,19 @@ class Link:
         self._ok_on_loss = False
         self._kill()
 
+    def stop(self, reason: str) -> None:
+        """
+        The daemon is stopping.  A link still connecting or writing is
+        aborted and fails with C{reason}; one whose data is written (waiting
+        for a reply) closes now as at the end of C{disconnect_delay}, is
+        bounded by C{close_timeout} like any close, and is judged by how it
+        ends; one already closing goes on.
+        """
+        if self.state is LinkState.WAITING_REPLY:
+            self._close()
+        elif self.state in (LinkState.CONNECTING, LinkState.SENDING):
+            self.abort(reason)
+
     def whenGone(self) -> Deferred[None]:
         """
         Fires when the connection (or the connection attempt) is gone.
@@ -1008,6 +1021,7 @@ class _Sending:
         self.attempts = 0
         self.result: Deferred[Mapping[str, str] | None] = Deferred(self._cancel)
         self._current: Deferred[bytes] | None = None
+        self._link: Link | None = None
         self._delay: IDelayedCall | None = None
         self._done = False
 
@@ -1018,12 +1032,18 @@ class _Sending:
     def _attempt(self) -> None:
         self._delay = None
         self.attempts += 1
-        current = self.action.attempt(self.destination, self.payload)
+        current = self.action.attempt(
+            self.destination, self.payload, on_link=self._on_link
+        )
         self._current = current
         current.addCallbacks(self._succeeded, self._failed)
 
+    def _on_link(self, link: Link) -> None:
+        self._link = link
+
     def _succeeded(self, reply: bytes) -> None:
         self._current = None
+        self._link = None
         if self._done:
             return
         self._end()
@@ -1036,6 +1056,7 @@ class _Sending:
 
     def _failed(self, failure: Failure) -> None:
         self._current = None
+        self._link = None
         if self._done:
             return
         config = self.action.config
@@ -1064,9 +1085,14 @@ class _Sending:
 
     def abort(self, reason: str) -> None:
         """
-        Fail now with C{reason} (the daemon is stopping).
+        The daemon is stopping: fail now with C{reason} when waiting for a
+        link or a retry.  With a link open, the action stops the link (see
+        L{Link.stop}) and its outcome ends this send, without a retry.
         """
         if self._done:
+            return
+        link = self._link
+        if link is not None and link.state not in (LinkState.DONE, LinkState.FAILED):
             return
         self._stop()
         self.result.errback(ActionFailed(f"{self.destination}: {reason}"))
@@ -1158,14 +1184,17 @@ class SendAction:
 
     def stop(self) -> Deferred[None]:
         """
-        Fail the sends that wait (for a link or a retry), abort open links;
-        fires when every link is gone.  No new send starts afterwards.
+        Fail the sends that wait (for a link or a retry), and stop the open
+        links (L{Link.stop}): abort those still connecting or writing, close
+        cleanly those whose data is written (within L{CLOSE_TIMEOUT}, then
+        abort); fires when every link is gone, with no timer left.  No new
+        send starts afterwards.
         """
         self.stopping = True
         for sending in list(self._sendings):
             sending.abort("the daemon is stopping")
         for link in list(self._links):
-            link.abort("the daemon is stopping")
+            link.stop("the daemon is stopping")
         gone = [link.whenGone() for link in self._links]
         return DeferredList(gone).addCallback(lambda _: None)
 
@@ -1201,11 +1230,19 @@ class SendAction:
 
     # -- links
 
-    def attempt(self, destination: Destination, payload: bytes) -> Deferred[bytes]:
+    def attempt(
+        self,
+        destination: Destination,
+        payload: bytes,
+        *,
+        on_link: Callable[[Link], None] | None = None,
+    ) -> Deferred[bytes]:
         """
         One link to C{destination} with C{payload}, when the destination's
         limit allows; fires with the reply bytes or fails with
         L{ActionFailed}.  Cancelling gives up the turn or aborts the link.
+
+        @param on_link: called with the link when it is made.
         """
         if self.stopping:
             return fail(ActionFailed(f"{destination}: the daemon is stopping"))
@@ -1228,6 +1265,8 @@ class SendAction:
 
             link = Link(self.clock, key, endpoint, payload, self.options, gone)
             self._links.add(link)
+            if on_link is not None:
+                on_link(link)
             return link.start()
 
         def sent(reply: bytes) -> bytes:

@@ -1086,8 +1086,10 @@ class SendActionTests(SynchronousTestCase):
     def test_stop(self) -> None:
         """
         stop() fails the job waiting for a retry and the job waiting for
-        its turn, aborts the open link, fires when it is gone, and leaves
-        no delayed call; later runs fail at once.
+        its turn at once; a link whose data is written (in disconnect_delay)
+        is closed cleanly -- half-closed, not reset -- and its job succeeds
+        when the device closes too; stop() fires once the link is gone and
+        leaves no delayed call; later runs fail at once.
         """
         action = self.action(retries=5, disconnect_delay=3.0)
         other = self.action()
@@ -1099,20 +1101,74 @@ class SendActionTests(SynchronousTestCase):
         assert isinstance(transport, HalfCloseTransport)
         stopped = action.stop()
         stopped_other = other.stop()
-        self.assertTrue(transport.aborted)
+        self.assertTrue(transport.write_closed)
+        self.assertFalse(transport.aborted)
         self.assertNoResult(stopped)
         for d in (retrying, waiting):
             assert isinstance(d, Deferred)
             failure = self.failureResultOf(d, ActionFailed)
             self.assertIn("the daemon is stopping", str(failure.value))
-        lost(protocol, ConnectionAborted())
+        assert isinstance(open_, Deferred)
+        self.assertNoResult(open_)
+        deviceCloses(protocol)
+        self.assertFalse(transport.aborted)
         self.successResultOf(stopped)
         self.successResultOf(stopped_other)
-        assert isinstance(open_, Deferred)
-        self.failureResultOf(open_, ActionFailed)
+        self.assertIsNone(self.successResultOf(open_))
         self.assertEqual(len(self.printer().attempts), 1)
         self.assertEqual(len(self.limiters), 0)
         self.assertRaises(ActionFailed, action.run, event())
+
+    def test_stopAbortsUnwrittenLinks(self) -> None:
+        """
+        stop() aborts a link still connecting and a link still writing its
+        data; both jobs fail with the reason, without a retry, and stop()
+        fires once both are gone.
+        """
+        action = self.action(retries=5, max_parallel=2)
+        writing = action.run(event(sku="x" * 100_000))
+        connecting = action.run(event())
+        printer = self.printer()
+        protocol, transport = printer.accept(index=0)
+        assert isinstance(transport, HalfCloseTransport)
+        self.assertIsNotNone(transport.producer)
+        stopped = action.stop()
+        self.assertEqual(printer.cancelled, 1)
+        self.assertTrue(transport.aborted)
+        self.assertNoResult(stopped)
+        lost(protocol, ConnectionAborted())
+        self.successResultOf(stopped)
+        for d in (writing, connecting):
+            assert isinstance(d, Deferred)
+            failure = self.failureResultOf(d, ActionFailed)
+            self.assertEqual(str(failure.value), f"{PRINTER}: the daemon is stopping")
+        self.assertEqual(len(printer.attempts), 2)
+        self.assertEqual(len(self.limiters), 0)
+
+    def test_stopBoundedByCloseTimeout(self) -> None:
+        """
+        A written TLS link closed by stop() (close_notify) whose device
+        never answers is aborted at CLOSE_TIMEOUT: the job fails (delivery
+        not confirmed), stop() fires when the link is gone, and no delayed
+        call is left.
+        """
+        action = self.action(disconnect_delay=30.0)
+        d = action.run(event())
+        protocol, transport = self.printer().accept(TLSTransport())
+        protocol.handshakeCompleted()  # type: ignore[attr-defined]
+        stopped = action.stop()
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(transport.aborted)  # type: ignore[attr-defined]
+        self.clock.advance(CLOSE_TIMEOUT - 0.001)
+        self.assertFalse(transport.aborted)  # type: ignore[attr-defined]
+        self.clock.advance(0.001)
+        self.assertTrue(transport.aborted)  # type: ignore[attr-defined]
+        self.assertNoResult(stopped)
+        lost(protocol, ConnectionLost())
+        self.successResultOf(stopped)
+        assert isinstance(d, Deferred)
+        failure = self.failureResultOf(d, ActionFailed)
+        self.assertIn("delivery not confirmed", str(failure.value))
 
     def test_chainStopsAtFailure(self) -> None:
         """
