@@ -16,6 +16,7 @@ read go out in one C{write}.
 from __future__ import annotations
 
 import csv
+import enum
 import ipaddress
 import json
 import time
@@ -23,10 +24,12 @@ from collections import deque
 from collections.abc import Mapping
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
     IHalfCloseableProtocol,
+    IPushProducer,
     IReactorTime,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -134,6 +137,8 @@ def parse_frame(spec: ParseSpec, text: str) -> dict[str, str]:
         value = json.loads(text)
     except ValueError as e:
         raise ParseError(f"bad JSON: {e}") from None
+    except RecursionError:
+        raise ParseError("bad JSON: nested too deeply") from None
     if not isinstance(value, dict):
         raise ParseError("JSON frame is not an object")
     return {
@@ -245,18 +250,33 @@ class ServerTrigger(Factory):
             reason=reason,
         )
 
-    def closeAll(self) -> None:
-        """
-        Close every open connection (the daemon is stopping).
-        """
-        for connection in list(self.connections):
-            connection.transport.loseConnection()  # type: ignore[union-attr]
+
+class ConnectionState(enum.Enum):
+    """
+    The life of a server connection.
+
+    OPEN: reading and answering.  ENDING: no more input is read (the client
+    half-closed, a frame was too long, or the daemon is stopping); replies of
+    events already read still go out, then the connection closes.  CLOSED:
+    gone; replies of events that finish later are dropped.
+    """
+
+    OPEN = "open"
+    ENDING = "ending"
+    CLOSED = "closed"
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IPushProducer)
 class ServerConnection(Protocol):
     """
     One client of a server trigger.
+
+    Reading pauses for two reasons, either of which is enough: too many
+    events of this client are unfinished (C{max_pending}), or the client is
+    not reading its replies (the transport asked us, as its producer, to
+    pause).  A client that does not read for C{write_timeout} seconds is
+    aborted, so a stuck peer never holds more than a bounded amount of
+    reply data.
     """
 
     log = Logger(observer=logs.observer)
@@ -265,7 +285,11 @@ class ServerConnection(Protocol):
         self.trigger = trigger
         self.peer_host = host
         self.peer_port = port
-        self.peer = f"{host}:{port}" if port else host
+        self.peer = (
+            f"[{host}]:{port}"
+            if ":" in host and port
+            else (f"{host}:{port}" if port else host)
+        )
         config = trigger.config
         self.framer = make_framer(
             config.frame,
@@ -275,14 +299,23 @@ class ServerConnection(Protocol):
         )
         self.seq = 0
         self.pending: deque[_Pending] = deque()
-        self.paused = False
-        self.closing = False
-        self.connected = False
+        self.state = ConnectionState.CLOSED
+        self.too_many_pending = False
+        self.write_blocked = False
+        self.reading_paused = False
         self.last_data = 0.0
         self._idle_call: IDelayedCall | None = None
         self._timeout_call: IDelayedCall | None = None
+        self._stall_call: IDelayedCall | None = None
         self._out: list[bytes] = []
         self._waiters: list[Deferred[None]] = []
+
+    @property
+    def alive(self) -> bool:
+        """
+        Open, or ending but not yet closed.
+        """
+        return self.state is not ConnectionState.CLOSED
 
     # -- connection life
 
@@ -291,7 +324,7 @@ class ServerConnection(Protocol):
         A Deferred that fires when this connection is gone.
         """
         d: Deferred[None] = Deferred()
-        if self.connected:
+        if self.alive:
             self._waiters.append(d)
         else:
             d.callback(None)
@@ -302,8 +335,9 @@ class ServerConnection(Protocol):
         trigger.connections.add(self)
         trigger.stats.connections += 1
         trigger.stats.active += 1
-        self.connected = True
+        self.state = ConnectionState.OPEN
         self.last_data = trigger.clock.seconds()
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         if trigger.config.idle_timeout > 0:
             self._timeout_call = trigger.clock.callLater(
                 trigger.config.idle_timeout, self._check_idle_timeout
@@ -312,33 +346,44 @@ class ServerConnection(Protocol):
             "[{trigger}] {peer} connected", trigger=trigger.section, peer=self.peer
         )
 
+    def end(self) -> None:
+        """
+        Stop reading; close once the replies of the events already read
+        are written.
+        """
+        if self.state is ConnectionState.OPEN:
+            self.state = ConnectionState.ENDING
+            self._close_when_drained()
+
     def readConnectionLost(self) -> None:
         """
-        The client half-closed: its message (``frame = disconnect``) is
-        complete, and its replies can still be written before we close.
+        The client half-closed: its input is complete (``frame =
+        disconnect`` and ``idle`` deliver what they hold), and its replies
+        can still be written before we close.
         """
-        self._end_of_input()
-        self.closing = True
-        self._close_when_drained()
+        if self.state is ConnectionState.OPEN:
+            self._end_of_input(clean=True)
+            self.end()
 
     def writeConnectionLost(self) -> None:
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if not self.connected:
+        if self.state is ConnectionState.CLOSED:
             return
-        # Replies can no longer be written; a frame completed by the close
-        # (frame = disconnect) still runs its actions.
-        self.connected = False
-        if not self.closing:
-            self._end_of_input()
+        was_open = self.state is ConnectionState.OPEN
+        # Replies can no longer be written; a message completed by a clean
+        # close (frame = disconnect / idle) still runs its actions.
+        self.state = ConnectionState.CLOSED
+        if was_open:
+            self._end_of_input(clean=reason.check(ConnectionDone) is not None)
         trigger = self.trigger
         trigger.connections.discard(self)
         trigger.stats.active -= 1
-        for call in (self._idle_call, self._timeout_call):
+        for call in (self._idle_call, self._timeout_call, self._stall_call):
             if call is not None and call.active():
                 call.cancel()
-        self._idle_call = self._timeout_call = None
+        self._idle_call = self._timeout_call = self._stall_call = None
         self.pending.clear()
         self.log.info(
             "[{trigger}] {peer} disconnected after {count} messages",
@@ -350,15 +395,86 @@ class ServerConnection(Protocol):
         for d in waiters:
             d.callback(None)
 
-    def _end_of_input(self) -> None:
+    def _end_of_input(self, clean: bool) -> None:
+        """
+        No more bytes will come.  What the framer still holds is a message
+        only where the framing says so: the whole connection (``disconnect``)
+        or a burst ended by silence (``idle``), and only when the client
+        closed cleanly.  An unterminated line or delimited message is a
+        truncated one and is dropped, never acted on.
+        """
         frame = self.framer.flush()
-        discarded = self.framer.discarded
-        if discarded:
-            self.trigger.stats.discarded_bytes += discarded
-            self.framer.discarded = 0
+        stats = self.trigger.stats
         if frame is not None:
-            self._handle(frame)
-            self._flush()
+            if clean and self.trigger.config.frame in ("disconnect", "idle"):
+                self._handle(frame)
+                self._flush()
+            else:
+                stats.discarded_bytes += len(frame)
+                stats.truncated += 1
+                self.log.warn(
+                    "[{trigger}] {peer}: dropped an unterminated message of {size} "
+                    "bytes at {how} close",
+                    trigger=self.trigger.section,
+                    peer=self.peer,
+                    size=len(frame),
+                    how="a clean" if clean else "an abnormal",
+                )
+        if self.framer.discarded:
+            stats.discarded_bytes += self.framer.discarded
+            self.framer.discarded = 0
+
+    # -- flow control (IPushProducer: the transport tells us about our writes)
+
+    def pauseProducing(self) -> None:
+        """
+        The client is not reading its replies fast enough: stop reading its
+        messages, and abort it if this lasts C{write_timeout} seconds.
+        """
+        self.write_blocked = True
+        self._update_reading()
+        timeout = self.trigger.config.write_timeout
+        if timeout > 0 and self._stall_call is None and self.alive:
+            self._stall_call = self.trigger.clock.callLater(timeout, self._stalled)
+
+    def resumeProducing(self) -> None:
+        self.write_blocked = False
+        if self._stall_call is not None:
+            if self._stall_call.active():
+                self._stall_call.cancel()
+            self._stall_call = None
+        self._update_reading()
+
+    def stopProducing(self) -> None:
+        """
+        The transport is going away; connectionLost follows.
+        """
+
+    def _stalled(self) -> None:
+        self._stall_call = None
+        if not self.alive:
+            return
+        trigger = self.trigger
+        trigger.stats.write_timeouts += 1
+        trigger.stats.errors += 1
+        self.log.warn(
+            "[{trigger}] {peer}: has not read its replies for {timeout}s "
+            "(write_timeout); aborting",
+            trigger=trigger.section,
+            peer=self.peer,
+            timeout=trigger.config.write_timeout,
+        )
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _update_reading(self) -> None:
+        pause = self.too_many_pending or self.write_blocked
+        if pause == self.reading_paused or self.state is not ConnectionState.OPEN:
+            return
+        self.reading_paused = pause
+        if pause:
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+        else:
+            self.transport.resumeProducing()  # type: ignore[union-attr]
 
     # -- reading
 
@@ -366,7 +482,7 @@ class ServerConnection(Protocol):
         trigger = self.trigger
         stats = trigger.stats
         stats.bytes_in += len(data)
-        if self.closing:
+        if self.state is not ConnectionState.OPEN:
             return
         self.last_data = trigger.clock.seconds()
         oversized: FrameTooLong | None = None
@@ -400,12 +516,11 @@ class ServerConnection(Protocol):
             peer=self.peer,
             max_frame=error.max_frame,
         )
-        self.closing = True
-        self._close_when_drained()
+        self.end()
 
     def _check_frame_idle(self) -> None:
         self._idle_call = None
-        if not self.connected:
+        if self.state is not ConnectionState.OPEN:
             return
         trigger = self.trigger
         remaining = self.last_data + trigger.config.frame_idle - trigger.clock.seconds()
@@ -419,7 +534,7 @@ class ServerConnection(Protocol):
 
     def _check_idle_timeout(self) -> None:
         self._timeout_call = None
-        if not self.connected:
+        if not self.alive:
             return
         trigger = self.trigger
         timeout = trigger.config.idle_timeout
@@ -466,13 +581,12 @@ class ServerConnection(Protocol):
         event = Event(trigger.section, self.peer, variables, [])
         try:
             text = decode(frame, config.encoding)
-        except UnicodeDecodeError as e:
+        except UnicodeError as e:
             stats.decode_errors += 1
             variables["data"] = frame.decode("latin-1")
+            where = f" at byte {e.start}" if isinstance(e, UnicodeDecodeError) else ""
             self._finish(
-                event,
-                frame,
-                f"cannot decode message as {config.encoding} at byte {e.start}",
+                event, frame, f"cannot decode message as {config.encoding}{where}"
             )
             return
         variables["data"] = text
@@ -490,9 +604,9 @@ class ServerConnection(Protocol):
             assert isinstance(outcome, Deferred)
             slot = _Pending()
             self.pending.append(slot)
-            if len(self.pending) >= config.max_pending and not self.paused:
-                self.paused = True
-                self.transport.pauseProducing()  # type: ignore[union-attr]
+            if len(self.pending) >= config.max_pending and not self.too_many_pending:
+                self.too_many_pending = True
+                self._update_reading()
             outcome.addCallback(self._finished_later, slot, event, frame)
             return
         if outcome is not None:
@@ -550,7 +664,7 @@ class ServerConnection(Protocol):
             return b"".join(parts)
         try:
             parts.append(encode(template.render(event.variables), config.encoding))
-        except (MissingVariable, UnicodeEncodeError) as e:
+        except (MissingVariable, UnicodeError) as e:
             stats.errors += 1
             self.log.warn(
                 "[{trigger}] {peer} #{seq}: cannot build the reply: {error}",
@@ -565,18 +679,15 @@ class ServerConnection(Protocol):
 
     def _flush(self) -> None:
         out = self._out
-        if not out:
-            if self.closing:
-                self._close_when_drained()
-            return
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        if self.connected:
-            stats = self.trigger.stats
-            stats.bytes_out += len(data)
-            stats.replies += 1
-            self.transport.write(data)  # type: ignore[union-attr]
-        if self.closing:
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            if self.alive:
+                stats = self.trigger.stats
+                stats.bytes_out += len(data)
+                stats.replies += 1
+                self.transport.write(data)  # type: ignore[union-attr]
+        if self.state is ConnectionState.ENDING:
             self._close_when_drained()
 
     def _drain(self) -> None:
@@ -589,12 +700,11 @@ class ServerConnection(Protocol):
             data = pending.popleft().data
             if data:
                 out.append(data)
-        if self.paused and len(pending) < self.trigger.config.max_pending:
-            self.paused = False
-            if self.connected and not self.closing:
-                self.transport.resumeProducing()  # type: ignore[union-attr]
+        if self.too_many_pending and len(pending) < self.trigger.config.max_pending:
+            self.too_many_pending = False
+            self._update_reading()
         self._flush()
 
     def _close_when_drained(self) -> None:
-        if self.closing and not self.pending and self.connected:
+        if self.state is ConnectionState.ENDING and not self.pending:
             self.transport.loseConnection()  # type: ignore[union-attr]

@@ -32,6 +32,8 @@ class ServerStats:
     decode_errors: int = 0
     action_errors: int = 0
     idle_timeouts: int = 0
+    write_timeouts: int = 0
+    truncated: int = 0
     discarded_bytes: int = 0
 
     def snapshot(self) -> Snapshot:

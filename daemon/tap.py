@@ -25,10 +25,12 @@ from daemon import logs
 from daemon.actions import Action, ActionChain
 from daemon.config import Config, ConfigError, read_config
 from daemon.outbox import StoreError
-from daemon.server import ServerTrigger, describe
+from daemon.server import ServerConnection, ServerTrigger, describe
 from daemon.stats import Stats
 
 DEFAULT_CONFIG = "/etc/plantd/plantd.ini"
+#: Seconds a stopping daemon waits for clients to take their last replies.
+STOP_GRACE = 2.0
 
 
 class Options(usage.Options):
@@ -174,15 +176,37 @@ class ListenerService(Service):
         super().startService()
 
     def stopService(self) -> Deferred[None]:
+        """
+        Stop listening; let each client get the replies of the messages
+        already read, and abort those still open after L{STOP_GRACE}
+        seconds (a client that does not read must not hold up the stop).
+        """
         super().stopService()
         port, self.port = self.port, None
-        waits: list[Deferred[Any]] = [
-            c.closed() for c in list(self.trigger.connections)
-        ]
+        connections = list(self.trigger.connections)
+        waits: list[Deferred[Any]] = [c.closed() for c in connections]
         if port is not None:
             waits.append(maybeDeferred(port.stopListening))
-        self.trigger.closeAll()
-        return DeferredList(waits).addCallback(lambda _: None)
+        for connection in connections:
+            connection.end()
+        grace = self.reactor.callLater(STOP_GRACE, self._abort, connections)
+
+        def stopped(result: object) -> None:
+            if grace.active():
+                grace.cancel()
+
+        return DeferredList(waits).addCallback(stopped)
+
+    def _abort(self, connections: list[ServerConnection]) -> None:
+        for connection in connections:
+            if connection.alive and connection.transport is not None:
+                self.log.warn(
+                    "[{trigger}] {peer}: still open {grace}s after stop; aborting",
+                    trigger=self.trigger.section,
+                    peer=connection.peer,
+                    grace=STOP_GRACE,
+                )
+                connection.transport.abortConnection()  # type: ignore[attr-defined]
 
 
 class ActionsService(Service):

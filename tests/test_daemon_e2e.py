@@ -47,7 +47,7 @@ reply = <[data]>
 [server:idle]
 listen = tcp:0:interface=127.0.0.1
 frame = idle
-frame_idle = 0.2
+frame_idle = 1.0
 reply = [[[data]]\n
 
 [server:whole]

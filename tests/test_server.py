@@ -11,8 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransportWithDisconnection
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from daemon.actions import ActionChain, ActionFailed, ActionResult, Event
@@ -571,3 +573,174 @@ class ChunkingPropertyTests(SynchronousTestCase):
         self.assertEqual(split_t.value(), whole_t.value())
         whole_t.loseConnection()
         split_t.loseConnection()
+
+
+class StuckTransport(StringTransportWithDisconnection):
+    """
+    A client that does not read: a graceful close never completes; only an
+    abort ends the connection.
+    """
+
+    aborted = False
+
+    def loseConnection(self) -> None:
+        self.disconnecting = True
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        if self.connected:
+            self.connected = False
+            self.protocol.connectionLost(Failure(ConnectionLost("aborted")))
+
+
+class WriteBackpressureTests(SynchronousTestCase):
+    """
+    A client that stops reading its replies stops being read, and is
+    aborted after write_timeout: memory stays bounded.
+    """
+
+    def test_pause_and_abort(self) -> None:
+        """
+        When the transport pauses us (its send buffer is full), reading
+        pauses; after write_timeout the client is aborted and counted.
+        """
+        trigger, clock = make("reply = echo\nwrite_timeout = 30")
+        protocol, transport = connect(trigger)
+        self.assertIs(transport.producer, protocol)
+        protocol.pauseProducing()
+        self.assertEqual(transport.producerState, "paused")
+        clock.advance(29)
+        self.assertTrue(transport.connected)
+        clock.advance(1)
+        self.assertFalse(transport.connected)
+        self.assertEqual(trigger.stats.write_timeouts, 1)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_resume(self) -> None:
+        """
+        When the client reads again, reading resumes and the stall timer is
+        cancelled.
+        """
+        trigger, clock = make("reply = echo\nwrite_timeout = 30\nidle_timeout = 0")
+        protocol, transport = connect(trigger)
+        protocol.pauseProducing()
+        clock.advance(20)
+        protocol.resumeProducing()
+        self.assertEqual(transport.producerState, "producing")
+        self.assertEqual(clock.getDelayedCalls(), [])
+        clock.advance(100)
+        self.assertTrue(transport.connected)
+        transport.loseConnection()
+
+    def test_both_reasons(self) -> None:
+        """
+        Reading stays paused while either reason holds: too many pending
+        events, or a client that does not read.
+        """
+        action = FakeAction()
+        action.later = []
+        trigger, _ = make("actions = fake\nmax_pending = 1", (action,))
+        protocol, transport = connect(trigger)
+        protocol.dataReceived(b"1\n")
+        self.assertEqual(transport.producerState, "paused")
+        protocol.pauseProducing()
+        action.later[0].callback(None)
+        self.assertEqual(transport.producerState, "paused")
+        protocol.resumeProducing()
+        self.assertEqual(transport.producerState, "producing")
+        transport.loseConnection()
+
+
+class TruncatedInputTests(SynchronousTestCase):
+    """
+    What the framer holds at close is acted on only when the framing says
+    it is a whole message.
+    """
+
+    def run_close(self, mode: str, clean: bool) -> tuple[FakeAction, ServerTrigger]:
+        action = FakeAction()
+        trigger, _ = make(mode + "\nactions = fake", (action,))
+        protocol, transport = connect(trigger)
+        protocol.dataReceived(b"SKU-1001;1")
+        reason = ConnectionDone("bye") if clean else ConnectionLost("reset")
+        transport.connected = False
+        protocol.connectionLost(Failure(reason))
+        return action, trigger
+
+    def test_line_dropped(self) -> None:
+        """
+        An unterminated line is a truncated message: dropped and counted,
+        at a clean close as at a reset.
+        """
+        for clean in (True, False):
+            action, trigger = self.run_close("frame = line", clean)
+            self.assertEqual(action.events, [])
+            self.assertEqual(trigger.stats.truncated, 1)
+            self.assertEqual(trigger.stats.discarded_bytes, 10)
+
+    def test_disconnect_clean_only(self) -> None:
+        """
+        ``frame = disconnect`` acts on a clean close, not on a reset.
+        """
+        action, _ = self.run_close("frame = disconnect", True)
+        self.assertEqual([e.variables["data"] for e in action.events], ["SKU-1001;1"])
+        action, trigger = self.run_close("frame = disconnect", False)
+        self.assertEqual(action.events, [])
+        self.assertEqual(trigger.stats.truncated, 1)
+
+
+class HostileInputTests(SynchronousTestCase):
+    """
+    Input crafted to break parsers gets the error reply, never a crash.
+    """
+
+    def test_deep_json(self) -> None:
+        """
+        JSON nested deeper than Python's recursion limit is a parse error.
+        """
+        trigger, _ = make(
+            "parse = json\nerror_reply = ERR [error]\\n\nmax_frame = 200000"
+        )
+        protocol, transport = connect(trigger)
+        protocol.dataReceived(b"[" * 60000 + b"\nok\n")
+        self.assertEqual(
+            transport.value(),
+            b"ERR bad JSON: nested too deeply\nERR bad JSON: Expecting value: "
+            b"line 1 column 1 (char 0)\n",
+        )
+        self.assertEqual(trigger.stats.parse_errors, 2)
+        transport.loseConnection()
+
+
+class StopTests(SynchronousTestCase):
+    """
+    Stopping a listener never waits on a client that does not read.
+    """
+
+    def test_abort_after_grace(self) -> None:
+        """
+        Connections still open STOP_GRACE seconds after stop are aborted and
+        the stop completes; a well-behaved client is closed gracefully.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from daemon.tap import STOP_GRACE, ListenerService
+
+        trigger, _ = make("reply = echo")
+        reactor = MemoryReactorClock()
+        trigger.clock = reactor
+        service = ListenerService(reactor, "tcp:0:interface=127.0.0.1", trigger)
+        service.startService()
+        stuck = trigger.buildProtocol(IPv4Address("TCP", "10.0.0.1", 1))
+        assert stuck is not None
+        transport = StuckTransport()
+        transport.protocol = stuck
+        stuck.makeConnection(transport)
+        good, good_transport = connect(trigger, port=2)
+        stopped = service.stopService()
+        self.assertFalse(good_transport.connected)
+        self.assertNoResult(stopped)
+        reactor.advance(STOP_GRACE)
+        self.assertTrue(transport.aborted)
+        self.successResultOf(stopped)
+        self.assertEqual(reactor.getDelayedCalls(), [])
