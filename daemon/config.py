@@ -166,6 +166,7 @@ class ServerConfig:
     allow: tuple[Network, ...] = ()
     max_connections: int = 100
     idle_timeout: float = 3600.0
+    write_timeout: float = 60.0
     max_pending: int = 64
     log_frames: bool = False
 
@@ -507,12 +508,16 @@ class _Section:
             if value == "auto":
                 return value
             try:
-                return codecs.lookup(value).name
+                info = codecs.lookup(value)
             except LookupError:
+                info = None
+            # base64, hex, zlib, rot13 ... are codecs but not text encodings.
+            if info is None or not getattr(info, "_is_text_encoding", True):
                 raise ValueError(
-                    f"expected a Python codec name (utf-8, latin-1, cp1252, ...) "
+                    f"expected a text encoding (utf-8, latin-1, cp1252, ...) "
                     f"or auto; got {value!r}"
-                ) from None
+                )
+            return info.name
 
         return self.convert(key, default, convert)
 
@@ -658,6 +663,7 @@ def _server(s: _Section, name: str) -> ServerConfig:
         allow=_networks(s, "allow"),
         max_connections=s.integer("max_connections", 100, minimum=1),
         idle_timeout=s.seconds("idle_timeout", ServerConfig.idle_timeout),
+        write_timeout=s.seconds("write_timeout", ServerConfig.write_timeout),
         max_pending=s.integer("max_pending", 64, minimum=1),
         log_frames=s.boolean("log_frames", False),
     )

@@ -175,7 +175,9 @@ class BadConfigTests(SynchronousTestCase):
         An unknown codec is refused.
         """
         message = self.replace("encoding = cp1252", "encoding = cp9999")
-        self.assertIn("[send:label] encoding: expected a Python codec", message)
+        self.assertIn("[send:label] encoding: expected a text encoding", message)
+        message = self.replace("encoding = cp1252", "encoding = base64")
+        self.assertIn("expected a text encoding", message)
 
     def test_missing_action(self) -> None:
         """
