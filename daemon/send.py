@@ -52,6 +52,7 @@ printer); links to different destinations run side by side.
 
 from __future__ import annotations
 
+import os
 import re
 import typing
 from collections import deque
@@ -1404,18 +1405,29 @@ class OutboxService(Service):
     Opens the outboxes of the queued actions and stops them.
 
     The SQLite store (shared by every ``queue = durable`` action) is opened
-    in C{privilegedStartService}, so an unusable C{state_dir} stops the
-    daemon at start-up; the outboxes are recovered in C{startService}, which
-    runs before the reactor handles any connection, and an event that comes
-    before recovery has finished waits for it.
+    in C{privilegedStartService}, after creating C{state_dir} if it is
+    missing, so an unusable C{state_dir} stops the daemon at start-up (one
+    critical line naming ``[plantd] state_dir``, and the error raised); the
+    outboxes are recovered in C{startService}, which runs before the reactor
+    handles any connection, and an event that comes before recovery has
+    finished waits for it.
+
+    @ivar path: the configuration file, for messages.
     """
 
     log = Logger(observer=logs.observer)
 
-    def __init__(self, reactor: Any, state_dir: str, actions: list[SendAction]) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        state_dir: str,
+        actions: list[SendAction],
+        path: str = "<config>",
+    ) -> None:
         self.reactor = reactor
         self.state_dir = state_dir
         self.actions = actions
+        self.path = path
         self._stores: list[JobStore] = []
         self._opened = False
 
@@ -1431,12 +1443,27 @@ class OutboxService(Service):
         self._opened = True
         durable: JobStore | None = None
         if any(a.config.queue == "durable" for a in self.actions):
-            path = outbox_path(self.state_dir)
+            state_dir = self.state_dir
+            try:
+                os.makedirs(state_dir, exist_ok=True)
+            except OSError as e:
+                self.log.critical(
+                    "{config}: [plantd] state_dir: cannot create {state_dir}: {error}",
+                    config=self.path,
+                    state_dir=repr(state_dir),
+                    error=e.strerror or str(e),
+                )
+                raise
+            path = outbox_path(state_dir)
             try:
                 durable = SqliteJobStore(path, self.reactor)
             except Exception as e:  # sqlite3, OS and schema errors all stop start-up
                 self.log.critical(
-                    "cannot open the outbox {path}: {error}", path=path, error=e
+                    "{config}: [plantd] state_dir: cannot open the outbox {path}: "
+                    "{error}",
+                    config=self.path,
+                    path=repr(path),
+                    error=e,
                 )
                 raise
             self._stores.append(durable)
@@ -1500,7 +1527,7 @@ def build_send_actions(
             queued.append(action)
             stats.register("outbox", send.name, action.outbox_snapshot)
     if queued:
-        OutboxService(reactor, config.daemon.state_dir, queued).setServiceParent(
-            service
-        )
+        OutboxService(
+            reactor, config.daemon.state_dir, queued, config.path
+        ).setServiceParent(service)
     return actions

@@ -5,6 +5,8 @@ endpoints, fake transports and a fake clock.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -31,7 +33,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import LogLevel, capturedLogs, formatEvent
+from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -45,6 +47,7 @@ from daemon.send import (
     LinkLimiters,
     LinkOptions,
     LinkState,
+    OutboxService,
     ReplyBuffer,
     SendAction,
     TLSSettings,
@@ -1271,6 +1274,72 @@ class OutboxStartTests(SynchronousTestCase):
         self.assertEqual(formatEvent(critical[0]), expected)
         self.assertEqual(outbox.puts, [])
         self.assertEqual(len(self.flushLoggedErrors(StoreError)), 1)
+
+
+class OutboxServiceTests(SynchronousTestCase):
+    """
+    L{OutboxService.privilegedStartService} with ``queue = durable``: the
+    state directory is created if missing, and an unusable one stops
+    start-up with one critical line.
+    """
+
+    def service(self, state_dir: str) -> tuple[OutboxService, SendAction]:
+        action = SendAction(
+            sendConfig(queue="durable"),
+            Clock(),
+            endpoint_factory=lambda destination: FakeEndpoint(),  # type: ignore[arg-type,return-value]
+        )
+        service = OutboxService(
+            MemoryReactorClock(), state_dir, [action], "/etc/plantd/plantd.ini"
+        )
+        return service, action
+
+    def assertOneCritical(self, events: Sequence[LogEvent], expected: str) -> None:
+        critical = [e for e in events if e["log_level"] is LogLevel.critical]
+        self.assertEqual([formatEvent(e) for e in critical], [expected])
+
+    def test_stateDirCannotBeCreated(self) -> None:
+        """
+        A state_dir that cannot be created (a file is in the way) raises
+        the OSError, after one critical line naming the config file,
+        ``[plantd] state_dir``, the directory and the reason; no outbox is
+        attached.
+        """
+        blocker = self.mktemp()
+        with open(blocker, "w") as f:
+            f.write("not a directory\n")
+        state_dir = os.path.join(blocker, "state")
+        service, action = self.service(state_dir)
+        with capturedLogs() as events:
+            self.assertRaises(OSError, service.privilegedStartService)
+        self.assertOneCritical(
+            events,
+            f"/etc/plantd/plantd.ini: [plantd] state_dir: cannot create "
+            f"{state_dir!r}: Not a directory",
+        )
+        self.assertIsNone(action.outbox)
+
+    def test_outboxCannotBeOpened(self) -> None:
+        """
+        A state_dir whose outbox database cannot be opened raises the
+        sqlite3 error, after one critical line naming ``[plantd] state_dir``,
+        the database and the reason.
+        """
+        import sqlite3
+
+        from daemon.outbox import outbox_path
+
+        state_dir = self.mktemp()
+        os.makedirs(outbox_path(state_dir))
+        service, action = self.service(state_dir)
+        with capturedLogs() as events:
+            self.assertRaises(sqlite3.Error, service.privilegedStartService)
+        self.assertOneCritical(
+            events,
+            f"/etc/plantd/plantd.ini: [plantd] state_dir: cannot open the outbox "
+            f"{outbox_path(state_dir)!r}: unable to open database file",
+        )
+        self.assertIsNone(action.outbox)
 
 
 class EndpointFactoryTests(SynchronousTestCase):

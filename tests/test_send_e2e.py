@@ -686,9 +686,10 @@ class OutboxEndToEndTests(TestCase):
 
     def test_durableQueueDeliversInOrder(self) -> Deferred[None]:
         """
-        Events are answered once their jobs are stored, even while the
-        printer refuses; when it comes back the jobs arrive, each once, in
-        order; stopping closes everything.
+        The missing state directory is created at start-up; events are
+        answered once their jobs are stored, even while the printer
+        refuses; when it comes back the jobs arrive, each once, in order;
+        stopping closes everything.
         """
 
         async def run() -> None:
@@ -698,8 +699,7 @@ class OutboxEndToEndTests(TestCase):
             self.addCleanup(port.stopListening)
             address = port.getHost()
             assert isinstance(address, IPv4Address)
-            state = os.path.abspath(self.mktemp())
-            os.makedirs(state)
+            state = os.path.join(os.path.abspath(self.mktemp()), "var", "plantd")
             config = config_from_string(
                 f"[plantd]\nstate_dir = {state}\n"
                 f"[send:label]\ndestination = 127.0.0.1:{address.port}\n"
@@ -710,7 +710,9 @@ class OutboxEndToEndTests(TestCase):
             top = MultiService()
             actions = build_send_actions(config, globalReactor, stats, top)
             action = actions["label"]
+            self.assertFalse(os.path.exists(state))
             top.privilegedStartService()
+            self.assertTrue(os.path.isdir(state))
             top.startService()
             self.addCleanup(top.stopService)
             self.addCleanup(action.stop)
