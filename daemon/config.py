@@ -61,20 +61,15 @@ READER_STATE_VARIABLES = frozenset({"reader", "timestamp", "state", "peer"})
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-#: Keys whose value is taken verbatim: templates, regexes and byte strings
-#: may contain ' ;' or ' #', so an inline comment is not stripped there.
-#: Everywhere else ``key = value   ; comment`` works.  ``[variables]``
-#: values are verbatim too.
-VERBATIM_KEYS = frozenset(
+#: Keys whose value is taken verbatim, by section kind: templates, regexes
+#: and byte strings may contain ' ;' or ' #', so an inline comment is not
+#: stripped there.  Everywhere else ``key = value   ; comment`` works.
+#: ``[variables]`` values are all verbatim.
+VERBATIM_KEYS: Mapping[str, frozenset[str]] = MappingProxyType(
     {
-        "data",
-        "reply",
-        "error_reply",
-        "destination",
-        "parse",
-        "accept_if",
-        "delimiter",
-        "reply_until",
+        "server": frozenset({"reply", "error_reply", "parse", "delimiter"}),
+        "send": frozenset({"data", "destination", "reply_until"}),
+        "reader": frozenset({"accept_if"}),
     }
 )
 _INLINE_COMMENT = re.compile(r"\s[;#].*$", re.DOTALL)
@@ -390,6 +385,9 @@ class _Section:
         self.name = name
         self.items = items
         self.used: set[str] = set()
+        kind = name.partition(":")[0]
+        self.verbatim_all = name == "variables"
+        self.verbatim = VERBATIM_KEYS.get(kind, frozenset())
 
     def error(self, key: str | None, message: str) -> ConfigError:
         return ConfigError(self.path, self.name, key, message)
@@ -399,7 +397,7 @@ class _Section:
         value = self.items.get(key)
         if value is None:
             return None
-        if key not in VERBATIM_KEYS and self.name != "variables":
+        if not self.verbatim_all and key not in self.verbatim:
             value = _INLINE_COMMENT.sub("", value)
         return value.strip()
 
@@ -623,6 +621,13 @@ def _variables(s: _Section) -> dict[str, str]:
 def _server(s: _Section, name: str) -> ServerConfig:
     listen = s.server_endpoint("listen")
     frame = s.choice("frame", "line", FRAME_MODES)
+    for key, mode in (
+        ("delimiter", "delimiter"),
+        ("frame_size", "bytes"),
+        ("frame_idle", "idle"),
+    ):
+        if s.has(key) and frame != mode:
+            raise s.error(key, f"only used with frame = {mode}")
     max_frame = s.integer("max_frame", ServerConfig.max_frame, minimum=1)
     delimiter = s.escaped_bytes("delimiter", b"\n")
     if frame == "delimiter" and not s.has("delimiter"):
@@ -754,6 +759,12 @@ def _send(s: _Section, name: str) -> SendConfig:
             )
         if reply_to_sender:
             raise s.error("queue", "reply_to_sender actions cannot be queued")
+    if queue == "none":
+        for key in ("max_attempts", "max_age", "max_jobs", "max_bytes", "when_full"):
+            if s.has(key):
+                raise s.error(key, "only used with queue = memory or durable")
+    elif s.has("retries"):
+        raise s.error("retries", "only used with queue = none (the outbox retries)")
     tls = s.boolean("tls", False)
     config = SendConfig(
         name=name,

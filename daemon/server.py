@@ -44,8 +44,10 @@ from daemon.framing import ETX, STX, FrameTooLong, make_framer
 from daemon.stats import ServerStats
 from daemon.template import MissingVariable
 
-#: At most this many distinct refused peers are remembered for log-once.
+#: At most this many refused peers are remembered for rate-limited logging.
 MAX_REMEMBERED_REFUSALS = 1024
+#: A refused peer is logged again after this many seconds.
+REFUSAL_LOG_INTERVAL = 600.0
 
 
 class _Seconds:
@@ -195,7 +197,7 @@ class ServerTrigger(Factory):
         self.stats = stats
         self.section = f"server:{config.name}"
         self.connections: set[ServerConnection] = set()
-        self._refused_logged: set[str] = set()
+        self._refused_logged: dict[str, float] = {}
         self._echo_wrap = self._echo_wrapping(config)
 
     @staticmethod
@@ -236,18 +238,32 @@ class ServerTrigger(Factory):
         return any(address in network for network in self.config.allow)
 
     def _log_refusal(self, host: str, port: str, reason: str) -> None:
+        """
+        Log a refusal at most once per peer and reason every
+        L{REFUSAL_LOG_INTERVAL} seconds; the counter has every one.
+        """
         key = f"{host}:{reason}"
-        if key in self._refused_logged:
+        now = self.clock.seconds()
+        last = self._refused_logged.get(key)
+        if last is not None and now - last < REFUSAL_LOG_INTERVAL:
             return
-        if len(self._refused_logged) < MAX_REMEMBERED_REFUSALS:
-            self._refused_logged.add(key)
+        if len(self._refused_logged) >= MAX_REMEMBERED_REFUSALS:
+            self._refused_logged = {
+                k: t
+                for k, t in self._refused_logged.items()
+                if now - t < REFUSAL_LOG_INTERVAL
+            }
+            if len(self._refused_logged) >= MAX_REMEMBERED_REFUSALS:
+                return
+        self._refused_logged[key] = now
         self.log.warn(
             "[{trigger}] refused {peer_host}:{peer_port}: {reason} "
-            "(logged once per peer; see the 'rejected' counter)",
+            "(logged once per peer every {interval:.0f}s; see the 'rejected' counter)",
             trigger=self.section,
             peer_host=host,
             peer_port=port,
             reason=reason,
+            interval=REFUSAL_LOG_INTERVAL,
         )
 
 

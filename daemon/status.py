@@ -60,6 +60,10 @@ GAUGES: frozenset[str] = frozenset(
         "oldest_age",
         "dead_letters",
         "queued",
+        # outbox snapshot fields that go down as well as up
+        "bytes",
+        "waiting_puts",
+        "destinations",
     }
 )
 

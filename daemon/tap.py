@@ -7,7 +7,6 @@ C{startService}.  This is the only module that touches the global reactor.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import sys
 from collections.abc import Iterator, Mapping
@@ -311,16 +310,6 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     config: Config = options.loaded
-    state_dir = config.daemon.state_dir
-    if any(a.queue == "durable" for a in config.sends):
-        try:
-            os.makedirs(state_dir, exist_ok=True)
-        except OSError as e:
-            sys.stderr.write(
-                f"plantd: {config.path}: [plantd] state_dir: cannot create "
-                f"{state_dir!r}: {e.strerror}\n"
-            )
-            raise SystemExit(1) from None
     logs.set_level(options["log-level"])
     try:
         return build_service(config, reactor)

@@ -344,3 +344,60 @@ class ReaderConfigTests(SynchronousTestCase):
         text = READER + "actions = back\n[send:back]\nreply_to_sender = yes\ndata = x\n"
         e = self.assertRaises(ConfigError, config_from_string, text)
         self.assertIn("no sender socket", str(e))
+
+
+class KeyPlacementTests(SynchronousTestCase):
+    """
+    A key that only applies to another mode says so, instead of being
+    ignored or called unknown.
+    """
+
+    def error(self, text: str) -> str:
+        return str(self.assertRaises(ConfigError, config_from_string, text))
+
+    def test_frame_keys(self) -> None:
+        """
+        frame_size, delimiter and frame_idle name the mode they belong to.
+        """
+        base = "[server:a]\nlisten = tcp:1\n"
+        self.assertIn(
+            "frame_size: only used with frame = bytes",
+            self.error(base + "frame_size = 4\n"),
+        )
+        self.assertIn(
+            "delimiter: only used with frame = delimiter",
+            self.error(base + "delimiter = |\n"),
+        )
+        self.assertIn(
+            "frame_idle: only used with frame = idle",
+            self.error(base + "frame_idle = 1\n"),
+        )
+
+    def test_queue_keys(self) -> None:
+        """
+        Outbox keys need a queue; retries is for queue = none.
+        """
+        base = "[send:a]\ndestination = h:1\ndata = x\n"
+        self.assertIn(
+            "when_full: only used with queue = memory or durable",
+            self.error(base + "when_full = reject\n"),
+        )
+        self.assertIn(
+            "retries: only used with queue = none",
+            self.error(base + "queue = memory\nretries = 2\n"),
+        )
+
+    def test_reader_reply_comment(self) -> None:
+        """
+        A reader's reply is a plain value: an inline comment after it works.
+        A server's reply is a template: ' ;' there is data.
+        """
+        text = (
+            "[reader:d]\nconnect = tcp:host=127.0.0.1:port=4000\n"
+            "reply = accept   ; open the door\n"
+            "[server:s]\nlisten = tcp:1\nreply = A ; B\n"
+        )
+        c = config_from_string(text)
+        self.assertEqual(c.readers[0].reply, "accept")
+        assert c.servers[0].reply_template is not None
+        self.assertEqual(c.servers[0].reply_template.source, "A ; B")
