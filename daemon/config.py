@@ -162,6 +162,7 @@ class ServerConfig:
     max_connections: int = 100
     idle_timeout: float = 3600.0
     write_timeout: float = 60.0
+    keepalive: float = 60.0
     max_pending: int = 64
     log_frames: bool = False
 
@@ -669,6 +670,7 @@ def _server(s: _Section, name: str) -> ServerConfig:
         max_connections=s.integer("max_connections", 100, minimum=1),
         idle_timeout=s.seconds("idle_timeout", ServerConfig.idle_timeout),
         write_timeout=s.seconds("write_timeout", ServerConfig.write_timeout),
+        keepalive=s.seconds("keepalive", ServerConfig.keepalive),
         max_pending=s.integer("max_pending", 64, minimum=1),
         log_frames=s.boolean("log_frames", False),
     )

@@ -41,6 +41,7 @@ from daemon import logs
 from daemon.actions import ActionChain, Event, Outcome
 from daemon.config import ParseSpec, ServerConfig
 from daemon.framing import ETX, STX, FrameTooLong, make_framer
+from daemon.keepalive import apply_keepalive
 from daemon.stats import ServerStats
 from daemon.template import MissingVariable
 
@@ -354,6 +355,16 @@ class ServerConnection(Protocol):
         self.state = ConnectionState.OPEN
         self.last_data = trigger.clock.seconds()
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        if trigger.config.keepalive > 0:
+            try:
+                apply_keepalive(self.transport, trigger.config.keepalive)
+            except OSError as e:
+                self.log.warn(
+                    "[{trigger}] {peer}: cannot set keepalive options: {error}",
+                    trigger=trigger.section,
+                    peer=self.peer,
+                    error=e.strerror,
+                )
         if trigger.config.idle_timeout > 0:
             self._timeout_call = trigger.clock.callLater(
                 trigger.config.idle_timeout, self._check_idle_timeout

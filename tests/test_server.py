@@ -744,3 +744,45 @@ class StopTests(SynchronousTestCase):
         self.assertTrue(transport.aborted)
         self.successResultOf(stopped)
         self.assertEqual(reactor.getDelayedCalls(), [])
+
+
+class KeepaliveTests(SynchronousTestCase):
+    """
+    Server connections get TCP keepalive, so a PLC that loses power is
+    noticed even while its messages wait in a full outbox.
+    """
+
+    def test_socket_options(self) -> None:
+        """
+        The accepted socket has SO_KEEPALIVE and the configured timers.
+        """
+        import socket
+
+        trigger, _ = make("keepalive = 30")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(sock.close)
+        protocol = trigger.buildProtocol(IPv4Address("TCP", "10.0.0.1", 1))
+        assert protocol is not None
+        transport = StringTransportWithDisconnection()
+        transport.getHandle = lambda: sock  # type: ignore[attr-defined]
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            self.assertEqual(
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), 10
+            )
+        transport.loseConnection()
+
+    def test_off(self) -> None:
+        """
+        ``keepalive = 0`` leaves the socket alone.
+        """
+        import socket
+
+        trigger, _ = make("keepalive = 0")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(sock.close)
+        protocol, transport = connect(trigger)
+        self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 0)
+        transport.loseConnection()
