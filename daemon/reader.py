@@ -82,6 +82,7 @@ from daemon.scrdr import (
 )
 from daemon.server import timestamp
 from daemon.stats import Snapshot, Stats
+from daemon.timers import Deadline
 
 MAX_LINE = MAX_MESSAGE + 64
 """Longest line accepted from the reader, CR LF excluded: the documented
@@ -461,7 +462,13 @@ class ReaderSession(Protocol):
         self._paused = False
         self._reading = True
         self._last_data = 0.0
-        self._idle_call: IDelayedCall | None = None
+        self._idle = Deadline(
+            service.clock,
+            service.config.idle_timeout,
+            lambda: self._last_data,
+            self._idle_expired,
+            busy=lambda: self._paused,
+        )
         self._errors_logged = 0
 
     # -- connection
@@ -489,17 +496,13 @@ class ReaderSession(Protocol):
                 state=f"{service.config.keepalive:g} s" if applied else "not set",
             )
         if service.config.idle_timeout > 0:
-            self._idle_call = service.clock.callLater(
-                service.config.idle_timeout, self._check_idle
-            )
+            self._idle.start()
         service.sessionOpened(self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         was = self.state
         self.state = SessionState.LOST
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.cancel()
-        self._idle_call = None
+        self._idle.cancel()
         self._lines.clear()
         dropped = self._drop_unsent()
         if was is not SessionState.NEW:
@@ -539,18 +542,11 @@ class ReaderSession(Protocol):
         assert self.transport is not None
         return self.transport
 
-    def _check_idle(self) -> None:
-        self._idle_call = None
+    def _idle_expired(self) -> None:
         if self.state is not SessionState.OPEN:
             return
         service = self.service
         timeout = service.config.idle_timeout
-        remaining = self._last_data + timeout - service.clock.seconds()
-        if remaining > 0 or self._paused:
-            self._idle_call = service.clock.callLater(
-                remaining if remaining > 0 else timeout, self._check_idle
-            )
-            return
         service.idleTimeout(self)
         self.close(f"nothing received for {timeout:g} s (idle_timeout)")
 

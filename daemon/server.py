@@ -44,6 +44,7 @@ from daemon.framing import ETX, STX, FrameTooLong, make_framer
 from daemon.keepalive import apply_keepalive
 from daemon.stats import ServerStats
 from daemon.template import MissingVariable
+from daemon.timers import Deadline
 
 #: At most this many refused peers are remembered for rate-limited logging.
 MAX_REMEMBERED_REFUSALS = 1024
@@ -321,11 +322,23 @@ class ServerConnection(Protocol):
         self.write_blocked = False
         self.reading_paused = False
         self.last_data = 0.0
-        self._idle_call: IDelayedCall | None = None
-        self._timeout_call: IDelayedCall | None = None
+        clock = trigger.clock
+        self._frame_idle = Deadline(
+            clock, config.frame_idle, self._last, self._frame_idle_expired
+        )
+        self._idle_timeout = Deadline(
+            clock,
+            config.idle_timeout,
+            self._last,
+            self._idle_timeout_expired,
+            busy=lambda: bool(self.pending),
+        )
         self._stall_call: IDelayedCall | None = None
         self._out: list[bytes] = []
         self._waiters: list[Deferred[None]] = []
+
+    def _last(self) -> float:
+        return self.last_data
 
     @property
     def alive(self) -> bool:
@@ -366,9 +379,7 @@ class ServerConnection(Protocol):
                     error=e.strerror,
                 )
         if trigger.config.idle_timeout > 0:
-            self._timeout_call = trigger.clock.callLater(
-                trigger.config.idle_timeout, self._check_idle_timeout
-            )
+            self._idle_timeout.start()
         self.log.info(
             "[{trigger}] {peer} connected", trigger=trigger.section, peer=self.peer
         )
@@ -407,10 +418,11 @@ class ServerConnection(Protocol):
         trigger = self.trigger
         trigger.connections.discard(self)
         trigger.stats.active -= 1
-        for call in (self._idle_call, self._timeout_call, self._stall_call):
-            if call is not None and call.active():
-                call.cancel()
-        self._idle_call = self._timeout_call = self._stall_call = None
+        self._frame_idle.cancel()
+        self._idle_timeout.cancel()
+        if self._stall_call is not None and self._stall_call.active():
+            self._stall_call.cancel()
+        self._stall_call = None
         self.pending.clear()
         self.log.info(
             "[{trigger}] {peer} disconnected after {count} messages",
@@ -526,11 +538,8 @@ class ServerConnection(Protocol):
         self._flush()
         if oversized is not None:
             self._oversized(oversized)
-        elif trigger.config.frame == "idle" and self._idle_call is None:
-            if self.framer.buffered:
-                self._idle_call = trigger.clock.callLater(
-                    trigger.config.frame_idle, self._check_frame_idle
-                )
+        elif trigger.config.frame == "idle" and self.framer.buffered:
+            self._frame_idle.start()
 
     def _oversized(self, error: FrameTooLong) -> None:
         stats = self.trigger.stats
@@ -545,38 +554,27 @@ class ServerConnection(Protocol):
         )
         self.end()
 
-    def _check_frame_idle(self) -> None:
-        self._idle_call = None
+    def _frame_idle_expired(self) -> None:
+        """
+        ``frame = idle``: no data for frame_idle seconds ends the message.
+        """
         if self.state is not ConnectionState.OPEN:
-            return
-        trigger = self.trigger
-        remaining = self.last_data + trigger.config.frame_idle - trigger.clock.seconds()
-        if remaining > 0:
-            self._idle_call = trigger.clock.callLater(remaining, self._check_frame_idle)
             return
         frame = self.framer.flush()
         if frame is not None:
             self._handle(frame)
             self._flush()
 
-    def _check_idle_timeout(self) -> None:
-        self._timeout_call = None
+    def _idle_timeout_expired(self) -> None:
         if not self.alive:
             return
         trigger = self.trigger
-        timeout = trigger.config.idle_timeout
-        remaining = self.last_data + timeout - trigger.clock.seconds()
-        if remaining > 0 or self.pending:
-            self._timeout_call = trigger.clock.callLater(
-                remaining if remaining > 0 else timeout, self._check_idle_timeout
-            )
-            return
         trigger.stats.idle_timeouts += 1
         self.log.info(
             "[{trigger}] {peer}: silent for {timeout}s (idle_timeout); aborting",
             trigger=trigger.section,
             peer=self.peer,
-            timeout=timeout,
+            timeout=trigger.config.idle_timeout,
         )
         self.transport.abortConnection()  # type: ignore[union-attr]
 
