@@ -317,6 +317,9 @@ class ServerConnection(Protocol):
         )
         self.seq = 0
         self.pending: deque[_Pending] = deque()
+        # Whole messages read but not started while max_pending events are
+        # unfinished: at most what one read delivered.
+        self.held: deque[bytes] = deque()
         self.state = ConnectionState.CLOSED
         self.too_many_pending = False
         self.write_blocked = False
@@ -413,6 +416,10 @@ class ServerConnection(Protocol):
         # Replies can no longer be written; a message completed by a clean
         # close (frame = disconnect / idle) still runs its actions.
         self.state = ConnectionState.CLOSED
+        # Messages read whole but held back (max_pending) still run: the
+        # client sent them; only their replies cannot be delivered now.
+        while self.held:
+            self._handle(self.held.popleft())
         if was_open:
             self._end_of_input(clean=reason.check(ConnectionDone) is not None)
         trigger = self.trigger
@@ -530,7 +537,10 @@ class ServerConnection(Protocol):
         except FrameTooLong as e:
             frames = e.frames
             oversized = e
-        for frame in frames:
+        for i, frame in enumerate(frames):
+            if self.too_many_pending:
+                self.held.extend(frames[i:])
+                break
             self._handle(frame)
         if self.framer.discarded:
             stats.discarded_bytes += self.framer.discarded
@@ -727,9 +737,12 @@ class ServerConnection(Protocol):
                 out.append(data)
         if self.too_many_pending and len(pending) < self.trigger.config.max_pending:
             self.too_many_pending = False
+            held = self.held
+            while held and not self.too_many_pending:
+                self._handle(held.popleft())
             self._update_reading()
         self._flush()
 
     def _close_when_drained(self) -> None:
-        if self.state is ConnectionState.ENDING and not self.pending:
+        if self.state is ConnectionState.ENDING and not self.pending and not self.held:
             self.transport.loseConnection()  # type: ignore[union-attr]

@@ -445,7 +445,8 @@ class DurableReplyTests(TestCase):
         self.assertEqual(rig.transport.value(), b"")
         self.assertEqual(writes, [])
         self.assertEqual(committed_payloads(path), set())
-        self.assertEqual(len(protocol.pending), 3)
+        self.assertEqual(len(protocol.pending), 2)  # max_pending
+        self.assertEqual(list(protocol.held), [b"3"])
 
         held.release()
         await all_written

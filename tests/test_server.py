@@ -541,6 +541,56 @@ class LimitTests(SynchronousTestCase):
         transport.loseConnection()
 
 
+class HeldMessagesTests(SynchronousTestCase):
+    """
+    max_pending bounds the events a connection has started, even when one
+    read carries many messages.
+    """
+
+    def test_one_read_many_messages(self) -> None:
+        """
+        Of five messages in one read with max_pending = 2, only two start;
+        the rest start one by one as earlier ones finish, and the replies
+        keep message order.
+        """
+        action = FakeAction()
+        pending: list[Deferred[Mapping[str, str] | None]] = []
+        action.later = pending
+        trigger, _ = make(
+            "actions = fake\nmax_pending = 2\nreply = [data]\\n", (action,)
+        )
+        protocol, transport = connect(trigger)
+        protocol.dataReceived(b"1\n2\n3\n4\n5\n")
+        self.assertEqual(len(action.events), 2)
+        self.assertEqual(list(protocol.held), [b"3", b"4", b"5"])
+        self.assertEqual(transport.producerState, "paused")
+        pending[1].callback(None)
+        self.assertEqual(len(action.events), 2)
+        pending[0].callback(None)
+        self.assertEqual(transport.value(), b"1\n2\n")
+        self.assertEqual(len(action.events), 4)
+        pending[2].callback(None)
+        pending[3].callback(None)
+        pending[4].callback(None)
+        self.assertEqual(transport.value(), b"1\n2\n3\n4\n5\n")
+        self.assertEqual(transport.producerState, "producing")
+        transport.loseConnection()
+
+    def test_held_run_at_close(self) -> None:
+        """
+        Messages held back when the client disconnects still run: they
+        were sent whole.
+        """
+        action = FakeAction()
+        action.later = []
+        trigger, _ = make("actions = fake\nmax_pending = 1", (action,))
+        protocol, transport = connect(trigger)
+        protocol.dataReceived(b"1\n2\n3\n")
+        self.assertEqual(len(action.events), 1)
+        transport.loseConnection()
+        self.assertEqual([e.variables["data"] for e in action.events], ["1", "2", "3"])
+
+
 class ChunkingPropertyTests(SynchronousTestCase):
     """
     The trigger answers the same whatever the TCP segmentation.
