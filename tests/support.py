@@ -45,6 +45,7 @@ class DaemonProcess(ProcessProtocol):
     def __init__(self, expected: int) -> None:
         self.expected = expected
         self.output = b""
+        self._watchers: list[tuple[bytes, Deferred[None]]] = []
         self.ports: dict[str, int] = {}
         self.listening: Deferred[dict[str, int]] = Deferred()
         self.ended: Deferred[int] = Deferred()
@@ -56,8 +57,24 @@ class DaemonProcess(ProcessProtocol):
             self.ports[m.group(1).decode()] = int(m.group(2))
         if len(self.ports) >= self.expected and not self.listening.called:
             self.listening.callback(dict(self.ports))
+        for item in list(self._watchers):
+            text, d = item
+            if text in self.output:
+                self._watchers.remove(item)
+                d.callback(None)
 
     errReceived = outReceived
+
+    def logged(self, text: bytes) -> Deferred[None]:
+        """
+        Fires once the daemon's output contains C{text}.
+        """
+        d: Deferred[None] = Deferred()
+        if text in self.output:
+            d.callback(None)
+        else:
+            self._watchers.append((text, d))
+        return d
 
     def processEnded(self, reason: Failure) -> None:
         if isinstance(reason.value, ProcessDone):

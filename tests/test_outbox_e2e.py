@@ -26,10 +26,10 @@ import signal
 import socket
 import sys
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import gatherResults
 from twisted.internet.endpoints import (
     AdoptedStreamServerEndpoint,
     TCP4ClientEndpoint,
@@ -40,12 +40,11 @@ from twisted.trial.unittest import TestCase
 
 from daemon.sim.printer import PrinterSimulator
 from tests.support import (
-    ROOT,
     Collector,
     DaemonProcess,
     connect_client,
     run,
-    twistd_command,
+    start_daemon,
 )
 
 #: Messages per test.
@@ -102,38 +101,6 @@ def messages(numbers: Sequence[int]) -> bytes:
     return b"".join(b"%d\n" % n for n in numbers)
 
 
-class WatchedDaemon(DaemonProcess):
-    """
-    The daemon as a child process, and a way to wait for its log lines.
-    """
-
-    def __init__(self, expected: int) -> None:
-        super().__init__(expected)
-        self._watchers: list[tuple[Callable[[bytes], bool], Deferred[None]]] = []
-
-    def outReceived(self, data: bytes) -> None:
-        super().outReceived(data)
-        self._check()
-
-    errReceived = outReceived
-
-    def _check(self) -> None:
-        for item in list(self._watchers):
-            predicate, d = item
-            if predicate(self.output):
-                self._watchers.remove(item)
-                d.callback(None)
-
-    def logged(self, text: bytes) -> Deferred[None]:
-        """
-        Fires once the daemon's output contains C{text}.
-        """
-        d: Deferred[None] = Deferred()
-        self._watchers.append((lambda output: text in output, d))
-        self._check()
-        return d
-
-
 class PacedClient(Collector):
     """
     A client that sends C{numbers} as fast as the daemon answers, keeping
@@ -160,20 +127,6 @@ class PacedClient(Collector):
         if end > self.sent and self.transport.connected:  # type: ignore[attr-defined]
             self.transport.write(messages(self.numbers[self.sent : end]))
             self.sent = end
-
-
-def start_watched(config_path: str, extra: Sequence[str] = ()) -> WatchedDaemon:
-    """
-    Start the daemon on C{config_path} like L{tests.support.start_daemon},
-    as a L{WatchedDaemon}.
-    """
-    process = WatchedDaemon(1)
-    argv = [*twistd_command(), "--pidfile=", "-n", "plantd"]
-    argv += ["--config", config_path, *extra]
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    reactor.spawnProcess(process, argv[0], argv, env=env, path=ROOT)
-    return process
 
 
 def delivered_numbers(sim: PrinterSimulator) -> list[int]:
@@ -231,13 +184,13 @@ class DurableOutboxEndToEndTests(TestCase):
             f.write(CONFIG.format(state=state, printer=printer_port))
         return state, path
 
-    async def start(self, config_path: str, debug: bool = False) -> WatchedDaemon:
+    async def start(self, config_path: str, debug: bool = False) -> DaemonProcess:
         """
         Start the daemon (stopped when the test ends) and wait until it
         listens.
         """
         extra = ["--log-level", "debug"] if debug else []
-        daemon = start_watched(config_path, extra)
+        daemon = start_daemon(config_path, extra=extra)
         self.addCleanup(daemon.stop)
         await daemon.listening
         return daemon
@@ -268,7 +221,7 @@ class DurableOutboxEndToEndTests(TestCase):
         self.addCleanup(port.stopListening)
         return int(port.getHost().port)  # type: ignore[attr-defined]
 
-    async def finish(self, daemon: WatchedDaemon, state: str) -> None:
+    async def finish(self, daemon: DaemonProcess, state: str) -> None:
         """
         Once the daemon has sent the sentinel's job: stop it cleanly, and
         check with C{plantd-outbox list} that the outbox is empty.
