@@ -32,11 +32,8 @@ from prometheus_client.metrics_core import (
     InfoMetricFamily,
     Metric,
 )
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -46,6 +43,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
 from daemon import logs
+from daemon.listening import ListeningService
 from daemon.stats import Snapshot, Stats
 
 #: Counter names exposed as Prometheus gauges (they go down as well as up).
@@ -522,28 +520,20 @@ class StatusSite(Site):
         return waits
 
 
-class StatusService(Service):
+class StatusService(ListeningService):
     """
     Serves the status site on an endpoint string such as
-    C{tcp:8470:interface=127.0.0.1}.
-
-    Listening happens in C{privilegedStartService}, and a failure to listen
-    is raised there, so twistd stops at start-up instead of running without
-    its status page.  Stopping stops listening and closes open connections.
+    C{tcp:8470:interface=127.0.0.1} (see L{ListeningService}: a failure to
+    listen stops the daemon at start-up).  Stopping stops listening and
+    closes open connections.
     """
 
-    log = Logger(observer=logs.observer)
-
     def __init__(self, reactor: Any, description: str, stats: Stats) -> None:
-        self.reactor = reactor
-        self.description = description
+        super().__init__(reactor, description, "[plantd] status")
         self.stats = stats
         self.site: StatusSite | None = None
-        self.port: IListeningPort | None = None
-        self._failure: Exception | None = None
 
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
+    def buildFactory(self) -> StatusSite:
         view = StatusView(
             stats=self.stats,
             clock=self.reactor,
@@ -551,39 +541,7 @@ class StatusService(Service):
             version=daemon_version(),
         )
         self.site = StatusSite(make_root(view), self.reactor)
-        endpoint = serverFromString(self.reactor, self.description)
-        d = endpoint.listen(self.site)
-        d.addCallbacks(self._listening, self._cannot)
-        if self._failure is not None:
-            raise self._failure
+        return self.site
 
-    def _listening(self, port: IListeningPort) -> None:
-        self.port = port
-        self.log.info("status page on {address}", address=port.getHost())
-
-    def _cannot(self, failure: Failure) -> None:
-        error = failure.value
-        message = str(error) if isinstance(error, CannotListenError) else repr(error)
-        self._failure = CannotListenError(
-            None, self.description, f"[plantd] status: cannot listen: {message}"
-        )
-        self.log.critical(
-            "[plantd] status: cannot listen on {description}: {message}",
-            description=self.description,
-            message=message,
-        )
-
-    def startService(self) -> None:
-        if self.port is None and self._failure is None:
-            self.privilegedStartService()
-        super().startService()
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        port, self.port = self.port, None
-        waits: list[Deferred[Any]] = []
-        if port is not None:
-            waits.append(maybeDeferred(port.stopListening))
-        if self.site is not None:
-            waits.extend(self.site.closeAll())
-        return DeferredList(waits).addCallback(lambda _: None)
+    def closeConnections(self) -> list[Deferred[Any]]:
+        return list(self.site.closeAll()) if self.site is not None else []

@@ -14,17 +14,15 @@ from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort
-from twisted.logger import Logger
 from twisted.python import usage
 
 from daemon import logs
 from daemon.actions import Action, ActionChain
 from daemon.config import Config, ConfigError, read_config
+from daemon.listening import ListeningService
 from daemon.outbox import StoreError
-from daemon.server import ServerConnection, ServerTrigger, describe
+from daemon.server import ServerConnection, ServerTrigger
 from daemon.stats import Stats
 
 DEFAULT_CONFIG = "/etc/plantd/plantd.ini"
@@ -120,88 +118,42 @@ def summary(config: Config) -> Iterator[str]:
         )
 
 
-class ListenerService(Service):
+class ListenerService(ListeningService):
     """
-    Listens for a server trigger; on stop, stops listening, closes the
-    open connections and fires when they are gone.
-
-    Listening happens in C{privilegedStartService}, and a failure to listen
-    (port in use, bad address) is raised there, so twistd stops at start-up
-    instead of running without its port.
+    Listens for a server trigger.  On stop, each client gets the replies of
+    the messages already read, and those still open after L{STOP_GRACE}
+    seconds are aborted (a client that does not read must not hold up the
+    stop).
     """
-
-    log = Logger(observer=logs.observer)
 
     def __init__(self, reactor: Any, description: str, trigger: ServerTrigger) -> None:
-        self.reactor = reactor
-        self.description = description
+        super().__init__(reactor, description, f"[{trigger.section}]")
         self.trigger = trigger
-        self.port: IListeningPort | None = None
-        self._failure: Exception | None = None
 
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        endpoint = serverFromString(self.reactor, self.description)
-        d = endpoint.listen(self.trigger)
-        d.addCallbacks(self._listening, self._cannot)
-        if self._failure is not None:
-            raise self._failure
+    def buildFactory(self) -> ServerTrigger:
+        return self.trigger
 
-    def _listening(self, port: IListeningPort) -> None:
-        self.port = port
-        host, number = describe(port.getHost())
-        self.log.info(
-            "[{trigger}] listening on {address}",
-            trigger=self.trigger.section,
-            address=f"{host}:{number}" if number else host,
-        )
-
-    def _cannot(self, failure: Any) -> None:
-        error = failure.value
-        message = str(error) if isinstance(error, CannotListenError) else repr(error)
-        self._failure = CannotListenError(
-            None, self.description, f"[{self.trigger.section}] cannot listen: {message}"
-        )
-        self.log.critical(
-            "[{trigger}] cannot listen on {description}: {message}",
-            trigger=self.trigger.section,
-            description=self.description,
-            message=message,
-        )
-
-    def startService(self) -> None:
-        if self.port is None and self._failure is None:
-            self.privilegedStartService()
-        super().startService()
-
-    def stopService(self) -> Deferred[None]:
-        """
-        Stop listening; let each client get the replies of the messages
-        already read, and abort those still open after L{STOP_GRACE}
-        seconds (a client that does not read must not hold up the stop).
-        """
-        super().stopService()
-        port, self.port = self.port, None
+    def closeConnections(self) -> list[Deferred[Any]]:
         connections = list(self.trigger.connections)
         waits: list[Deferred[Any]] = [c.closed() for c in connections]
-        if port is not None:
-            waits.append(maybeDeferred(port.stopListening))
         for connection in connections:
             connection.end()
+        if not connections:
+            return waits
         grace = self.reactor.callLater(STOP_GRACE, self._abort, connections)
 
-        def stopped(result: object) -> None:
+        def closed(result: object) -> None:
             if grace.active():
                 grace.cancel()
 
-        return DeferredList(waits).addCallback(stopped)
+        return [DeferredList(waits).addCallback(closed)]
 
     def _abort(self, connections: list[ServerConnection]) -> None:
         for connection in connections:
             if connection.alive and connection.transport is not None:
                 self.log.warn(
-                    "[{trigger}] {peer}: still open {grace}s after stop; aborting",
-                    trigger=self.trigger.section,
+                    "{label} {peer}: still open {grace}s after stop; aborting",
+                    label=self.label,
                     peer=connection.peer,
                     grace=STOP_GRACE,
                 )

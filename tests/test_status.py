@@ -740,7 +740,7 @@ class StatusServiceTests(SynchronousTestCase):
         """
         service = StatusService(FailingReactor(), "tcp:8470", Stats())
         error = self.assertRaises(CannotListenError, service.privilegedStartService)
-        self.assertIn("[plantd] status: cannot listen", str(error))
+        self.assertIn("[plantd] status cannot listen", str(error))
         self.assertIn("Address already in use", str(error))
         self.flushLoggedErrors()
 

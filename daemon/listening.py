@@ -1,0 +1,105 @@
+"""
+A service that listens on an endpoint description.
+
+Listening happens in C{privilegedStartService} (so ports below 1024 work
+before twistd drops privileges), and a failure to listen is logged as one
+critical line naming the section and raised there: the daemon stops at
+start-up instead of running without its port.  Stopping stops listening and
+closes the open connections (L{ListeningService.closeConnections}).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from daemon import logs
+
+
+def address(port: IListeningPort) -> str:
+    """
+    ``host:port`` of a listening port (``[v6]:port`` for IPv6).
+    """
+    where = port.getHost()
+    host = getattr(where, "host", None)
+    number = getattr(where, "port", None)
+    if host is None:
+        return str(getattr(where, "name", where))
+    if ":" in str(host):
+        return f"[{host}]:{number}"
+    return f"{host}:{number}"
+
+
+class ListeningService(Service):
+    """
+    Listens on C{description} with the factory L{buildFactory} returns.
+
+    @ivar label: how logs and errors name it (``[server:orders]``).
+    """
+
+    log = Logger(observer=logs.observer)
+
+    def __init__(self, reactor: Any, description: str, label: str) -> None:
+        self.reactor = reactor
+        self.description = description
+        self.label = label
+        self.port: IListeningPort | None = None
+        self._failure: CannotListenError | None = None
+
+    def buildFactory(self) -> IProtocolFactory:
+        """
+        The factory to listen with (called once, at privileged start).
+        """
+        raise NotImplementedError
+
+    def closeConnections(self) -> list[Deferred[Any]]:
+        """
+        Close the open connections; Deferreds that fire when they are gone.
+        """
+        return []
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        endpoint = serverFromString(self.reactor, self.description)
+        endpoint.listen(self.buildFactory()).addCallbacks(self._listening, self._cannot)
+        if self._failure is not None:
+            raise self._failure
+
+    def _listening(self, port: IListeningPort) -> None:
+        self.port = port
+        self.log.info(
+            "{label} listening on {address}", label=self.label, address=address(port)
+        )
+
+    def _cannot(self, failure: Failure) -> None:
+        error = failure.value
+        message = str(error) if isinstance(error, CannotListenError) else repr(error)
+        self._failure = CannotListenError(
+            None, self.description, f"{self.label} cannot listen: {message}"
+        )
+        self.log.critical(
+            "{label} cannot listen on {description}: {message}",
+            label=self.label,
+            description=self.description,
+            message=message,
+        )
+
+    def startService(self) -> None:
+        if self.port is None and self._failure is None:
+            self.privilegedStartService()
+        super().startService()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        port, self.port = self.port, None
+        waits = self.closeConnections()
+        if port is not None:
+            waits.append(maybeDeferred(port.stopListening))
+        return DeferredList(waits).addCallback(lambda _: None)
