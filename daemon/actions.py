@@ -10,6 +10,7 @@ no Deferred is created: the hot path stays a plain function call.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -25,6 +26,41 @@ from daemon.stats import ActionStats
 ActionResult = Mapping[str, str] | None | Deferred[Mapping[str, str] | None]
 #: The outcome of an event's actions: None on success, else the reason.
 Outcome = str | None
+
+
+class _Seconds:
+    """
+    The last formatted second, and its UTC offset: it changes once a
+    second, so the hot path only formats milliseconds.
+    """
+
+    __slots__ = ("whole", "prefix", "zone")
+
+    def __init__(self) -> None:
+        self.whole = -1
+        self.prefix = ""
+        self.zone = ""
+
+    def format(self, seconds: float) -> str:
+        whole = int(seconds)
+        if whole != self.whole:
+            local = time.localtime(whole)
+            zone = time.strftime("%z", local)
+            self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", local)
+            self.zone = f"{zone[:3]}:{zone[3:]}"
+            self.whole = whole
+        return f"{self.prefix}.{int((seconds - whole) * 1000):03d}{self.zone}"
+
+
+_seconds = _Seconds()
+
+
+def timestamp(seconds: float) -> str:
+    """
+    ISO 8601 local time with milliseconds and UTC offset
+    (``2026-11-21T21:15:59.123+01:00``).
+    """
+    return _seconds.format(seconds)
 
 
 class ActionFailed(Exception):

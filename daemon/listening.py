@@ -21,20 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from daemon import logs
-
-
-def address(port: IListeningPort) -> str:
-    """
-    ``host:port`` of a listening port (``[v6]:port`` for IPv6).
-    """
-    where = port.getHost()
-    host = getattr(where, "host", None)
-    number = getattr(where, "port", None)
-    if host is None:
-        return str(getattr(where, "name", where))
-    if ":" in str(host):
-        return f"[{host}]:{number}"
-    return f"{host}:{number}"
+from daemon.peers import format_address
 
 
 class ListeningService(Service):
@@ -75,7 +62,9 @@ class ListeningService(Service):
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
         self.log.info(
-            "{label} listening on {address}", label=self.label, address=address(port)
+            "{label} listening on {address}",
+            label=self.label,
+            address=format_address(port.getHost()),
         )
 
     def _cannot(self, failure: Failure) -> None:

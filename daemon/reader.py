@@ -68,10 +68,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from daemon import logs
-from daemon.actions import ActionChain, Event, Outcome
+from daemon.actions import ActionChain, Event, Outcome, timestamp
 from daemon.config import ConfigError, ReaderConfig
 from daemon.framing import FrameTooLong, LineFramer
 from daemon.keepalive import apply_keepalive
+from daemon.peers import format_address
 from daemon.scrdr import (
     MAX_MESSAGE,
     CommandError,
@@ -80,7 +81,6 @@ from daemon.scrdr import (
     parse_reply_spec,
     parse_scrdr,
 )
-from daemon.server import timestamp
 from daemon.stats import Snapshot, Stats
 from daemon.timers import Deadline
 
@@ -413,17 +413,6 @@ class _Answer:
     ready: bool = False
 
 
-def describe_peer(address: IAddress | None) -> str:
-    """
-    C{host:port} for logs, or the address's repr.
-    """
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is None:
-        return str(address)
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-
-
 class ReaderSession(Protocol):
     """
     The transport side of one connection to the reader: framing, socket
@@ -477,7 +466,7 @@ class ReaderSession(Protocol):
         assert self.transport is not None
         service = self.service
         self.state = SessionState.OPEN
-        self.peer = describe_peer(self.transport.getPeer())
+        self.peer = format_address(self.transport.getPeer())
         self.opened = self._last_data = service.clock.seconds()
         try:
             applied = apply_keepalive(self.transport, service.config.keepalive)

@@ -19,7 +19,6 @@ import csv
 import enum
 import ipaddress
 import json
-import time
 from collections import deque
 from collections.abc import Mapping
 
@@ -38,10 +37,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from daemon import logs
-from daemon.actions import ActionChain, Event, Outcome
+from daemon.actions import ActionChain, Event, Outcome, timestamp
 from daemon.config import ParseSpec, ServerConfig
 from daemon.framing import ETX, STX, FrameTooLong, make_framer
 from daemon.keepalive import apply_keepalive
+from daemon.peers import host_port
 from daemon.stats import ServerStats
 from daemon.template import MissingVariable
 from daemon.timers import Deadline
@@ -50,41 +50,6 @@ from daemon.timers import Deadline
 MAX_REMEMBERED_REFUSALS = 1024
 #: A refused peer is logged again after this many seconds.
 REFUSAL_LOG_INTERVAL = 600.0
-
-
-class _Seconds:
-    """
-    The last formatted second, and its UTC offset: it changes once a
-    second, so the hot path only formats milliseconds.
-    """
-
-    __slots__ = ("whole", "prefix", "zone")
-
-    def __init__(self) -> None:
-        self.whole = -1
-        self.prefix = ""
-        self.zone = ""
-
-    def format(self, seconds: float) -> str:
-        whole = int(seconds)
-        if whole != self.whole:
-            local = time.localtime(whole)
-            zone = time.strftime("%z", local)
-            self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", local)
-            self.zone = f"{zone[:3]}:{zone[3:]}"
-            self.whole = whole
-        return f"{self.prefix}.{int((seconds - whole) * 1000):03d}{self.zone}"
-
-
-_seconds = _Seconds()
-
-
-def timestamp(seconds: float) -> str:
-    """
-    ISO 8601 local time with milliseconds and UTC offset
-    (``2026-11-21T21:15:59.123+01:00``).
-    """
-    return _seconds.format(seconds)
 
 
 def decode(frame: bytes, encoding: str) -> str:
@@ -151,18 +116,6 @@ def parse_frame(spec: ParseSpec, text: str) -> dict[str, str]:
     }
 
 
-def describe(address: IAddress) -> tuple[str, str]:
-    """
-    The host and port of a peer address, as strings.
-    """
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is None:
-        name = getattr(address, "name", None)
-        return ("unix" if name is not None else str(address), "")
-    return (str(host), str(port) if port is not None else "")
-
-
 class _Pending:
     """
     One event of a connection whose reply is not written yet.
@@ -213,7 +166,7 @@ class ServerTrigger(Factory):
         return (b"", b"")
 
     def buildProtocol(self, addr: IAddress | None) -> ServerConnection | None:
-        host, port = describe(addr) if addr is not None else ("unknown", "")
+        host, port = host_port(addr)
         reason = self._refusal(host)
         if reason is not None:
             self.stats.rejected += 1

@@ -37,7 +37,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from daemon import logs
-from daemon.actions import ActionChain, ActionFailed, ActionResult, Event
+from daemon.actions import ActionChain, ActionFailed
 from daemon.config import AcceptRule, ConfigError, ReaderConfig
 from daemon.reader import (
     ALLOW_LIST_CHECK_INTERVAL,
@@ -54,7 +54,8 @@ from daemon.reader import (
     parse_allow_list,
 )
 from daemon.scrdr import build_greeting, build_scrdr
-from daemon.stats import ActionStats, Stats
+from daemon.stats import Stats
+from tests.fakes import FakeAction
 
 RANDOM = 0.625
 """The tests' fixed random number for the backoff's jitter."""
@@ -66,42 +67,6 @@ so delays compare exactly)."""
 ACCEPT = b"$SCCMD;SEQ=60\r\n"
 DENY = b"$SCCMD;SEQ=61\r\n"
 WINK = b"$SCCMD;SEQ=0E\r\n"
-
-
-class FakeAction:
-    """
-    An action whose behaviour the test chooses: synchronous variables, a
-    failure, or a Deferred the test fires.
-    """
-
-    def __init__(self, name: str = "fake") -> None:
-        self.name = name
-        self.stats = ActionStats()
-        self.events: list[Event] = []
-        self.result: Mapping[str, str] | None = None
-        self.fail: str | None = None
-        self.later: list[Deferred[Mapping[str, str] | None]] | None = None
-
-    def run(self, event: Event) -> ActionResult:
-        self.events.append(event)
-        if self.fail is not None:
-            raise ActionFailed(self.fail)
-        if self.later is not None:
-            d: Deferred[Mapping[str, str] | None] = Deferred()
-            self.later.append(d)
-            return d
-        return self.result
-
-    @property
-    def pending(self) -> list[Deferred[Mapping[str, str] | None]]:
-        """
-        The Deferreds returned so far (after C{later = []}).
-        """
-        assert self.later is not None
-        return self.later
-
-    def stop(self) -> None:
-        return None
 
 
 @implementer(IStreamClientEndpoint)

@@ -17,42 +17,11 @@ from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from daemon.actions import ActionChain, ActionFailed, ActionResult, Event
+from daemon.actions import ActionChain, timestamp
 from daemon.config import config_from_string
-from daemon.server import ServerConnection, ServerTrigger, parse_frame, timestamp
-from daemon.stats import ActionStats, ServerStats
-
-
-class FakeAction:
-    """
-    An action whose behaviour the test chooses: synchronous variables, a
-    failure, or a Deferred the test fires.
-    """
-
-    def __init__(self, name: str = "fake") -> None:
-        self.name = name
-        self.stats = ActionStats()
-        self.events: list[Event] = []
-        self.result: Mapping[str, str] | None = None
-        self.fail: str | None = None
-        self.later: list[Deferred[Mapping[str, str] | None]] | None = None
-        self.to_sender: bytes | None = None
-
-    def run(self, event: Event) -> ActionResult:
-        self.events.append(event)
-        if self.to_sender is not None and event.reply is not None:
-            event.reply.append(self.to_sender)
-        if self.fail is not None:
-            raise ActionFailed(self.fail)
-        if self.later is not None:
-            d: Deferred[Mapping[str, str] | None] = Deferred()
-            self.later.append(d)
-            return d
-        return self.result
-
-    def stop(self) -> None:
-        return None
-
+from daemon.server import ServerConnection, ServerTrigger, parse_frame
+from daemon.stats import ServerStats
+from tests.fakes import FakeAction
 
 BASE = """
 [server:t]

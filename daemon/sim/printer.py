@@ -30,7 +30,6 @@ from typing import Final, Literal, cast, get_args
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ConnectionDone
@@ -46,6 +45,8 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from daemon.peers import format_address as formatPeer
 
 PrinterMode = Literal["normal", "refuse", "no-read", "close-early"]
 MODES: Final[tuple[PrinterMode, ...]] = get_args(PrinterMode)
@@ -111,17 +112,6 @@ class _State(Enum):
     CLOSING_AFTER_REPLY = auto()  # the printer closed after its reply
     OVERSIZE = auto()  # aborted: the job passed MAX_JOB_BYTES
     LOST = auto()  # connectionLost has run
-
-
-def formatPeer(address: IAddress) -> str:
-    """
-    C{host:port} for an IP address, C{[host]:port} for IPv6, else C{str()}.
-    """
-    if isinstance(address, IPv4Address):
-        return f"{address.host}:{address.port}"
-    if isinstance(address, IPv6Address):
-        return f"[{address.host}]:{address.port}"
-    return str(address)
 
 
 def escapeHead(data: bytes, limit: int = LOG_HEAD_BYTES) -> str:
