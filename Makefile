@@ -21,7 +21,8 @@ run: $(STAMP)
 	@mkdir -p var/state var/printer
 	@$(BIN)/twistd --pidfile= -n plantd-sim demo --jobs-dir var/printer & sim=$$!; \
 	  trap 'kill $$sim 2>/dev/null' EXIT INT TERM; \
-	  $(BIN)/twistd --pidfile= -n plantd --config $(CONFIG)
+	  $(BIN)/twistd --pidfile= -n plantd --config $(CONFIG); status=$$?; \
+	  case $$status in 130|143) exit 0;; *) exit $$status;; esac
 
 ## check-config: validate CONFIG and print one line per trigger and action
 check-config: $(STAMP)
