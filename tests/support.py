@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -299,3 +300,25 @@ async def private_network(
         if code != 0:
             raise SkipTest(f"{why}: {' '.join(argv)}: {out}")
     return TestNetwork(namespace, inside, ip, ns_if, ns_ip, host_ip)
+
+
+class HeldCommit:
+    """
+    A commit hook that holds the store's worker thread just before its next
+    COMMIT, tells the reactor, and waits to be released.
+    """
+
+    def __init__(self) -> None:
+        self.entered: Deferred[None] = Deferred()
+        self._release = threading.Event()
+        self._armed = True
+
+    def __call__(self) -> None:
+        if not self._armed:
+            return
+        self._armed = False
+        _reactor.callFromThread(self.entered.callback, None)  # type: ignore[attr-defined]
+        self._release.wait(20)
+
+    def release(self) -> None:
+        self._release.set()

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 from collections.abc import Callable
 from typing import cast
 
@@ -47,6 +46,7 @@ from daemon.outbox import (
 from daemon.send import SendAction, outbox_policy
 from daemon.server import ServerConnection, ServerTrigger
 from daemon.stats import ServerStats
+from tests.support import HeldCommit
 
 reactor = cast(IReactorFromThreads, _reactor)
 
@@ -367,28 +367,6 @@ class DeliveryPacingTests(SynchronousTestCase):
         summary = self.successResultOf(store.summary("label"))
         self.assertEqual([s.jobs for s in summary], [1])
         self.assertEqual(rig.clock.getDelayedCalls(), [])
-
-
-class HeldCommit:
-    """
-    A commit hook that holds the store's worker thread just before its first
-    C{COMMIT}, tells the reactor, and waits to be released.
-    """
-
-    def __init__(self) -> None:
-        self.entered: Deferred[None] = Deferred()
-        self._release = threading.Event()
-        self._armed = True
-
-    def __call__(self) -> None:
-        if not self._armed:
-            return
-        self._armed = False
-        reactor.callFromThread(self.entered.callback, None)
-        self._release.wait(20)
-
-    def release(self) -> None:
-        self._release.set()
 
 
 def committed_payloads(path: str) -> set[bytes]:

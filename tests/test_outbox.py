@@ -14,7 +14,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -43,6 +42,7 @@ from daemon.outbox import (
     open_database,
     outbox_path,
 )
+from tests.support import HeldCommit
 
 reactor = cast(IReactorFromThreads, _reactor)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(daemon.__file__)))
@@ -829,28 +829,6 @@ class OpenDatabaseTests(SynchronousTestCase):
         self.assertIn("newer", str(error))
 
 
-class _Gate:
-    """
-    A commit hook that holds the store's worker thread just before its next
-    COMMIT, tells the reactor, and waits to be released.
-    """
-
-    def __init__(self) -> None:
-        self.entered: Deferred[None] = Deferred()
-        self._release = threading.Event()
-        self._armed = True
-
-    def __call__(self) -> None:
-        if not self._armed:
-            return
-        self._armed = False
-        reactor.callFromThread(self.entered.callback, None)
-        self._release.wait(20)
-
-    def release(self) -> None:
-        self._release.set()
-
-
 def _count_rows(path: str) -> int:
     conn = sqlite3.connect(path)
     try:
@@ -920,7 +898,7 @@ class SqliteJobStoreTests(TestCase):
             "label", store, OutboxPolicy(), device, Clock(), rescan_interval=None
         )
         await outbox.start()
-        gate = _Gate()
+        gate = HeldCommit()
         store.commit_hook = gate
         put = outbox.put("printer", b"payload")
         delivering = device.next_call()
@@ -946,7 +924,7 @@ class SqliteJobStoreTests(TestCase):
 
     async def _group_commit(self) -> None:
         store = self.open()
-        gate = _Gate()
+        gate = HeldCommit()
         store.commit_hook = gate
         first = store.add("label", "p", b"first", 0.0)
         await gate.entered
