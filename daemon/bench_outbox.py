@@ -28,7 +28,7 @@ PAYLOAD = "x" * 98
 
 
 def _config(state_dir: str, port: int, queue: str, jobs: int) -> str:
-    return f"""
+    text = f"""
 [plantd]
 state_dir = {state_dir}
 
@@ -38,8 +38,10 @@ data = [data]\\r\\n
 queue = {queue}
 retry_initial = 0.05
 retry_max = 0.05
-max_jobs = {jobs + 10}
 """
+    if queue != "none":
+        text += f"max_jobs = {jobs + 10}\n"
+    return text
 
 
 def _event(n: int) -> Event:
