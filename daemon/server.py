@@ -343,11 +343,22 @@ class ServerConnection(Protocol):
     def end(self) -> None:
         """
         Stop reading; close once the replies of the events already read
-        are written.
+        are written.  (Used when a frame is too long: what the framer holds
+        is not looked at again.)
         """
         if self.state is ConnectionState.OPEN:
             self.state = ConnectionState.ENDING
             self._close_when_drained()
+
+    def stop(self) -> None:
+        """
+        The daemon is stopping: a burst waiting for ``frame_idle`` is a
+        message; anything else the framer holds is incomplete (dropped and
+        counted).  Then close once the replies are written.
+        """
+        if self.state is ConnectionState.OPEN:
+            self._end_of_input(complete=("idle",), why="the daemon stopped")
+            self.end()
 
     def readConnectionLost(self) -> None:
         """
@@ -356,11 +367,22 @@ class ServerConnection(Protocol):
         can still be written before we close.
         """
         if self.state is ConnectionState.OPEN:
-            self._end_of_input(clean=True)
+            self._end_of_input(complete=("disconnect", "idle"), why="a clean close")
             self.end()
 
     def writeConnectionLost(self) -> None:
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._close()
+
+    def _close(self) -> None:
+        """
+        Close after the pending writes.  Unregister as producer first: a
+        transport with a (paused) producer registered waits for it instead
+        of closing, and TLS does not even start its shutdown.
+        """
+        transport = self.transport
+        assert transport is not None
+        transport.unregisterProducer()  # type: ignore[attr-defined]
+        transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.state is ConnectionState.CLOSED:
@@ -374,7 +396,10 @@ class ServerConnection(Protocol):
         while self.held:
             self._handle(self.held.popleft())
         if was_open:
-            self._end_of_input(clean=reason.check(ConnectionDone) is not None)
+            if reason.check(ConnectionDone) is not None:
+                self._end_of_input(("disconnect", "idle"), "a clean close")
+            else:
+                self._end_of_input((), "an abnormal close")
         trigger = self.trigger
         trigger.connections.discard(self)
         trigger.stats.active -= 1
@@ -394,30 +419,29 @@ class ServerConnection(Protocol):
         for d in waiters:
             d.callback(None)
 
-    def _end_of_input(self, clean: bool) -> None:
+    def _end_of_input(self, complete: tuple[str, ...], why: str) -> None:
         """
         No more bytes will come.  What the framer still holds is a message
-        only where the framing says so: the whole connection (``disconnect``)
-        or a burst ended by silence (``idle``), and only when the client
-        closed cleanly.  An unterminated line or delimited message is a
-        truncated one and is dropped, never acted on.
+        only where the framing says so (C{complete}: ``disconnect`` after a
+        clean close, ``idle``); an unterminated line or delimited message is
+        a truncated one and is dropped and counted, never acted on.
         """
         frame = self.framer.flush()
         stats = self.trigger.stats
         if frame is not None:
-            if clean and self.trigger.config.frame in ("disconnect", "idle"):
-                self._handle(frame)
+            if self.trigger.config.frame in complete:
+                self._accept(frame)
                 self._flush()
             else:
                 stats.discarded_bytes += len(frame)
                 stats.truncated += 1
                 self.log.warn(
-                    "[{trigger}] {peer}: dropped an unterminated message of {size} "
-                    "bytes at {how} close",
+                    "[{trigger}] {peer}: dropped an incomplete message of {size} "
+                    "bytes at {why}",
                     trigger=self.trigger.section,
                     peer=self.peer,
                     size=len(frame),
-                    how="a clean" if clean else "an abnormal",
+                    why=why,
                 )
         if self.framer.discarded:
             stats.discarded_bytes += self.framer.discarded
@@ -490,11 +514,8 @@ class ServerConnection(Protocol):
         except FrameTooLong as e:
             frames = e.frames
             oversized = e
-        for i, frame in enumerate(frames):
-            if self.too_many_pending:
-                self.held.extend(frames[i:])
-                break
-            self._handle(frame)
+        for frame in frames:
+            self._accept(frame)
         if self.framer.discarded:
             stats.discarded_bytes += self.framer.discarded
             self.framer.discarded = 0
@@ -507,6 +528,7 @@ class ServerConnection(Protocol):
     def _oversized(self, error: FrameTooLong) -> None:
         stats = self.trigger.stats
         stats.oversized += 1
+        stats.discarded_bytes += error.size
         stats.errors += 1
         self.log.warn(
             "[{trigger}] {peer}: frame longer than max_frame ({max_frame} bytes); "
@@ -525,7 +547,7 @@ class ServerConnection(Protocol):
             return
         frame = self.framer.flush()
         if frame is not None:
-            self._handle(frame)
+            self._accept(frame)
             self._flush()
 
     def _idle_timeout_expired(self) -> None:
@@ -542,6 +564,27 @@ class ServerConnection(Protocol):
         self.transport.abortConnection()  # type: ignore[union-attr]
 
     # -- events
+
+    def _accept(self, frame: bytes) -> None:
+        """
+        Start the event for a whole message, or hold it while max_pending
+        events of this client are unfinished.
+        """
+        if self.too_many_pending:
+            self.held.append(frame)
+        else:
+            self._handle(frame)
+
+    def _track(self, slot: _Pending) -> None:
+        """
+        Queue an event's reply slot; at max_pending, stop reading and hold
+        further messages.
+        """
+        self.pending.append(slot)
+        if len(self.pending) >= self.trigger.config.max_pending:
+            if not self.too_many_pending:
+                self.too_many_pending = True
+                self._update_reading()
 
     def _handle(self, frame: bytes) -> None:
         """
@@ -591,10 +634,7 @@ class ServerConnection(Protocol):
         if outcome is not None and type(outcome) is not str:
             assert isinstance(outcome, Deferred)
             slot = _Pending()
-            self.pending.append(slot)
-            if len(self.pending) >= config.max_pending and not self.too_many_pending:
-                self.too_many_pending = True
-                self._update_reading()
+            self._track(slot)
             outcome.addCallback(self._finished_later, slot, event, frame)
             return
         if outcome is not None:
@@ -607,7 +647,7 @@ class ServerConnection(Protocol):
             slot = _Pending()
             slot.done = True
             slot.data = data
-            self.pending.append(slot)
+            self._track(slot)
         elif data:
             self._out.append(data)
 
@@ -698,4 +738,4 @@ class ServerConnection(Protocol):
 
     def _close_when_drained(self) -> None:
         if self.state is ConnectionState.ENDING and not self.pending and not self.held:
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self._close()

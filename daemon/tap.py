@@ -137,7 +137,7 @@ class ListenerService(ListeningService):
         connections = list(self.trigger.connections)
         waits: list[Deferred[Any]] = [c.closed() for c in connections]
         for connection in connections:
-            connection.end()
+            connection.stop()
         if not connections:
             return waits
         grace = self.reactor.callLater(STOP_GRACE, self._abort, connections)
@@ -189,6 +189,29 @@ class PlantdService(MultiService):
         self.stats = stats
         self.listeners: dict[str, ListenerService] = {}
         self.actions: dict[str, Action] = {}
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop the children in reverse start order, one kind after the other,
+        each kind only once the previous one has stopped: listeners first
+        (clients get the replies already due), then readers, then actions
+        (device links close cleanly), then the outboxes, then the status
+        page.  MultiService would stop them all in the same instant, and the
+        outbox would cancel deliveries whose links were closing cleanly.
+        """
+        Service.stopService(self)
+        groups: list[list[IService]] = []
+        for child in reversed(list(self)):
+            if groups and type(groups[-1][0]) is type(child):
+                groups[-1].append(child)
+            else:
+                groups.append([child])
+
+        async def stop() -> None:
+            for group in groups:
+                await DeferredList([maybeDeferred(c.stopService) for c in group])
+
+        return Deferred.fromCoroutine(stop())
 
     def privilegedStartService(self) -> None:
         """

@@ -805,3 +805,93 @@ class KeepaliveTests(SynchronousTestCase):
         protocol, transport = connect(trigger)
         self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 0)
         transport.loseConnection()
+
+
+class SecondReviewTests(SynchronousTestCase):
+    """
+    Regressions found by review: closing with a registered producer,
+    synchronous outcomes and max_pending, what the framer holds at stop.
+    """
+
+    def test_close_unregisters_producer(self) -> None:
+        """
+        Closing unregisters the connection as the transport's producer
+        first (a transport with a paused producer would wait for it forever,
+        and TLS would never start its shutdown).
+        """
+        trigger, _ = make("max_frame = 4\nreply = echo")
+        protocol, transport = connect(trigger)
+        self.assertIs(transport.producer, protocol)
+        protocol.pauseProducing()
+        protocol.dataReceived(b"ok\nlong!")
+        self.assertIsNone(transport.producer)
+        self.assertFalse(transport.connected)
+
+    def test_sync_outcomes_count_toward_max_pending(self) -> None:
+        """
+        Events that finish at once behind an unfinished one still count
+        toward max_pending: reading pauses and the rest is held.
+        """
+        action = FakeAction()
+        action.later = []
+        trigger, _ = make(
+            "parse = json\nactions = fake\nmax_pending = 4\nerror_reply = E\\n",
+            (action,),
+        )
+        protocol, transport = connect(trigger)
+        protocol.dataReceived(b'{"a": "1"}\n' + b"bad\n" * 100)
+        self.assertEqual(len(protocol.pending), 4)
+        self.assertEqual(len(protocol.held), 97)
+        self.assertEqual(transport.producerState, "paused")
+        action.later[0].callback(None)
+        self.assertEqual(transport.value(), b"E\n" * 100)
+        self.assertEqual(transport.producerState, "producing")
+        transport.loseConnection()
+
+    def test_stop_delivers_idle_burst(self) -> None:
+        """
+        At stop, a ``frame = idle`` burst waiting for frame_idle is a
+        message and runs; the timer is cancelled.
+        """
+        action = FakeAction()
+        trigger, clock = make("frame = idle\nframe_idle = 5\nactions = fake", (action,))
+        protocol, transport = connect(trigger)
+        protocol.dataReceived(b"burst")
+        protocol.stop()
+        self.assertEqual([e.variables["data"] for e in action.events], ["burst"])
+        self.assertFalse(transport.connected)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_stop_counts_partial_line(self) -> None:
+        """
+        At stop, a partial line is counted as truncated, never run.
+        """
+        action = FakeAction()
+        trigger, _ = make("actions = fake", (action,))
+        protocol, transport = connect(trigger)
+        protocol.dataReceived(b"SKU;1")
+        protocol.stop()
+        self.assertEqual(action.events, [])
+        self.assertEqual(trigger.stats.truncated, 1)
+
+    def test_idle_frame_respects_max_pending(self) -> None:
+        """
+        A burst ended by frame_idle while max_pending events are unfinished
+        is held, not started.
+        """
+        action = FakeAction()
+        action.later = []
+        trigger, clock = make(
+            "frame = idle\nframe_idle = 1\nactions = fake\nmax_pending = 1", (action,)
+        )
+        protocol, transport = connect(trigger)
+        protocol.dataReceived(b"one")
+        clock.advance(1)
+        protocol.dataReceived(b"two")
+        clock.advance(1)
+        self.assertEqual(len(action.events), 1)
+        self.assertEqual(list(protocol.held), [b"two"])
+        action.later[0].callback(None)
+        self.assertEqual(len(action.events), 2)
+        action.later[1].callback(None)
+        transport.loseConnection()
