@@ -578,6 +578,10 @@ def _check_endpoint(section: _Section, key: str, value: str, server: bool) -> No
         # Needs the sockets systemd passes at start; checked when it starts.
         if "domain=" not in value:
             raise section.error(key, "a systemd endpoint needs domain=INET or INET6")
+        if ("index=" in value) == ("name=" in value):
+            raise section.error(
+                key, "a systemd endpoint needs exactly one of index=N or name=NAME"
+            )
         return
     try:
         if server:

@@ -115,16 +115,32 @@ def start_daemon(
     extra: Sequence[str] = (),
     cwd: str | None = None,
     python: str = sys.executable,
+    activation: dict[str, int] | None = None,
 ) -> DaemonProcess:
     """
     Start the daemon on C{config_path}; wait on C{.listening}.
+
+    @param activation: systemd socket activation: C{{name: fd}} of listening
+        sockets passed as file descriptors 3, 4, ... with C{LISTEN_FDS},
+        C{LISTEN_FDNAMES} and C{LISTEN_PID} set as systemd sets them.
     """
     process = DaemonProcess(expected)
     argv = [*twistd_command(python), "--pidfile=", "-n", "plantd"]
     argv += ["--config", config_path, *extra]
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
-    _reactor.spawnProcess(process, argv[0], argv, env=env, path=cwd or ROOT)
+    child_fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
+    if activation:
+        for i, fd in enumerate(activation.values()):
+            child_fds[3 + i] = fd
+        env["LISTEN_FDS"] = str(len(activation))
+        env["LISTEN_FDNAMES"] = ":".join(activation)
+        # LISTEN_PID must be the daemon's own pid: the shell sets it to its
+        # pid, then execs the daemon in place.
+        argv = ["/bin/sh", "-c", 'LISTEN_PID=$$ exec "$@"', "sh", *argv]
+    _reactor.spawnProcess(
+        process, argv[0], argv, env=env, path=cwd or ROOT, childFDs=child_fds
+    )
     return process
 
 

@@ -401,3 +401,20 @@ class KeyPlacementTests(SynchronousTestCase):
         self.assertEqual(c.readers[0].reply, "accept")
         assert c.servers[0].reply_template is not None
         self.assertEqual(c.servers[0].reply_template.source, "A ; B")
+
+
+class SystemdEndpointTests(SynchronousTestCase):
+    """
+    systemd endpoints are checked without the sockets systemd passes.
+    """
+
+    def test_index_or_name(self) -> None:
+        """
+        Exactly one of index= and name= is required.
+        """
+        base = "[server:a]\nlisten = systemd:domain=INET"
+        config_from_string(base + ":name=orders\n")
+        config_from_string(base + ":index=0\n")
+        for bad in ("\n", ":index=0:name=x\n"):
+            e = self.assertRaises(ConfigError, config_from_string, base + bad)
+            self.assertIn("exactly one of index=N or name=NAME", str(e))

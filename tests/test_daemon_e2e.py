@@ -303,3 +303,41 @@ class SampleConfigTests(TestCase):
         out = result.out.decode()
         for section in ("[server:orders]", "[send:label]", "[reader:door]"):
             self.assertIn(section, out)
+
+
+class SocketActivationTests(TestCase):
+    """
+    ``listen = systemd:domain=INET:name=…``: the daemon takes a listening
+    socket from systemd instead of binding one.
+    """
+
+    timeout = 60
+
+    async def test_named_socket(self) -> None:
+        """
+        A socket passed as systemd passes it (fd 3, LISTEN_FDS,
+        LISTEN_FDNAMES, LISTEN_PID) is served by the trigger that names it.
+        """
+        import socket
+
+        sock = socket.socket()
+        self.addCleanup(sock.close)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        port = sock.getsockname()[1]
+        path = os.path.abspath(self.mktemp()) + ".ini"
+        with open(path, "w") as f:
+            f.write(
+                "[server:activated]\n"
+                "listen = systemd:domain=INET:name=plantd-orders\n"
+                "reply = got [data]\\n\n"
+            )
+        daemon = start_daemon(path, activation={"plantd-orders": sock.fileno()})
+        self.addCleanup(daemon.stop)
+        ports = await daemon.listening
+        self.assertEqual(ports["server:activated"], port)
+        client = await connect_client(port)
+        client.transport.write(b"hello\n")  # type: ignore[union-attr]
+        self.assertEqual(await client.lines(1), b"got hello\n")
+        client.transport.loseConnection()  # type: ignore[union-attr]
+        await client.lost
