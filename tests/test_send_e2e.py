@@ -36,7 +36,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.ssl import CertificateOptions, PrivateCertificate, TLSVersion
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface import implementer
 
 from daemon.actions import ActionChain, ActionFailed, Event
@@ -208,6 +208,33 @@ class SendEndToEndTests(TestCase):
             self.assertEqual(jobs[0].data, b"^XA\x80 5^XZ")
             self.assertEqual((sim.broken, sim.empty), (0, 0))
             self.assertEqual(action.stats.bytes_out, len(jobs[0].data))
+
+        return Deferred.fromCoroutine(run())
+
+    def test_ipv6Destination(self) -> Deferred[None]:
+        """
+        A destination built from variables as ``[[host]]:[port]`` with an
+        IPv6 host (``[::1]:PORT``) reaches a printer listening on ::1.
+        """
+
+        async def run() -> None:
+            try:
+                probe = socket.socket(socket.AF_INET6)
+                probe.bind(("::1", 0))
+                probe.close()
+            except OSError as e:
+                raise SkipTest(f"no IPv6 loopback here: {e}") from None
+            sim = PrinterSimulator(globalReactor)
+            port = await sim.listen(globalReactor, r"tcp6:0:interface=\:\:1")
+            self.addCleanup(sim.disconnectAll)
+            self.addCleanup(port.stopListening)
+            number = port.getHost().port  # type: ignore[attr-defined]
+            action = sendAction("destination = [[[host]]:[port]\ndata = ^XA[sku]^XZ\n")
+            self.addCleanup(action.stop)
+            self.assertIsNone(await self.send(action, host="::1", port=str(number)))
+            jobs = await sim.waitForJobs(1)
+            self.assertEqual(jobs[0].data, b"^XAA1^XZ")
+            self.assertTrue(jobs[0].peer.startswith("[::1]:"), jobs[0].peer)
 
         return Deferred.fromCoroutine(run())
 
