@@ -10,10 +10,13 @@ TRIAL_JOBS ?= 2
 
 .PHONY: run test trial lint bench check-config sim clean
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]' --config-settings editable_mode=compat
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@# twistd finds plugins in twisted/plugins/ directories on sys.path: put
+	@# this source tree there (the editable install's import hook does not).
+	$(BIN)/python -c 'import os, sysconfig; open(os.path.join(sysconfig.get_paths()["purelib"], "plantd-source.pth"), "w").write(os.getcwd() + "\n")'
 	touch $(STAMP)
 
 ## run: the daemon with the default config, beside the device simulators, in the foreground
