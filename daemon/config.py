@@ -165,6 +165,7 @@ class ServerConfig:
     keepalive: float = 60.0
     max_pending: int = 64
     log_frames: bool = False
+    empty_frames: Literal["skip", "event"] = "skip"
 
 
 @dataclass(frozen=True)
@@ -645,6 +646,13 @@ def _server(s: _Section, name: str) -> ServerConfig:
             raise s.error("frame_size", "required with frame = bytes")
         frame_size = s.integer("frame_size", 0, minimum=1, maximum=max_frame)
     frame_idle = s.seconds("frame_idle", ServerConfig.frame_idle, positive=True)
+    if s.has("empty_frames") and frame not in ("line", "delimiter"):
+        raise s.error("empty_frames", "only used with frame = line or delimiter")
+    empty_frames: Literal["skip", "event"] = (
+        "event"
+        if s.choice("empty_frames", "skip", ("skip", "event")) == "event"
+        else "skip"
+    )
     parse = _parse_spec(s)
     reply_text = s.optional("reply")
     reply: Literal["none", "echo", "template"] = "none"
@@ -677,6 +685,7 @@ def _server(s: _Section, name: str) -> ServerConfig:
         keepalive=s.seconds("keepalive", ServerConfig.keepalive),
         max_pending=s.integer("max_pending", 64, minimum=1),
         log_frames=s.boolean("log_frames", False),
+        empty_frames=empty_frames,
     )
 
 

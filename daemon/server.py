@@ -50,6 +50,11 @@ from daemon.timers import Deadline
 MAX_REMEMBERED_REFUSALS = 1024
 #: A refused peer is logged again after this many seconds.
 REFUSAL_LOG_INTERVAL = 600.0
+#: In line and delimiter modes, an unterminated message that has waited this
+#: many seconds without more data is logged (once per connection): a client
+#: that sends "Hello" without the line end and waits for an answer would
+#: otherwise hang silently until idle_timeout.
+PARTIAL_WARNING_DELAY = 3.0
 
 
 def decode(frame: bytes, encoding: str) -> str:
@@ -292,6 +297,22 @@ class ServerConnection(Protocol):
         self._stall_call: IDelayedCall | None = None
         self._out: list[bytes] = []
         self._waiters: list[Deferred[None]] = []
+        self._aborted = False
+        terminated = config.frame in ("line", "delimiter")
+        self._skip_empty = terminated and config.empty_frames == "skip"
+        # Watch for a partial message left waiting (line / delimiter only);
+        # None once it was logged for this connection.
+        self._partial_wait: Deadline | None = (
+            Deadline(
+                clock,
+                PARTIAL_WARNING_DELAY,
+                self._last,
+                self._partial_waited,
+                busy=lambda: self.reading_paused,
+            )
+            if terminated
+            else None
+        )
 
     def _last(self) -> float:
         return self.last_data
@@ -402,12 +423,21 @@ class ServerConnection(Protocol):
                 self._end_of_input((), "an abnormal close")
         trigger = self.trigger
         trigger.connections.discard(self)
-        trigger.stats.active -= 1
+        stats = trigger.stats
+        stats.active -= 1
         self._frame_idle.cancel()
         self._idle_timeout.cancel()
+        if self._partial_wait is not None:
+            self._partial_wait.cancel()
         if self._stall_call is not None and self._stall_call.active():
             self._stall_call.cancel()
         self._stall_call = None
+        # Replies that were ready but could not be written any more; those
+        # of events still running are counted when they finish.
+        self._flush()
+        stats.replies_dropped += sum(
+            1 for slot in self.pending if slot.done and slot.data
+        )
         self.pending.clear()
         self.log.info(
             "[{trigger}] {peer} disconnected after {count} messages",
@@ -487,7 +517,7 @@ class ServerConnection(Protocol):
             peer=self.peer,
             timeout=trigger.config.write_timeout,
         )
-        self.transport.abortConnection()  # type: ignore[union-attr]
+        self._abort()
 
     def _update_reading(self) -> None:
         pause = self.too_many_pending or self.write_blocked
@@ -509,21 +539,30 @@ class ServerConnection(Protocol):
             return
         self.last_data = trigger.clock.seconds()
         oversized: FrameTooLong | None = None
+        framer = self.framer
         try:
-            frames = self.framer.feed(data)
+            frames = framer.feed(data)
         except FrameTooLong as e:
             frames = e.frames
             oversized = e
+        if self._skip_empty and b"" in frames:
+            # A bare line end (a probe, a keep-alive) is not a message.
+            kept = [frame for frame in frames if frame]
+            stats.empty_frames += len(frames) - len(kept)
+            frames = kept
         for frame in frames:
             self._accept(frame)
-        if self.framer.discarded:
-            stats.discarded_bytes += self.framer.discarded
-            self.framer.discarded = 0
+        if framer.discarded:
+            stats.discarded_bytes += framer.discarded
+            framer.discarded = 0
         self._flush()
         if oversized is not None:
             self._oversized(oversized)
-        elif trigger.config.frame == "idle" and self.framer.buffered:
-            self._frame_idle.start()
+        elif framer.buffered:
+            if self._partial_wait is not None:
+                self._partial_wait.start()
+            elif trigger.config.frame == "idle":
+                self._frame_idle.start()
 
     def _oversized(self, error: FrameTooLong) -> None:
         stats = self.trigger.stats
@@ -550,6 +589,48 @@ class ServerConnection(Protocol):
             self._accept(frame)
             self._flush()
 
+    def _partial_waited(self) -> None:
+        """
+        Line or delimiter mode: the start of a message has waited
+        L{PARTIAL_WARNING_DELAY} seconds for its end.  Say so once per
+        connection, naming the remedy; a client that sends the end later
+        is served as usual.
+        """
+        if self.state is not ConnectionState.OPEN or self._partial_wait is None:
+            return
+        waiting = self.framer.buffered
+        if not waiting:
+            return  # completed meanwhile; watch again at the next partial
+        self._partial_wait = None
+        trigger = self.trigger
+        config = trigger.config
+        trigger.stats.partial_waits += 1
+        if config.frame == "line":
+            remedy = (
+                "send \\n (or \\r\\n) after each message, or use frame = idle or "
+                "frame = disconnect; a device that ends messages with a bare CR "
+                "needs frame = delimiter with delimiter = \\r"
+            )
+            end = "its line end (\\n)"
+        else:
+            remedy = (
+                "send the delimiter after each message, or use frame = idle or "
+                "frame = disconnect"
+            )
+            end = f"its delimiter {config.delimiter!r}"
+        self.log.warn(
+            "[{trigger}] {peer}: {size} bytes of a message have waited "
+            "{delay:.0f}s for {end}; nothing is acted on until it arrives: "
+            "{remedy} (logged once per connection; see the 'partial_waits' "
+            "counter)",
+            trigger=trigger.section,
+            peer=self.peer,
+            size=waiting,
+            delay=PARTIAL_WARNING_DELAY,
+            end=end,
+            remedy=remedy,
+        )
+
     def _idle_timeout_expired(self) -> None:
         if not self.alive:
             return
@@ -561,6 +642,14 @@ class ServerConnection(Protocol):
             peer=self.peer,
             timeout=trigger.config.idle_timeout,
         )
+        self._abort()
+
+    def _abort(self) -> None:
+        """
+        Abort the connection: nothing more is written to it (replies that
+        become ready before connectionLost are counted as dropped).
+        """
+        self._aborted = True
         self.transport.abortConnection()  # type: ignore[union-attr]
 
     # -- events
@@ -654,10 +743,16 @@ class ServerConnection(Protocol):
     def _finished_later(
         self, outcome: Outcome, slot: _Pending, event: Event, frame: bytes
     ) -> None:
+        stats = self.trigger.stats
         if outcome is not None:
-            self.trigger.stats.action_errors += 1
+            stats.action_errors += 1
         slot.data = self._reply(event, frame, outcome)
         slot.done = True
+        if self.state is ConnectionState.CLOSED:
+            # Its slot went with the connection.
+            if slot.data:
+                stats.replies_dropped += 1
+            return
         self._drain()
 
     def _reply(self, event: Event, frame: bytes, outcome: Outcome) -> bytes:
@@ -706,15 +801,22 @@ class ServerConnection(Protocol):
     # -- writing
 
     def _flush(self) -> None:
+        """
+        Write the replies collected in C{_out} in one C{write}; each counts
+        as a reply, or as dropped when the connection is gone.
+        """
         out = self._out
         if out:
-            data = out[0] if len(out) == 1 else b"".join(out)
+            count = len(out)
+            data = out[0] if count == 1 else b"".join(out)
             out.clear()
-            if self.alive:
-                stats = self.trigger.stats
+            stats = self.trigger.stats
+            if self.alive and not self._aborted:
                 stats.bytes_out += len(data)
-                stats.replies += 1
+                stats.replies += count
                 self.transport.write(data)  # type: ignore[union-attr]
+            else:
+                stats.replies_dropped += count
         if self.state is ConnectionState.ENDING:
             self._close_when_drained()
 

@@ -24,7 +24,11 @@ class ServerStats:
     frames: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    #: reply messages handed to an open connection (one per event that
+    #: had something to send back)
     replies: int = 0
+    #: replies ready after their connection was gone (never sent)
+    replies_dropped: int = 0
     errors: int = 0
     rejected: int = 0
     oversized: int = 0
@@ -35,6 +39,11 @@ class ServerStats:
     write_timeouts: int = 0
     truncated: int = 0
     discarded_bytes: int = 0
+    #: empty messages (a bare line end) skipped, with empty_frames = skip
+    empty_frames: int = 0
+    #: connections whose unterminated message waited PARTIAL_WARNING_DELAY
+    #: seconds for its end (logged once per connection)
+    partial_waits: int = 0
 
     def snapshot(self) -> Snapshot:
         return dict(asdict(self))

@@ -5,7 +5,7 @@ StringTransport and a fake clock.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,12 +14,18 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransportWithDisconnection
+from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from daemon.actions import ActionChain, timestamp
 from daemon.config import config_from_string
-from daemon.server import ServerConnection, ServerTrigger, parse_frame
+from daemon.server import (
+    PARTIAL_WARNING_DELAY,
+    ServerConnection,
+    ServerTrigger,
+    parse_frame,
+)
 from daemon.stats import ServerStats
 from tests.fakes import FakeAction
 
@@ -895,3 +901,304 @@ class SecondReviewTests(SynchronousTestCase):
         self.assertEqual(len(action.events), 2)
         action.later[1].callback(None)
         transport.loseConnection()
+
+
+class EmptyFrameTests(SynchronousTestCase):
+    """
+    ``empty_frames``: a bare line end (a probe, a keep-alive, ``echo`` with
+    nothing) is skipped and counted by default in line and delimiter modes.
+    """
+
+    def run_frames(
+        self, settings_text: str, *chunks: bytes
+    ) -> tuple[list[str], ServerTrigger, bytes]:
+        action = FakeAction()
+        trigger, _ = make(settings_text + "\nactions = fake\n", (action,))
+        protocol, transport = connect(trigger)
+        for chunk in chunks:
+            protocol.dataReceived(chunk)
+        data = transport.value()
+        transport.loseConnection()
+        return [e.variables["data"] for e in action.events], trigger, data
+
+    def test_line_skips_by_default(self) -> None:
+        """
+        Empty lines (LF, CR LF, split across reads) run nothing, get no
+        reply and are counted; the messages around them are served.
+        """
+        events, trigger, data = self.run_frames(
+            "reply = ok [data]\\n", b"\n\r\na\n\r", b"\n", b"\nb\n"
+        )
+        self.assertEqual(events, ["a", "b"])
+        self.assertEqual(data, b"ok a\nok b\n")
+        self.assertEqual(trigger.stats.empty_frames, 4)
+        self.assertEqual(trigger.stats.frames, 2)
+        self.assertEqual(trigger.stats.replies, 2)
+
+    def test_delimiter_skips_by_default(self) -> None:
+        """
+        Two delimiters in a row are an empty message: skipped and counted.
+        """
+        events, trigger, _ = self.run_frames(
+            "frame = delimiter\ndelimiter = \\r", b"\r\rx\r", b"\r"
+        )
+        self.assertEqual(events, ["x"])
+        self.assertEqual(trigger.stats.empty_frames, 3)
+
+    def test_event(self) -> None:
+        """
+        ``empty_frames = event``: an empty message is an event like any
+        other (the old behaviour), with an empty ``[data]``.
+        """
+        events, trigger, data = self.run_frames(
+            "empty_frames = event\nreply = <[data]>\\n", b"\na\n\r\n"
+        )
+        self.assertEqual(events, ["", "a", ""])
+        self.assertEqual(data, b"<>\n<a>\n<>\n")
+        self.assertEqual(trigger.stats.empty_frames, 0)
+
+    def test_seq_not_used(self) -> None:
+        """
+        A skipped empty line does not take a message number.
+        """
+        action = FakeAction()
+        trigger, _ = make("actions = fake\n", (action,))
+        protocol, transport = connect(trigger)
+        protocol.dataReceived(b"\n\nfirst\n")
+        self.assertEqual([e.variables["seq"] for e in action.events], ["1"])
+        transport.loseConnection()
+
+    def test_other_modes_refuse_the_key(self) -> None:
+        """
+        The key means nothing for other framings; setting it is an error.
+        """
+        from daemon.config import ConfigError
+
+        with self.assertRaises(ConfigError) as e:
+            make("frame = stx-etx\nempty_frames = event\n")
+        self.assertIn("empty_frames", str(e.exception))
+        self.assertIn("only used with frame = line or delimiter", str(e.exception))
+
+
+class ReplyCounterTests(SynchronousTestCase):
+    """
+    ``replies`` counts reply messages written to an open connection;
+    ``replies_dropped`` those whose connection was gone.
+    """
+
+    def test_one_write_many_replies(self) -> None:
+        """
+        Three messages in one read: one write, three replies.
+        """
+        trigger, _ = make("reply = [data]\\n")
+        protocol, transport = connect(trigger)
+        protocol.dataReceived(b"1\n2\n3\n")
+        self.assertEqual(transport.value(), b"1\n2\n3\n")
+        self.assertEqual(trigger.stats.replies, 3)
+        self.assertEqual(trigger.stats.replies_dropped, 0)
+        transport.loseConnection()
+
+    def test_no_reply_not_counted(self) -> None:
+        """
+        ``reply = none`` sends nothing: no reply is counted.
+        """
+        trigger, _ = make("")
+        protocol, transport = connect(trigger)
+        protocol.dataReceived(b"1\n2\n")
+        self.assertEqual(trigger.stats.replies, 0)
+        transport.loseConnection()
+
+    def test_lost_while_pending_is_dropped(self) -> None:
+        """
+        A reply ready after its connection was lost is dropped and counted,
+        never counted as a reply; so are replies queued behind it.
+        """
+        action = FakeAction()
+        pending: list[Deferred[Mapping[str, str] | None]] = []
+        action.later = pending
+        trigger, _ = make("actions = fake\nreply = OK\\n", (action,))
+        protocol, transport = connect(trigger)
+        protocol.dataReceived(b"x\n")
+        action.later = None
+        protocol.dataReceived(b"y\n")  # done at once, queued behind x
+        transport.loseConnection()
+        self.assertEqual(trigger.stats.replies_dropped, 1)
+        self.assertEqual(len(pending), 1)
+        pending[0].callback(None)
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(trigger.stats.replies, 0)
+        self.assertEqual(trigger.stats.replies_dropped, 2)
+
+    def test_disconnect_full_close_reply_dropped(self) -> None:
+        """
+        ``frame = disconnect`` and a client that closes fully: the message
+        runs, its reply cannot be sent and is counted as dropped.
+        """
+        trigger, _ = make("frame = disconnect\nreply = got [data]\n")
+        protocol, transport = connect(trigger)
+        protocol.dataReceived(b"job")
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(trigger.stats.frames, 1)
+        self.assertEqual(trigger.stats.replies, 0)
+        self.assertEqual(trigger.stats.replies_dropped, 1)
+
+    def test_aborted_reply_dropped(self) -> None:
+        """
+        After an abort (write_timeout), a reply that becomes ready before
+        connectionLost is not written and counts as dropped.
+        """
+        action = FakeAction()
+        action.later = []
+        trigger, clock = make(
+            "actions = fake\nreply = OK\\n\nwrite_timeout = 5\n", (action,)
+        )
+        protocol, transport = connect(trigger)
+        protocol.dataReceived(b"x\n")
+        protocol.pauseProducing()
+        clock.advance(5)
+        self.assertEqual(trigger.stats.write_timeouts, 1)
+        action.pending[0].callback(None)
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(trigger.stats.replies, 0)
+        self.assertEqual(trigger.stats.replies_dropped, 1)
+
+
+class PartialMessageTests(SynchronousTestCase):
+    """
+    A client that sends a message without its end and waits is told about
+    in the log, once per connection, after PARTIAL_WARNING_DELAY seconds.
+    """
+
+    def warnings(self, events: Sequence[LogEvent]) -> list[str]:
+        return [
+            formatEvent(e)
+            for e in events
+            if e["log_level"] is LogLevel.warn and "waited" in formatEvent(e)
+        ]
+
+    def test_logged_once(self) -> None:
+        """
+        ``Hello`` without LF: one warning after the delay naming the peer,
+        the bytes waiting and the remedy; counted once; a later partial on
+        the same connection is not logged again.
+        """
+        trigger, clock = make("reply = [data]\\n")
+        protocol, transport = connect(trigger)
+        with capturedLogs() as events:
+            protocol.dataReceived(b"Hello")
+            clock.advance(PARTIAL_WARNING_DELAY - 0.1)
+            self.assertEqual(self.warnings(events), [])
+            clock.advance(0.1)
+            protocol.dataReceived(b"\nagain")
+            clock.advance(PARTIAL_WARNING_DELAY * 3)
+        [line] = self.warnings(events)
+        self.assertIn("10.1.2.3:40000", line)
+        self.assertIn("5 bytes", line)
+        self.assertIn("send \\n", line)
+        self.assertIn("frame = idle", line)
+        self.assertIn("frame = disconnect", line)
+        self.assertIn("frame = delimiter", line)
+        self.assertEqual(trigger.stats.partial_waits, 1)
+        self.assertEqual(transport.value(), b"Hello\n")
+        transport.loseConnection()
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_data_keeps_it_quiet(self) -> None:
+        """
+        A long line arriving slowly is not waiting: the delay counts from
+        the last read; a completed line is never reported.
+        """
+        trigger, clock = make("")
+        protocol, transport = connect(trigger)
+        with capturedLogs() as events:
+            for _ in range(5):
+                protocol.dataReceived(b"abc")
+                clock.advance(PARTIAL_WARNING_DELAY - 1)
+            protocol.dataReceived(b"\n")
+            clock.advance(PARTIAL_WARNING_DELAY * 2)
+        self.assertEqual(self.warnings(events), [])
+        self.assertEqual(trigger.stats.partial_waits, 0)
+        transport.loseConnection()
+
+    def test_delimiter(self) -> None:
+        """
+        Delimiter mode names its delimiter.
+        """
+        trigger, clock = make("frame = delimiter\ndelimiter = \\x04\n")
+        protocol, transport = connect(trigger)
+        with capturedLogs() as events:
+            protocol.dataReceived(b"abc\x04de")
+            clock.advance(PARTIAL_WARNING_DELAY)
+        [line] = self.warnings(events)
+        self.assertIn("2 bytes", line)
+        self.assertIn("'\\x04'", line)
+        self.assertEqual(trigger.stats.partial_waits, 1)
+        transport.loseConnection()
+
+    def test_not_while_paused(self) -> None:
+        """
+        While plantd itself stopped reading (max_pending), the rest of the
+        message may be unread in the socket: no warning.
+        """
+        action = FakeAction()
+        action.later = []
+        trigger, clock = make("actions = fake\nmax_pending = 1\n", (action,))
+        protocol, transport = connect(trigger)
+        with capturedLogs() as events:
+            protocol.dataReceived(b"one\ntw")
+            clock.advance(PARTIAL_WARNING_DELAY * 2)
+            self.assertEqual(self.warnings(events), [])
+            action.pending[0].callback(None)
+            clock.advance(PARTIAL_WARNING_DELAY)
+        self.assertEqual(len(self.warnings(events)), 1)
+        transport.loseConnection()
+
+    def test_other_modes(self) -> None:
+        """
+        ``idle``, ``disconnect``, ``bytes`` and ``stx-etx`` never warn.
+        """
+        for text in (
+            "frame = disconnect",
+            "frame = idle\nframe_idle = 30",
+            "frame = bytes\nframe_size = 10",
+            "frame = stx-etx",
+        ):
+            trigger, clock = make(text + "\n")
+            protocol, transport = connect(trigger)
+            protocol.dataReceived(b"\x02abc")
+            clock.advance(PARTIAL_WARNING_DELAY * 2)
+            self.assertEqual(trigger.stats.partial_waits, 0, text)
+            transport.loseConnection()
+
+
+class NewCounterStatusTests(SynchronousTestCase):
+    """
+    The counters added for replies, empty messages and waiting partial
+    messages show on the status page, in JSON and in /metrics like the
+    others.
+    """
+
+    def test_shown(self) -> None:
+        from daemon.stats import Stats
+        from daemon.status import StatusView, metric_families, render_html, render_json
+
+        stats = Stats()
+        server = stats.server("orders")
+        server.replies_dropped = 2
+        server.empty_frames = 3
+        server.partial_waits = 4
+        view = StatusView(stats, Clock(), 0.0, "t")
+        snapshot = stats.snapshot()
+        document = render_json(view, snapshot).decode()
+        page = render_html(view, snapshot)
+        families = {f.name: f for f in metric_families(view, snapshot)}
+        for counter, value in (
+            ("replies_dropped", 2),
+            ("empty_frames", 3),
+            ("partial_waits", 4),
+        ):
+            self.assertIn(f'"{counter}": {value}', document)
+            self.assertIn(counter, page)
+            family = families[f"plantd_server_{counter}"]
+            self.assertEqual(family.type, "counter")
+            self.assertEqual(family.samples[0].value, value)
