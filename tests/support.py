@@ -338,3 +338,90 @@ class HeldCommit:
 
     def release(self) -> None:
         self._release.set()
+
+
+@dataclass(frozen=True)
+class TLSExchange:
+    """
+    What a L{tls_close_notify_client} received, and how the server ended.
+
+    @ivar ending: C{"close_notify"} (the server's clean TLS close), C{"eof"}
+        (TCP closed without one), or the error that ended reading.
+    """
+
+    data: bytes
+    ending: str
+
+
+def tls_close_notify_client(
+    port: int, payload: bytes, shutdown_tcp: bool = False, timeout: float = 10.0
+) -> TLSExchange:
+    """
+    A real TLS client (Python's C{ssl}, i.e. OpenSSL) as C{socat} and
+    C{openssl s_client} behave: handshake, send C{payload}, send close_notify
+    (its side is done), then keep reading until the server closes.  Blocking:
+    run it in a thread (C{deferToThread}).
+
+    @param shutdown_tcp: also half-close the TCP connection after the
+        close_notify (C{shutdown(SHUT_WR)}), as C{socat} does.
+    """
+    import socket
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_side=False)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+
+        def send() -> None:
+            pending = outgoing.read()
+            if pending:
+                sock.sendall(pending)
+
+        def receive() -> bool:
+            chunk = sock.recv(65536)
+            if not chunk:
+                incoming.write_eof()
+                return False
+            incoming.write(chunk)
+            return True
+
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                send()
+                if not receive():
+                    return TLSExchange(b"", "eof during the handshake")
+        send()
+        tls.write(payload)
+        send()
+        try:
+            tls.unwrap()  # sends close_notify; the server's is not here yet
+        except ssl.SSLWantReadError:
+            pass
+        send()
+        if shutdown_tcp:
+            sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while True:
+            try:
+                chunk = tls.read(65536)
+            except ssl.SSLWantReadError:
+                try:
+                    receive()
+                except OSError as e:
+                    return TLSExchange(data, f"socket error: {e}")
+            except ssl.SSLZeroReturnError:
+                return TLSExchange(data, "close_notify")
+            except ssl.SSLEOFError:
+                return TLSExchange(data, "eof")
+            except ssl.SSLError as e:
+                return TLSExchange(data, f"TLS error: {e}")
+            else:
+                if not chunk:  # the server's close_notify
+                    return TLSExchange(data, "close_notify")
+                data += chunk
