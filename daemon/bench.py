@@ -10,6 +10,9 @@ in time.  Figures:
    each wait for one reply before sending the next.
 2. Outbox: jobs stored per second (durable SQLite vs memory) and delivered
    per second to a fast sink (the printer simulator over loopback).
+3. Durable ACK latency p50/p99 through the real daemon, in a steady trickle,
+   while the printer is away, and while the backlog drains
+   (L{daemon.bench_ack}).
 """
 
 from __future__ import annotations
@@ -187,7 +190,10 @@ async def main(reactor: Any, argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="make bench", description=__doc__)
     parser.add_argument("--seconds", type=float, default=3.0, help="per load")
     parser.add_argument("--jobs", type=int, default=2000, help="outbox jobs")
-    parser.add_argument("--only", choices=["server", "outbox"], default=None)
+    parser.add_argument("--only", choices=["server", "outbox", "ack"], default=None)
+    parser.add_argument(
+        "--away", type=float, default=15.0, help="seconds the printer is away"
+    )
     args = parser.parse_args(argv)
 
     def report(line: str) -> None:
@@ -202,6 +208,14 @@ async def main(reactor: Any, argv: list[str]) -> None:
 
         report(f"outbox, {args.jobs} jobs of 100 bytes:")
         await bench_outbox(reactor, args.jobs, report)
+    if args.only in (None, "ack"):
+        from daemon.bench_ack import NEW_CONNECTIONS, PLC_RATE, PLCS, bench_ack
+
+        report(
+            f"durable ACK latency, {PLCS} PLCs x {PLC_RATE:g} lines/s +"
+            f" {NEW_CONNECTIONS:g} new connections/s (line written -> ACK read):"
+        )
+        await bench_ack(reactor, report, steady=args.seconds * 3, away=args.away)
 
 
 def run() -> None:

@@ -34,7 +34,7 @@ state_dir = {state_dir}
 
 [send:bench]
 destination = 127.0.0.1:{port}
-data = [data]\\r\\n
+data = [seq] [data]\\r\\n
 queue = {queue}
 retry_initial = 0.05
 retry_max = 0.05
@@ -42,6 +42,13 @@ retry_max = 0.05
     if queue != "none":
         text += f"max_jobs = {jobs + 10}\n"
     return text
+
+
+def expected_jobs(jobs: int) -> list[bytes]:
+    """
+    What the printer must get, in this order: every job carries its number.
+    """
+    return [f"{n} {PAYLOAD}\r\n".encode() for n in range(jobs)]
 
 
 def _event(n: int) -> Event:
@@ -80,10 +87,12 @@ async def _one(
                 f"  {queue:16} stored    {jobs / stored:>10,.0f} jobs/s   "
                 f"delivered {jobs / delivered:>8,.0f} jobs/s"
             )
-            data = [j.data for j in printer.jobs[:jobs]]
-            in_order = data == [f"{PAYLOAD}\r\n".encode()] * jobs
-            if not in_order or len(printer.jobs) != jobs:
-                report(f"  !! {queue}: {len(printer.jobs)} jobs delivered")
+            data = [j.data for j in printer.jobs]
+            if data != expected_jobs(jobs):
+                report(
+                    f"  !! {queue}: {len(printer.jobs)} jobs delivered, not"
+                    f" {jobs} in the order stored"
+                )
         finally:
             stopped = top.stopService()
             if stopped is not None:

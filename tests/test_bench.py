@@ -26,3 +26,63 @@ class BenchConfigTests(SynchronousTestCase):
         for queue in ("none", "memory", "durable"):
             c = config_from_string(_config("/tmp/x", 9, queue, 100))
             self.assertEqual(c.actions["bench"].queue, queue)
+
+
+class AckBenchTests(SynchronousTestCase):
+    """
+    The ACK latency benchmark's config loads, and its order check can fail.
+    """
+
+    def test_config(self) -> None:
+        """
+        The daemon config of the ACK benchmark is valid.
+        """
+        from daemon.bench_ack import CONFIG
+
+        c = config_from_string(CONFIG.format(state="/tmp/x", printer=9))
+        self.assertEqual(c.actions["label"].queue, "durable")
+
+    def test_order_check(self) -> None:
+        """
+        A PLC's numbers printed out of order, or an ACKed number missing, is
+        reported; two PLCs interleaved, or a job printed twice in place, is
+        not.
+        """
+        from daemon.bench_ack import SOURCE, check_order
+
+        a0, a1, b0, b1 = 0, 1, SOURCE, SOURCE + 1
+        self.assertEqual(check_order([a0, b0, a1, b1], [a0, a1, b0, b1]), [])
+        self.assertEqual(check_order([a0, a0, a1], [a0, a1]), [])
+        self.assertEqual(
+            check_order([a1, a0], [a0, a1]), ["PLC 0: job 0 printed after job 1"]
+        )
+        self.assertEqual(
+            check_order([a0], [a0, a1]), ["1 ACKed jobs never printed, e.g. 1"]
+        )
+
+    def test_percentile(self) -> None:
+        """
+        Nearest-rank percentiles.
+        """
+        from daemon.bench_ack import percentile
+
+        values = [float(v) for v in range(1, 101)]
+        self.assertEqual(percentile(values, 50), 50.0)
+        self.assertEqual(percentile(values, 99), 99.0)
+        self.assertEqual(percentile([3.0], 99), 3.0)
+
+
+class OutboxBenchOrderTests(SynchronousTestCase):
+    """
+    The outbox benchmark's jobs differ, so its order check can fail.
+    """
+
+    def test_jobs_differ(self) -> None:
+        """
+        Each expected job carries its number: swapping two changes the list.
+        """
+        from daemon.bench_outbox import expected_jobs
+
+        jobs = expected_jobs(3)
+        self.assertEqual(len(set(jobs)), 3)
+        self.assertNotEqual([jobs[1], jobs[0], jobs[2]], jobs)
