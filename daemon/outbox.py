@@ -75,6 +75,12 @@ BUSY_TIMEOUT = 10.0
 PAGE_SIZE = 64
 #: Most store operations committed in one transaction.
 MAX_BATCH = 1024
+#: Seconds between WAL checkpoints, made on their own connection and thread
+#: so that no commit (and no ACK waiting for one) runs a checkpoint.
+CHECKPOINT_INTERVAL = 1.0
+#: WAL pages after which a commit checkpoints by itself after all: only if
+#: the checkpoint thread cannot keep up (SQLite's default is 1000).
+WAL_AUTOCHECKPOINT = 20000
 #: After the first failure of a destination, log only every Nth one (and
 #: whenever the error changes).
 LOG_EVERY_N_FAILURES = 10
@@ -657,17 +663,39 @@ class SqliteJobStore:
     @ivar operations: operations committed so far.
     @ivar commit_hook: if set, called on the worker thread just before each
         C{COMMIT} (for tests).
+
+    A commit appends to the WAL and syncs it, nothing more: SQLite's own
+    checkpoint, which copies the WAL into the database and syncs that too,
+    would run inside whichever commit crosses 1000 WAL pages, and every ACK
+    waiting for that commit would wait for the checkpoint.  Instead a
+    L{_Checkpointer} makes PASSIVE checkpoints on a second connection and
+    thread every C{checkpoint_interval} seconds (L{None}: SQLite's default).
     """
 
     log = Logger(observer=logs.observer)
 
     def __init__(
-        self, path: str, reactor: IReactorFromThreads, *, max_batch: int = MAX_BATCH
+        self,
+        path: str,
+        reactor: IReactorFromThreads,
+        *,
+        max_batch: int = MAX_BATCH,
+        checkpoint_interval: float | None = CHECKPOINT_INTERVAL,
+        clock: IReactorTime | None = None,
     ) -> None:
         self.path = path
         self._reactor = reactor
         self._max_batch = max_batch
         self._conn = open_database(path)
+        self._checkpointer: _Checkpointer | None = None
+        if checkpoint_interval is not None:
+            self._conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}")
+            self._checkpointer = _Checkpointer(
+                path,
+                reactor,
+                clock if clock is not None else IReactorTime(reactor),
+                checkpoint_interval,
+            )
         self.recovered: tuple[QueueSummary, ...] = tuple(db_summary(self._conn, None))
         self.transactions = 0
         self.operations = 0
@@ -783,22 +811,21 @@ class SqliteJobStore:
     def _run_batch(
         self, fns: list[Callable[[sqlite3.Connection], object]]
     ) -> list[tuple[bool, object]]:
-        # On the worker thread.
+        # On the worker thread.  Every statement gives up the GIL and must
+        # win it back from the busy reactor thread, so the usual batch, where
+        # every operation succeeds, runs without savepoints; if one fails,
+        # the transaction is rolled back and run again with a savepoint per
+        # operation, so that only the failing one is undone.
         conn = self._conn
         outcomes: list[tuple[bool, object]] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for fn in fns:
-                conn.execute("SAVEPOINT op")
-                try:
-                    value = fn(conn)
-                except Exception:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    outcomes.append((False, Failure()))
-                else:
-                    conn.execute("RELEASE op")
-                    outcomes.append((True, value))
+            try:
+                outcomes = [(True, fn(conn)) for fn in fns]
+            except Exception:
+                conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                outcomes = self._run_isolated(conn, fns)
             if self.commit_hook is not None:
                 self.commit_hook()
             conn.execute("COMMIT")
@@ -808,11 +835,31 @@ class SqliteJobStore:
             raise
         return outcomes
 
+    @staticmethod
+    def _run_isolated(
+        conn: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], object]]
+    ) -> list[tuple[bool, object]]:
+        outcomes: list[tuple[bool, object]] = []
+        for fn in fns:
+            conn.execute("SAVEPOINT op")
+            try:
+                value = fn(conn)
+            except Exception:
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                outcomes.append((False, Failure()))
+            else:
+                conn.execute("RELEASE op")
+                outcomes.append((True, value))
+        return outcomes
+
     def _batch_done(
         self, outcomes: list[tuple[bool, object]], batch: list[_Op]
     ) -> None:
         self.transactions += 1
         self.operations += len(batch)
+        if self._checkpointer is not None:
+            self._checkpointer.committed()
         for op, (ok, value) in zip(batch, outcomes, strict=True):
             if ok:
                 op.deferred.callback(value)
@@ -842,7 +889,13 @@ class SqliteJobStore:
             self._finish_close()
 
     def _finish_close(self) -> None:
-        d = deferToThreadPool(self._reactor, self._pool, self._conn.close)
+        checkpointer, self._checkpointer = self._checkpointer, None
+        closing = succeed(None) if checkpointer is None else checkpointer.close()
+        # The writer's connection closes last: closing the last connection
+        # checkpoints the WAL and removes it.
+        d = closing.addBoth(
+            lambda _: deferToThreadPool(self._reactor, self._pool, self._conn.close)
+        )
         self._closed = d
 
         def closed(result: object) -> object:
@@ -857,6 +910,128 @@ class SqliteJobStore:
             return None
 
         d.addBoth(closed)
+
+
+class _Checkpointer:
+    """
+    WAL checkpoints for a L{SqliteJobStore}, off its commit path: at most
+    one every C{interval} seconds, only after commits, each a PASSIVE
+    checkpoint (it never waits for the writer or readers) on a connection
+    and thread of its own.
+
+    @ivar checkpoints: checkpoints made so far.
+    @ivar running: a checkpoint runs now.
+    @ivar dirty: commits happened since the last checkpoint started.
+    """
+
+    log = Logger(observer=logs.observer)
+
+    def __init__(
+        self,
+        path: str,
+        reactor: IReactorFromThreads,
+        clock: IReactorTime,
+        interval: float,
+    ) -> None:
+        self.path = path
+        self._reactor = reactor
+        self._clock = clock
+        self._interval = interval
+        self._conn: sqlite3.Connection | None = None
+        self._pool = ThreadPool(minthreads=0, maxthreads=1, name="plantd-checkpoint")
+        self._pool.start()
+        self._call: IDelayedCall | None = None
+        self._closing = False
+        self._idle: list[Deferred[None]] = []
+        self.checkpoints = 0
+        self.running = False
+        self.dirty = False
+
+    def committed(self) -> None:
+        """
+        A transaction was committed: checkpoint within C{interval} seconds.
+        """
+        self.dirty = True
+        if self._call is None and not self.running and not self._closing:
+            self._call = self._clock.callLater(self._interval, self._due)
+
+    def _due(self) -> None:
+        self._call = None
+        if self._closing:
+            return
+        self.dirty = False
+        self.running = True
+        d = deferToThreadPool(self._reactor, self._pool, self._checkpoint)
+        d.addCallbacks(self._done, self._failed)
+
+    def _checkpoint(self) -> None:
+        # On the checkpoint thread.
+        if self._conn is None:
+            self._conn = sqlite3.connect(
+                self.path,
+                timeout=BUSY_TIMEOUT,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def _done(self, _: None) -> None:
+        self.checkpoints += 1
+        self._finished()
+
+    def _failed(self, failure: Failure) -> None:
+        self.log.failure(
+            "outbox store {path}: WAL checkpoint failed", failure, path=self.path
+        )
+        self._finished()
+
+    def _finished(self) -> None:
+        self.running = False
+        if self.dirty and not self._closing:
+            self.committed()
+        idle, self._idle = self._idle, []
+        for d in idle:
+            d.callback(None)
+
+    def idle(self) -> Deferred[None]:
+        """
+        Fires once no checkpoint runs (at once if none does).
+        """
+        if not self.running:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idle.append(d)
+        return d
+
+    def close(self) -> Deferred[None]:
+        """
+        Stop checkpointing; fires when the checkpoint connection is closed.
+        """
+        self._closing = True
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        d = self.idle()
+
+        def close_connection(_: None) -> Deferred[None]:
+            conn, self._conn = self._conn, None
+            return deferToThreadPool(
+                self._reactor,
+                self._pool,
+                lambda: None if conn is None else conn.close(),
+            )
+
+        def stop(result: object) -> None:
+            self._pool.stop()
+            if isinstance(result, Failure):
+                self.log.failure(
+                    "outbox store {path}: closing the checkpoint connection failed",
+                    result,
+                    path=self.path,
+                )
+
+        return d.addCallback(close_connection).addBoth(stop)
 
 
 class MemoryJobStore:
