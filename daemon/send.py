@@ -26,13 +26,29 @@ state machine (L{Link}, L{LinkState})::
 - I{closing}: over TCP the link half-closes (our FIN after the data) and
   waits for the device to close its side, which a raw-port printer does once
   it has read the whole job; a reset instead is a failure.  A device that
-  keeps its side open is left after L{CLOSE_TIMEOUT} (a plain close: the
-  kernel still delivers what it holds); if by then even our FIN could not go
-  out, the link aborts and fails.  TLS links send close_notify and wait for
-  the device's, within the same bound; a session the device does not close
-  in time (the link aborts, discarding what the TLS and TCP buffers still
-  hold), or ends without close_notify or with a reset, is a failure.  Once a
-  complete reply (C{reply_until}) has arrived the link closes at once.
+  keeps its side open (a print server whose printer is offline) is judged
+  after L{CLOSE_TIMEOUT} by what the kernel says about the socket
+  (L{probe_send_queue}): our FIN acknowledged -- so every byte before it
+  too -- is a success (a plain close); bytes the device has not taken, or a
+  FIN it has not acknowledged, abort the link and fail it, saying which.
+  Where the kernel cannot be asked (not Linux), our FIN having gone out
+  (C{writeConnectionLost}) is the success.  TLS links send close_notify and
+  wait for the device's, within the same bound; a session the device does
+  not close in time (the link aborts, discarding what the TLS and TCP
+  buffers still hold), or ends without close_notify or with a reset, is a
+  failure -- even when the device took every byte.  Once a complete reply
+  (C{reply_until}) has arrived the link closes at once.
+
+Interfaces: the endpoint's wrapping protocol (Twisted's
+C{_WrappingProtocol}) copies only the I{last} of C{IHalfCloseableProtocol},
+C{IFileDescriptorReceiver}, C{IHandshakeListener} that the wrapped protocol
+provides when it is built (each C{directlyProvides} replaces the one
+before).  So L{LinkProtocol} declares C{IHalfCloseableProtocol} on the
+class, and C{IHandshakeListener} only on the instance once connected (the
+TLS layer of C{wrapClientTLS} asks for it at the handshake); and neither the
+success of a close nor the end of the handshake depends on those callbacks
+alone (the socket probe above; a TLS transport that resumes us has finished
+its handshake).
 
 A link succeeds -- and an outbox job counts as delivered and is removed --
 only when the device accepted the data: all of it written and the
@@ -52,8 +68,12 @@ printer); links to different destinations run side by side.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
+import socket
+import struct
+import termios
 import typing
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -105,7 +125,7 @@ from twisted.internet.ssl import (
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
 from daemon import logs
 from daemon.actions import Action, ActionFailed, ActionResult, Event
@@ -123,6 +143,102 @@ CLOSE_TIMEOUT = 2.0
 
 #: Makes the endpoint for a destination (injectable for tests).
 EndpointFactory = Callable[[Destination], IStreamClientEndpoint]
+
+
+# TCP states (linux/tcp_states.h), the first byte of TCP_INFO.
+TCP_FIN_WAIT1 = 4
+TCP_FIN_WAIT2 = 5
+TCP_TIME_WAIT = 6
+TCP_LAST_ACK = 9
+TCP_CLOSING = 11
+#: States in which our FIN has been sent (shutdown for writing).
+_FIN_SENT = frozenset(
+    {TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_TIME_WAIT, TCP_LAST_ACK, TCP_CLOSING}
+)
+#: States in which the peer has acknowledged our FIN.
+_FIN_ACKED = frozenset({TCP_FIN_WAIT2, TCP_TIME_WAIT})
+#: Offset of tcpi_bytes_acked (u64, Linux >= 4.1) in struct tcp_info.
+_TCPI_BYTES_ACKED = 120
+
+
+@dataclass(frozen=True, slots=True)
+class SendQueue:
+    """
+    What the kernel says about our side of a TCP connection.
+
+    @ivar state: the TCP state (C{TCP_FIN_WAIT2}...).
+    @ivar acked: bytes the peer acknowledged, counting the SYN and, once
+        acknowledged, our FIN as one each (C{tcpi_bytes_acked}).
+    @ivar queued: bytes in the kernel's send queue, unsent or not yet
+        acknowledged, our FIN included (C{SIOCOUTQ}).
+    """
+
+    state: int
+    acked: int
+    queued: int
+
+    @property
+    def fin_sent(self) -> bool:
+        return self.state in _FIN_SENT
+
+    @property
+    def fin_acked(self) -> bool:
+        return self.state in _FIN_ACKED
+
+    def untaken(self, total: int) -> int:
+        """
+        How many of the C{total} data bytes we wrote the peer has not
+        acknowledged (plain TCP: every byte after the SYN is ours).
+        """
+        return total - min(total, max(0, self.acked - 1))
+
+
+def _tcp_socket(transport: object) -> socket.socket | None:
+    """
+    The TCP socket under C{transport}: its own handle, or, for a protocol
+    wrapper such as Twisted's TLS layer, that of the transport it wraps.
+    """
+    for _ in range(4):
+        if transport is None:
+            return None
+        get = getattr(transport, "getHandle", None)
+        if get is not None:
+            try:
+                handle = get()
+            except Exception:
+                handle = None
+            if isinstance(handle, socket.socket):
+                if handle.type == socket.SOCK_STREAM and handle.family in (
+                    socket.AF_INET,
+                    socket.AF_INET6,
+                ):
+                    return handle
+                return None
+        transport = getattr(transport, "transport", None)
+    return None
+
+
+def probe_send_queue(transport: object) -> SendQueue | None:
+    """
+    Ask the kernel about the TCP connection under C{transport}: None when it
+    cannot say (not Linux, not a TCP socket, a fake transport, closed).
+    """
+    tcp_info = getattr(socket, "TCP_INFO", None)
+    outq = getattr(termios, "TIOCOUTQ", None)  # == SIOCOUTQ on Linux
+    if tcp_info is None or outq is None:
+        return None
+    sock = _tcp_socket(transport)
+    if sock is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, tcp_info, 256)
+        queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), outq, b"\0" * 4))[0]
+    except (OSError, ValueError):
+        return None
+    if len(info) < _TCPI_BYTES_ACKED + 8:
+        return None
+    (acked,) = struct.unpack_from("=Q", info, _TCPI_BYTES_ACKED)
+    return SendQueue(info[0], acked, queued)
 
 
 class LinkTransport(typing.Protocol):
@@ -416,10 +532,15 @@ def describe_tls_failure(failure: Failure) -> str | None:
     return None
 
 
-@implementer(IHalfCloseableProtocol, IHandshakeListener, IPushProducer)
+@implementer(IHalfCloseableProtocol, IPushProducer)
 class LinkProtocol(Protocol):
     """
     The transport side of a L{Link}: forwards every event to it.
+
+    C{IHandshakeListener} is declared per instance in L{connectionMade}, not
+    on the class: the endpoint's wrapping protocol, built around us before
+    that, keeps only the last of the two, and must keep
+    C{IHalfCloseableProtocol} (see the module docstring).
     """
 
     def __init__(self, link: Link) -> None:
@@ -427,6 +548,7 @@ class LinkProtocol(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
+        alsoProvides(self, IHandshakeListener)
         self.link._connected(self, self.transport)
 
     def dataReceived(self, data: bytes) -> None:
@@ -520,6 +642,8 @@ class Link:
         self._ok_on_loss = False
         self._cancelled = False
         self._gone: list[Deferred[None]] = []
+        #: Asks the kernel about the connection (replaceable in tests).
+        self.probe: Callable[[object], SendQueue | None] = probe_send_queue
 
     # -- life cycle
 
@@ -688,6 +812,12 @@ class Link:
 
     def _resume(self) -> None:
         self._paused = False
+        if self._tls:
+            # Twisted's TLS layer buffers what is written before the
+            # handshake and pauses its producer until the handshake is done;
+            # a resume means the data is flowing, so the handshake is over
+            # even when a wrapper between it and us hid handshakeCompleted.
+            self._handshake = True
         self._check_written()
 
     def _stop_producing(self) -> None:
@@ -810,33 +940,81 @@ class Link:
             self._ok_on_loss = True
             transport.abortConnection()
             return
-        if self._half_closed and self._write_closed_seen:
-            # Plain TCP, and our FIN went out after the last byte: the
-            # kernel holds everything and goes on delivering it after the
-            # close (no linger, nothing unread on our side, so no reset).
-            # A raw-port device that keeps its side open has nothing more
-            # to tell us; waiting longer would only hold its one link.  A
-            # reset from the device before this point failed the link.
-            self.log.debug(
-                "{link}: the device did not close within {timeout}; closing anyway",
-                link=self.label,
-                timeout=timeout,
-            )
-            self._ok_on_loss = True
-            transport.loseConnection()
-            return
-        if self._tls:
+        if self._half_closed:
+            error = self._half_close_error(timeout)
+            if error is None:
+                # Plain TCP, and the device acknowledged our FIN, so every
+                # byte before it: a raw-port device that keeps its side open
+                # has nothing more to tell us; waiting longer would only
+                # hold its one link.  A reset from the device before this
+                # point failed the link.
+                self.log.debug(
+                    "{link}: the device took everything but did not close "
+                    "within {timeout}; closing anyway",
+                    link=self.label,
+                    timeout=timeout,
+                )
+                self._ok_on_loss = True
+                transport.loseConnection()
+                return
+            self._error = error
+        elif self._tls:
             # Our close_notify (and maybe data before it) may still sit in
             # the TLS and TCP buffers; the abort throws it away.
-            self._error = (
-                f"TLS session not closed by the device within {timeout}; "
-                f"delivery not confirmed"
-            )
+            self._error = self._tls_close_error(timeout)
         else:
             self._error = (
                 f"device did not read the data (still unsent {timeout} after closing)"
             )
         self._kill()
+
+    def _half_close_error(self, timeout: str) -> str | None:
+        """
+        Plain TCP, half-closed, the device silent for the close timeout:
+        None when it took everything (our FIN acknowledged), else what
+        happened instead.
+        """
+        queue = self.probe(self._transport)
+        if queue is None:
+            # The kernel cannot be asked: our FIN having gone out (after the
+            # last byte left the transport) is the best we know.
+            if self._write_closed_seen:
+                return None
+            return (
+                f"device did not read the data (still unsent {timeout} after closing)"
+            )
+        if queue.fin_acked:
+            return None
+        total = len(self.payload)
+        untaken = queue.untaken(total)
+        if untaken == 0:
+            if queue.fin_sent:
+                return f"device acknowledged the data but not our FIN within {timeout}"
+            return f"our FIN could not be sent within {timeout}"
+        if untaken >= total:
+            what = f"device read nothing: {untaken} bytes"
+        else:
+            what = f"device stopped reading: {untaken} of {total} bytes"
+        if queue.fin_sent:
+            return f"{what} still unsent {timeout} after our FIN"
+        return (
+            f"{what} still unsent {timeout} after closing (our FIN waits behind them)"
+        )
+
+    def _tls_close_error(self, timeout: str) -> str:
+        """
+        TLS, our close_notify unanswered for the close timeout: what the
+        kernel says about the rest.
+        """
+        base = f"device did not answer close_notify within {timeout}"
+        queue = self.probe(self._transport)
+        if queue is None:
+            detail = ""
+        elif queue.queued == 0:
+            detail = " (every byte acknowledged, but the session left open)"
+        else:
+            detail = f" ({queue.queued} bytes of the TLS stream still unsent)"
+        return f"{base}{detail}; delivery not confirmed"
 
     def _lost(self, reason: Failure) -> None:
         state = self.state

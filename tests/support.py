@@ -10,13 +10,16 @@ import random
 import re
 import shutil
 import signal
+import socket
+import ssl
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from twisted.internet import reactor as _reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol, Protocol, connectionDone
@@ -425,3 +428,97 @@ def tls_close_notify_client(
                 if not chunk:  # the server's close_notify
                     return TLSExchange(data, "close_notify")
                 data += chunk
+
+
+class NeverClosingDevice:
+    """
+    A device on 127.0.0.1 that reads each connection to its end and never
+    closes it, like p910nd whose printer is offline: over plain TCP it
+    reads until our FIN and keeps its side open; with C{context} (TLS,
+    Python's own stack, not Twisted's) it reads until our close_notify,
+    answers it when C{answer_close_notify} (keeping the TCP connection open)
+    or not at all.  Runs in a thread; every connection's data, once read to
+    its end, is a job (L{jobs}).
+    """
+
+    def __init__(
+        self,
+        context: ssl.SSLContext | None = None,
+        answer_close_notify: bool = True,
+    ) -> None:
+        from twisted.internet import reactor
+
+        self.reactor: Any = reactor
+        self.context = context
+        self.answer = answer_close_notify
+        self.jobs: list[bytes] = []
+        self._waiting: list[tuple[int, Deferred[list[bytes]]]] = []
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.port: int = self._listener.getsockname()[1]
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        sock: Any = conn
+        self._held.append(conn)
+        conn.settimeout(10)
+        data = b""
+        try:
+            if self.context is not None:
+                sock = self.context.wrap_socket(conn, server_side=True)
+                self._held.append(sock)
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            if self.context is not None and self.answer:
+                self._held.append(sock.unwrap())
+        except (OSError, ssl.SSLError):
+            return
+        self.reactor.callFromThread(self._job, data)
+        # Keep the connection open until close().
+        self._stop.wait()
+
+    def _job(self, data: bytes) -> None:
+        self.jobs.append(data)
+        for n, d in list(self._waiting):
+            if len(self.jobs) >= n:
+                self._waiting.remove((n, d))
+                d.callback(list(self.jobs))
+
+    def waitForJobs(self, n: int) -> Deferred[list[bytes]]:
+        """
+        Fires with the jobs once there are C{n}.
+        """
+        if len(self.jobs) >= n:
+            return succeed(list(self.jobs))
+        d: Deferred[list[bytes]] = Deferred()
+        self._waiting.append((n, d))
+        return d
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+        for t in self._threads:
+            t.join(5)
+        for s in self._held:
+            try:
+                s.close()
+            except OSError:
+                pass

@@ -732,7 +732,7 @@ class LinkTests(SynchronousTestCase):
         failure = self.failureResultOf(d, ActionFailed)
         self.assertEqual(
             str(failure.value),
-            f"{PRINTER}: TLS session not closed by the device within 2s; "
+            f"{PRINTER}: device did not answer close_notify within 2s; "
             f"delivery not confirmed",
         )
         self.assertIs(link.state, LinkState.FAILED)

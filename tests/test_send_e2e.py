@@ -15,7 +15,9 @@ import datetime
 import ipaddress
 import os
 import socket
+import ssl
 import time
+from dataclasses import replace
 from typing import Any
 
 from cryptography import x509
@@ -34,6 +36,7 @@ from twisted.internet.endpoints import (
 from twisted.internet.interfaces import IHandshakeListener, IListeningPort
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.ssl import CertificateOptions, PrivateCertificate, TLSVersion
+from twisted.internet.task import deferLater
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
@@ -45,6 +48,7 @@ from daemon.send import SendAction, build_send_actions
 from daemon.server import ServerTrigger
 from daemon.sim.printer import PrinterSimulator
 from daemon.stats import ServerStats, Stats
+from tests.support import NeverClosingDevice
 
 #: Large enough that the kernel buffers of a loopback connection fill up.
 LARGE = 8 * 1024 * 1024
@@ -595,8 +599,9 @@ class TLSCloseEndToEndTests(TestCase):
                 await result
             self.assertEqual(
                 str(e.exception),
-                f"127.0.0.1:{port}: TLS session not closed by the device within "
-                f"2s; delivery not confirmed",
+                f"127.0.0.1:{port}: device did not answer close_notify within "
+                f"2s (every byte acknowledged, but the session left open); "
+                f"delivery not confirmed",
             )
             self.assertGreaterEqual(time.monotonic() - started, 2.0)
             self.assertEqual([d.received for d in devices], [b""])
@@ -755,5 +760,139 @@ class OutboxEndToEndTests(TestCase):
                 [j.data for j in jobs], [b"^XA1^XZ", b"^XA2^XZ", b"^XA3^XZ"]
             )
             self.assertTrue(os.path.exists(os.path.join(state, "outbox.sqlite3")))
+
+        return Deferred.fromCoroutine(run())
+
+
+class NeverClosingDeviceTests(TestCase):
+    """
+    Issue 8, item 1: a device that reads every byte and never closes its
+    side (p910nd with the printer offline), over real loopback sockets and
+    the real endpoints, for each queue.  Plain TCP: our FIN acknowledged
+    and the device silent is a delivery at the close timeout -- exactly one,
+    never repeated by a retry.  TLS: a device that answers our close_notify
+    but keeps the TCP connection open is one delivery; one that never
+    answers it fails every attempt, as the README says.
+    """
+
+    timeout = 30
+
+    #: Shorter than CLOSE_TIMEOUT to keep the tests quick; the same rule.
+    close_timeout = 0.5
+
+    def device(self, tls: bool, answer: bool = True) -> tuple[NeverClosingDevice, str]:
+        """
+        A L{NeverClosingDevice} until the test ends; it and the action's
+        TLS keys for it.
+        """
+        extra = ""
+        context = None
+        if tls:
+            directory = self.mktemp()
+            os.makedirs(directory)
+            files = writeCertificates(directory)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(files["cert"], files["key"])
+            extra = f"tls = yes\ntls_ca = {files['ca']}\n"
+        device = NeverClosingDevice(context, answer_close_notify=answer)
+        self.addCleanup(device.close)
+        return device, extra
+
+    def build(self, body: str, state: str | None = None) -> tuple[SendAction, Any]:
+        """
+        The send action [send:label] with C{body}, wired (and started) as
+        the daemon does; its close timeout shortened.
+        """
+        head = f"[plantd]\nstate_dir = {state}\n" if state else ""
+        config = config_from_string(f"{head}[send:label]\n{body}\n")
+        top = MultiService()
+        actions = build_send_actions(config, globalReactor, Stats(), top)
+        action = actions["label"]
+        assert isinstance(action, SendAction)
+        action.options = replace(action.options, close_timeout=self.close_timeout)
+        top.privilegedStartService()
+        top.startService()
+        self.addCleanup(top.stopService)
+        self.addCleanup(action.stop)
+        return action, top
+
+    async def pause(self, seconds: float) -> None:
+        await deferLater(globalReactor, seconds, lambda: None)
+
+    async def oneDelivery(self, queue: str, tls: bool) -> None:
+        """
+        One event to a device that never closes: exactly one job arrives,
+        the send (or the outbox) counts it delivered, and no retry sends it
+        again.
+        """
+        device, extra = self.device(tls)
+        body = (
+            f"destination = 127.0.0.1:{device.port}\ndata = ^XA[sku]^XZ\n"
+            f"queue = {queue}\n{extra}"
+        )
+        if queue == "none":
+            body += "retries = 3\nretry_initial = 0.05\nretry_max = 0.05\n"
+        else:
+            body += "retry_initial = 0.05\nretry_max = 0.05\n"
+        state = os.path.abspath(self.mktemp()) if queue == "durable" else None
+        action, _ = self.build(body, state)
+        started = time.monotonic()
+        result = action.run(Event("server:line1", "x", {"sku": "A1"}, []))
+        assert isinstance(result, Deferred)
+        self.assertIsNone(await result)
+        if queue != "none":
+            assert action.outbox is not None
+            while action.outbox.snapshot().delivered < 1:
+                if time.monotonic() - started > 10:
+                    self.fail(f"not delivered: {action.outbox.snapshot()}")
+                await self.pause(0.05)
+            self.assertEqual(action.outbox.snapshot().failed_attempts, 0)
+            self.assertEqual(action.outbox.snapshot().pending, 0)
+        # Past the close timeout and several retry intervals: still one.
+        await self.pause(self.close_timeout + 0.5)
+        self.assertEqual(device.jobs, [b"^XAA1^XZ"])
+
+    def test_plainNone(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self.oneDelivery("none", tls=False))
+
+    def test_plainMemory(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self.oneDelivery("memory", tls=False))
+
+    def test_plainDurable(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self.oneDelivery("durable", tls=False))
+
+    def test_tlsNone(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self.oneDelivery("none", tls=True))
+
+    def test_tlsMemory(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self.oneDelivery("memory", tls=True))
+
+    def test_tlsDurable(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self.oneDelivery("durable", tls=True))
+
+    def test_tlsCloseNotifyNeverAnswered(self) -> Deferred[None]:
+        """
+        A TLS device that reads every byte (and our close_notify) but never
+        answers it nor closes: the send fails, saying the device took every
+        byte but kept the session open; with retries each attempt delivers
+        the job again (what the README warns of).
+        """
+
+        async def run() -> None:
+            device, extra = self.device(tls=True, answer=False)
+            action, _ = self.build(
+                f"destination = 127.0.0.1:{device.port}\ndata = ^XA[sku]^XZ\n{extra}"
+            )
+            result = action.run(Event("server:line1", "x", {"sku": "A1"}, []))
+            assert isinstance(result, Deferred)
+            with self.assertRaises(ActionFailed) as e:
+                await result
+            self.assertEqual(
+                str(e.exception),
+                f"127.0.0.1:{device.port}: device did not answer close_notify "
+                f"within 0.5s (every byte acknowledged, but the session left "
+                f"open); delivery not confirmed",
+            )
+            self.assertEqual(await device.waitForJobs(1), [b"^XAA1^XZ"])
 
         return Deferred.fromCoroutine(run())
