@@ -780,6 +780,14 @@ def _send(s: _Section, name: str) -> SendConfig:
                 raise s.error(key, "only used with queue = memory or durable")
     elif s.has("retries"):
         raise s.error("retries", "only used with queue = none (the outbox retries)")
+    disconnect_delay = s.seconds("disconnect_delay", 0.0)
+    reply_until = _reply_until(s)
+    if save_reply is not None and disconnect_delay <= 0 and reply_until is None:
+        raise s.error(
+            "save_reply",
+            "needs disconnect_delay or reply_until, else the device's answer is "
+            "never waited for",
+        )
     tls = s.boolean("tls", False)
     config = SendConfig(
         name=name,
@@ -788,9 +796,9 @@ def _send(s: _Section, name: str) -> SendConfig:
         encoding=s.codec("encoding", "utf-8"),
         connect_timeout=s.seconds("connect_timeout", 5.0, positive=True),
         write_timeout=s.seconds("write_timeout", 10.0, positive=True),
-        disconnect_delay=s.seconds("disconnect_delay", 0.0),
+        disconnect_delay=disconnect_delay,
         save_reply=save_reply,
-        reply_until=_reply_until(s),
+        reply_until=reply_until,
         reply_max=s.integer("reply_max", 65536, minimum=1),
         reply_to_sender=reply_to_sender,
         tls=tls,

@@ -1230,6 +1230,10 @@ class _Sending:
         if config.save_reply is None:
             self.result.callback(None)
         else:
+            if not reply:
+                # Expected (config refuses save_reply without a wait), and
+                # none came: counted, so "ok" does not hide it.
+                self.action.stats.empty_replies += 1
             text = decode_reply(reply, config.encoding)
             self.result.callback({config.save_reply: text})
 

@@ -60,6 +60,8 @@ class ActionStats:
     failed: int = 0
     bytes_out: int = 0
     bytes_in: int = 0
+    #: sends with save_reply that ended with an empty reply
+    empty_replies: int = 0
 
     def snapshot(self) -> Snapshot:
         return dict(asdict(self))

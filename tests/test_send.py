@@ -39,7 +39,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from daemon.actions import ActionChain, ActionFailed, Event
-from daemon.config import ReplyUntil, SendConfig, config_from_string
+from daemon.config import ConfigError, ReplyUntil, SendConfig, config_from_string
 from daemon.destination import Destination, parse_destination
 from daemon.send import (
     CLOSE_TIMEOUT,
@@ -928,7 +928,7 @@ class SendActionTests(SynchronousTestCase):
     def test_saveReply(self) -> None:
         """
         With save_reply the result holds the decoded reply, or "" when the
-        device said nothing.
+        device said nothing, which counts as an empty reply.
         """
         action = self.action(save_reply="answer", disconnect_delay=1.0)
         d = action.run(event())
@@ -943,8 +943,10 @@ class SendActionTests(SynchronousTestCase):
         assert isinstance(d, Deferred)
         protocol, _ = self.printer().accept()
         self.clock.advance(1.0)
+        self.assertEqual(action.stats.empty_replies, 0)
         deviceCloses(protocol)
         self.assertEqual(self.successResultOf(d), {"answer": ""})
+        self.assertEqual(action.stats.empty_replies, 1)
 
     def test_replyToSender(self) -> None:
         """
@@ -1454,3 +1456,29 @@ actions = label, ack
         with self.assertRaises(ConfigError) as e:
             SendAction(config, Clock())
         self.assertIn("[send:label] tls_ca", str(e.exception))
+
+
+class SaveReplyConfigTests(SynchronousTestCase):
+    """
+    save_reply needs something that waits for the device's answer.
+    """
+
+    def test_refusedWithoutWait(self) -> None:
+        """
+        save_reply without disconnect_delay or reply_until is refused at
+        start-up with one line naming the keys to add; with either, it is
+        accepted.
+        """
+        base = "[send:x]\ndestination = h:1\ndata = d\nsave_reply = r\n"
+        with self.assertRaises(ConfigError) as e:
+            config_from_string(base)
+        self.assertIn(
+            "[send:x] save_reply: needs disconnect_delay or reply_until, else the "
+            "device's answer is never waited for",
+            str(e.exception),
+        )
+        self.assertNotIn("\n", str(e.exception))
+        with self.assertRaises(ConfigError):
+            config_from_string(base + "disconnect_delay = 0\n")
+        config_from_string(base + "disconnect_delay = 0.5\n")
+        config_from_string(base + "reply_until = \\r\\n\n")
