@@ -319,7 +319,7 @@ class ReplyTests(SynchronousTestCase):
         action.result = {"printer_reply": "PRINTED"}
         text = "actions = fake\nreply = [printer_reply]\\n"
         config_text = BASE + text + "\n[send:fake]\ndestination = h:1\ndata = x\n"
-        config_text += "save_reply = printer_reply\n"
+        config_text += "save_reply = printer_reply\ndisconnect_delay = 1\n"
         config = config_from_string(config_text)
         trigger = ServerTrigger(
             config.servers[0], ActionChain([action]), {}, Clock(), ServerStats()
