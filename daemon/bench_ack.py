@@ -62,7 +62,6 @@ data = [n]\r\n
 queue = durable
 retry_initial = 0.05
 retry_max = 0.5
-max_jobs = 100000
 """
 
 #: The printer subprocess: commands on stdin (C{refuse}, C{normal},
@@ -341,6 +340,8 @@ async def bench_ack(
                 plc.transport.loseConnection()  # type: ignore[union-attr]
             daemon.transport.signalProcess("TERM")  # type: ignore[union-attr]
             await daemon.ended
+            with open(logfile, "rb") as lf:
+                full = [line for line in lf if b" is full (" in line]
             sink.transport.closeStdin()  # type: ignore[union-attr]
     results = {}
     for phase in ("steady", "printer away", "backlog drain"):
@@ -363,6 +364,9 @@ async def bench_ack(
         f" arrived; {len(printed)} printed for {len(acked)} ACKed,"
         f" {len(printed) - len(set(printed))} twice"
     )
+    if full:
+        # then ACKs waited for room (when_full = block), not for commits
+        report(f"  !! the outbox was full: {full[0].decode().strip()}")
     for problem in check_order(printed, acked) + [
         f"error reply {e!r}" for e in rec.errors[:3]
     ]:
