@@ -38,13 +38,13 @@ trial: $(STAMP)
 	$(BIN)/python -m twisted.trial --jobs=$(TRIAL_JOBS) tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check daemon tests twisted
-	$(BIN)/ruff format --check daemon tests twisted
+	$(BIN)/ruff check daemon tests twisted bench
+	$(BIN)/ruff format --check daemon tests twisted bench
 	$(BIN)/mypy
 
 ## bench: throughput and memory figures (prints numbers and ratios; never a pass/fail test)
 bench: $(STAMP)
-	$(BIN)/python -m daemon.bench
+	$(BIN)/python -m bench.run
 
 clean:
 	rm -rf $(VENV) _trial_temp* build *.egg-info twisted/plugins/dropin.cache

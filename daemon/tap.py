@@ -17,13 +17,13 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
-from daemon import logs
-from daemon.actions import Action, ActionChain
-from daemon.config import Config, ConfigError, read_config
-from daemon.listening import ListeningService
-from daemon.outbox import StoreError
-from daemon.server import ServerConnection, ServerTrigger
-from daemon.stats import Stats
+from daemon.config.ini import Config, ConfigError, read_config
+from daemon.core import logs
+from daemon.core.actions import Action, ActionChain
+from daemon.core.listening import ListeningService
+from daemon.outbox.outbox import StoreError
+from daemon.server.connection import ServerConnection, ServerTrigger
+from daemon.status.stats import Stats
 
 DEFAULT_CONFIG = "/etc/plantd/plantd.ini"
 #: Seconds a stopping daemon waits for clients to take their last replies.
@@ -233,7 +233,7 @@ def build_actions(
     """
     if not config.sends:
         return {}
-    from daemon.send import build_send_actions
+    from daemon.send.action import build_send_actions
 
     return build_send_actions(config, reactor, stats, service)
 
@@ -245,14 +245,14 @@ def build_service(config: Config, reactor: Any) -> PlantdService:
     stats = Stats()
     top = PlantdService(config, stats)
     if config.daemon.status is not None:
-        from daemon.status import StatusService
+        from daemon.status.web import StatusService
 
         StatusService(reactor, config.daemon.status, stats).setServiceParent(top)
     actions = build_actions(config, reactor, stats, top)
     top.actions = actions
     ActionsService(actions).setServiceParent(top)
     if config.readers:
-        from daemon.reader import ReaderService
+        from daemon.reader.service import ReaderService
 
         for reader in config.readers:
             ReaderService(

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 
 from twisted.internet.defer import Deferred
 
-from daemon.actions import ActionFailed, ActionResult, Event
-from daemon.stats import ActionStats
+from daemon.core.actions import ActionFailed, ActionResult, Event
+from daemon.status.stats import ActionStats
 
 
 class FakeAction:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from daemon.bench import PLANTD_CONFIG
-from daemon.bench_outbox import _config
-from daemon.config import config_from_string
+from bench.outbox import _config
+from bench.run import PLANTD_CONFIG
+from daemon.config.ini import config_from_string
 
 
 class BenchConfigTests(SynchronousTestCase):
@@ -37,7 +37,7 @@ class AckBenchTests(SynchronousTestCase):
         """
         The daemon config of the ACK benchmark is valid.
         """
-        from daemon.bench_ack import CONFIG
+        from bench.ack import CONFIG
 
         c = config_from_string(CONFIG.format(state="/tmp/x", printer=9))
         self.assertEqual(c.actions["label"].queue, "durable")
@@ -48,7 +48,7 @@ class AckBenchTests(SynchronousTestCase):
         reported; two PLCs interleaved, or a job printed twice in place, is
         not.
         """
-        from daemon.bench_ack import SOURCE, check_order
+        from bench.ack import SOURCE, check_order
 
         a0, a1, b0, b1 = 0, 1, SOURCE, SOURCE + 1
         self.assertEqual(check_order([a0, b0, a1, b1], [a0, a1, b0, b1]), [])
@@ -64,7 +64,7 @@ class AckBenchTests(SynchronousTestCase):
         """
         Nearest-rank percentiles.
         """
-        from daemon.bench_ack import percentile
+        from bench.ack import percentile
 
         values = [float(v) for v in range(1, 101)]
         self.assertEqual(percentile(values, 50), 50.0)
@@ -81,7 +81,7 @@ class OutboxBenchOrderTests(SynchronousTestCase):
         """
         Each expected job carries its number: swapping two changes the list.
         """
-        from daemon.bench_outbox import expected_jobs
+        from bench.outbox import expected_jobs
 
         jobs = expected_jobs(3)
         self.assertEqual(len(set(jobs)), 3)

@@ -46,7 +46,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from daemon.peers import format_address as formatPeer
+from daemon.core.peers import format_address as formatPeer
 
 PrinterMode = Literal["normal", "refuse", "no-read", "close-early"]
 MODES: Final[tuple[PrinterMode, ...]] = get_args(PrinterMode)

@@ -40,7 +40,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from daemon.scrdr import (
+from daemon.reader.scrdr import (
     ChecksumSpan,
     ParsedCommand,
     ProtocolError,

@@ -21,9 +21,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
 
+from daemon.core.template import TemplateError, unescape
 from daemon.sim.plc import makePlcSimService, renderMessage
 from daemon.sim.printer import MODES, makePrinterSimService
-from daemon.template import TemplateError, unescape
 
 # The demo: these must match etc/plantd.ini.
 DEMO_PRINTER_LISTEN: Final = "tcp:9101:interface=127.0.0.1"

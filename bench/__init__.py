@@ -1,0 +1,1 @@
+"""make bench: throughput and latency figures; not part of the installed package."""

@@ -1,0 +1,1020 @@
+"""
+The configuration file: one INI file read once into frozen, validated objects.
+
+Every mistake stops start-up with one line that names the file, the
+``[section]``, the key and what was expected::
+
+    etc/plantd.ini: [server:line1] frame: expected one of line, delimiter,
+    stx-etx, bytes, idle, disconnect; got 'lines'
+
+Sections: ``[plantd]``, ``[variables]``, ``[server:NAME]``, ``[send:NAME]``,
+``[reader:NAME]``.  Unknown sections and keys are errors.
+"""
+
+from __future__ import annotations
+
+import codecs
+import configparser
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal, TypeVar
+
+from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.testing import MemoryReactor
+
+from daemon.core.template import (
+    Template,
+    TemplateError,
+    is_variable_name,
+    unescape,
+)
+from daemon.send.destination import parse_destination
+from daemon.server.framing import FRAME_MODES
+
+T = TypeVar("T")
+
+#: Variables every server trigger event carries.
+SERVER_EVENT_VARIABLES = frozenset(
+    {"data", "peer_host", "peer_port", "trigger", "seq", "timestamp"}
+)
+#: Variables every reader badge event carries.
+READER_EVENT_VARIABLES = frozenset(
+    {
+        "tag_id",
+        "rssi",
+        "interface",
+        "protocol",
+        "template",
+        "move",
+        "tag_data",
+        "tag_details",
+        "reader",
+        "timestamp",
+    }
+)
+#: Variables a reader's on_connect / on_disconnect events carry.
+READER_STATE_VARIABLES = frozenset({"reader", "timestamp", "state", "peer"})
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: Keys whose value is taken verbatim, by section kind: templates, regexes
+#: and byte strings may contain ' ;' or ' #', so an inline comment is not
+#: stripped there.  Everywhere else ``key = value   ; comment`` works.
+#: ``[variables]`` values are all verbatim.
+VERBATIM_KEYS: Mapping[str, frozenset[str]] = MappingProxyType(
+    {
+        "server": frozenset({"reply", "error_reply", "parse", "delimiter"}),
+        "send": frozenset({"data", "destination", "reply_until"}),
+        "reader": frozenset({"accept_if"}),
+    }
+)
+_INLINE_COMMENT = re.compile(r"\s[;#].*$", re.DOTALL)
+
+
+class ConfigError(Exception):
+    """
+    The configuration is wrong.  C{str()} is the one line to show the user.
+    """
+
+    def __init__(
+        self, path: str, section: str | None, key: str | None, message: str
+    ) -> None:
+        super().__init__(path, section, key, message)
+        self.path = path
+        self.section = section
+        self.key = key
+        self.message = message
+
+    def __str__(self) -> str:
+        where = self.path
+        if self.section is not None:
+            where += f": [{self.section}]"
+            if self.key is not None:
+                where += f" {self.key}"
+        return f"{where}: {self.message}"
+
+
+# ---------------------------------------------------------------------------
+# The typed objects.
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """
+    ``[plantd]``: daemon-wide settings.
+
+    @ivar state_dir: where durable state (the outbox) lives.
+    @ivar status: endpoint string for the HTTP status page, or None.
+    """
+
+    state_dir: str = "/var/lib/plantd"
+    status: str | None = None
+
+
+@dataclass(frozen=True)
+class ParseSpec:
+    """
+    How a server trigger turns a frame into variables.
+
+    @ivar kind: ``regex`` (named groups), ``csv`` (``field1``…) or ``json``
+        (top-level keys).
+    """
+
+    kind: Literal["regex", "csv", "json"]
+    pattern: re.Pattern[str] | None = None
+    separator: str = ","
+
+    def variables(self) -> frozenset[str] | None:
+        """
+        The names this parser defines, or None when it cannot be known
+        before the data arrives (csv, json).
+        """
+        if self.kind == "regex":
+            assert self.pattern is not None
+            return frozenset(self.pattern.groupindex)
+        return None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """
+    ``[server:NAME]``: a TCP/IP server trigger.
+    """
+
+    name: str
+    listen: str
+    frame: str = "line"
+    delimiter: bytes = b"\n"
+    frame_size: int = 0
+    frame_idle: float = 1.0
+    max_frame: int = 65536
+    encoding: str = "utf-8"
+    parse: ParseSpec | None = None
+    actions: tuple[str, ...] = ()
+    reply: Literal["none", "echo", "template"] = "none"
+    reply_template: Template | None = None
+    error_reply: Template | None = None
+    allow: tuple[Network, ...] = ()
+    max_connections: int = 100
+    idle_timeout: float = 3600.0
+    write_timeout: float = 60.0
+    keepalive: float = 60.0
+    max_pending: int = 64
+    log_frames: bool = False
+    empty_frames: Literal["skip", "event"] = "skip"
+
+
+@dataclass(frozen=True)
+class ReplyUntil:
+    """
+    When a device's reply is complete: at a delimiter, or after a count.
+    """
+
+    delimiter: bytes | None = None
+    count: int | None = None
+
+
+@dataclass(frozen=True)
+class SendConfig:
+    """
+    ``[send:NAME]``: the "Send Data to TCP/IP Port" action.
+    """
+
+    name: str
+    data: Template
+    destination: Template | None = None
+    encoding: str = "utf-8"
+    connect_timeout: float = 5.0
+    write_timeout: float = 10.0
+    disconnect_delay: float = 0.0
+    save_reply: str | None = None
+    reply_until: ReplyUntil | None = None
+    reply_max: int = 65536
+    reply_to_sender: bool = False
+    tls: bool = False
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_hostname: str | None = None
+    max_parallel: int = 1
+    retries: int = 0
+    queue: Literal["none", "memory", "durable"] = "none"
+    retry_initial: float = 1.0
+    retry_max: float = 60.0
+    max_attempts: int | None = None
+    max_age: float | None = None
+    max_jobs: int = 10000
+    max_bytes: int = 64 * 1024 * 1024
+    when_full: Literal["block", "reject"] = "block"
+
+    @property
+    def defines(self) -> frozenset[str]:
+        """
+        The variables this action gives to the actions after it.
+        """
+        return frozenset({self.save_reply}) if self.save_reply else frozenset()
+
+
+@dataclass(frozen=True)
+class AcceptRule:
+    """
+    ``accept_if = [var] ~ REGEX``: accept a badge when the variable matches.
+    """
+
+    variable: str
+    pattern: re.Pattern[str]
+
+
+@dataclass(frozen=True)
+class ReaderConfig:
+    """
+    ``[reader:NAME]``: a SpringCore reader in $SCRDR-over-TCP mode.
+
+    Exactly one of C{reply}, C{allow_list} and C{accept_if} decides the
+    answer to a badge (or none of them: the badge is not answered).
+    """
+
+    name: str
+    connect: str
+    retry_initial: float = 1.0
+    retry_max: float = 30.0
+    keepalive: float = 30.0
+    idle_timeout: float = 0.0
+    checksum: Literal["strict", "lenient", "off"] = "lenient"
+    actions: tuple[str, ...] = ()
+    reply: str | None = None
+    allow_list: str | None = None
+    accept_if: AcceptRule | None = None
+    accept_command: str = "accept"
+    deny_command: str = "deny"
+    command_checksum: bool = False
+    on_connect: tuple[str, ...] = ()
+    on_disconnect: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    """
+    The whole configuration file.
+    """
+
+    path: str
+    daemon: DaemonConfig
+    variables: Mapping[str, str]
+    servers: tuple[ServerConfig, ...] = ()
+    sends: tuple[SendConfig, ...] = ()
+    readers: tuple[ReaderConfig, ...] = ()
+    actions: Mapping[str, SendConfig] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+
+
+# ---------------------------------------------------------------------------
+# Reading.
+
+
+def read_config(path: str) -> Config:
+    """
+    Read and validate the configuration file at C{path}.
+
+    @raise ConfigError: for anything wrong, including an unreadable file.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(path, None, None, f"cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, None, None, f"not UTF-8 text ({e.reason})") from None
+    return config_from_string(text, path)
+
+
+def config_from_string(text: str, path: str = "<string>") -> Config:
+    """
+    Parse and validate configuration C{text}; C{path} is used in errors.
+
+    @raise ConfigError: for anything wrong.
+    """
+    parser = configparser.ConfigParser(
+        interpolation=None,
+        inline_comment_prefixes=None,
+        comment_prefixes=(";", "#"),
+        empty_lines_in_values=False,
+        default_section="\x00no-default-section",
+    )
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    try:
+        parser.read_string(text, source=path)
+    except configparser.Error as e:
+        raise ConfigError(path, None, None, _configparser_message(e)) from None
+
+    daemon = DaemonConfig()
+    variables: dict[str, str] = {}
+    servers: list[ServerConfig] = []
+    sends: list[SendConfig] = []
+    readers: list[ReaderConfig] = []
+    for name in parser.sections():
+        section = _Section(path, name, dict(parser.items(name)))
+        kind, _, label = name.partition(":")
+        if name == "plantd":
+            daemon = _daemon(section)
+        elif name == "variables":
+            variables = _variables(section)
+        elif kind in ("server", "send", "reader") and label:
+            if not is_variable_name(label):
+                raise ConfigError(
+                    path,
+                    name,
+                    None,
+                    "a name is letters, digits, '_', '-' and '.', "
+                    "starting with a letter",
+                )
+            if kind == "server":
+                servers.append(_server(section, label))
+            elif kind == "send":
+                sends.append(_send(section, label))
+            else:
+                readers.append(_reader(section, label))
+        else:
+            raise ConfigError(
+                path,
+                name,
+                None,
+                "unknown section; expected [plantd], [variables], "
+                "[server:NAME], [send:NAME] or [reader:NAME]",
+            )
+        section.finish()
+
+    actions = {s.name: s for s in sends}
+    config = Config(
+        path=path,
+        daemon=daemon,
+        variables=MappingProxyType(variables),
+        servers=tuple(servers),
+        sends=tuple(sends),
+        readers=tuple(readers),
+        actions=MappingProxyType(actions),
+    )
+    _check_references(config)
+    return config
+
+
+def _configparser_message(e: configparser.Error) -> str:
+    if isinstance(e, configparser.DuplicateSectionError):
+        return f"line {e.lineno}: section [{e.section}] appears twice"
+    if isinstance(e, configparser.DuplicateOptionError):
+        return f"line {e.lineno}: [{e.section}] {e.option} appears twice"
+    if isinstance(e, configparser.MissingSectionHeaderError):
+        return f"line {e.lineno}: a key before any [section]"
+    if isinstance(e, configparser.ParsingError):
+        lines = ", ".join(str(lineno) for lineno, _ in e.errors)
+        return f"line {lines}: not 'key = value'"
+    return str(e).splitlines()[0]
+
+
+class _Section:
+    """
+    Typed getters over one section; remembers which keys were read so
+    that L{finish} can report the unknown ones.
+    """
+
+    def __init__(self, path: str, name: str, items: dict[str, str]) -> None:
+        self.path = path
+        self.name = name
+        self.items = items
+        self.used: set[str] = set()
+        kind = name.partition(":")[0]
+        self.verbatim_all = name == "variables"
+        self.verbatim = VERBATIM_KEYS.get(kind, frozenset())
+
+    def error(self, key: str | None, message: str) -> ConfigError:
+        return ConfigError(self.path, self.name, key, message)
+
+    def raw(self, key: str) -> str | None:
+        self.used.add(key)
+        value = self.items.get(key)
+        if value is None:
+            return None
+        if not self.verbatim_all and key not in self.verbatim:
+            value = _INLINE_COMMENT.sub("", value)
+        return value.strip()
+
+    def has(self, key: str) -> bool:
+        return bool(self.raw(key))
+
+    def required(self, key: str, what: str) -> str:
+        value = self.raw(key)
+        if not value:
+            raise self.error(key, f"required: {what}")
+        return value
+
+    def string(self, key: str, default: str) -> str:
+        value = self.raw(key)
+        return value if value else default
+
+    def optional(self, key: str) -> str | None:
+        value = self.raw(key)
+        return value if value else None
+
+    def convert(self, key: str, default: T, convert: Callable[[str], T]) -> T:
+        value = self.raw(key)
+        if not value:
+            return default
+        try:
+            return convert(value)
+        except ValueError as e:
+            raise self.error(key, str(e)) from None
+
+    def integer(
+        self, key: str, default: int, minimum: int = 0, maximum: int | None = None
+    ) -> int:
+        def convert(value: str) -> int:
+            try:
+                number = int(value.replace("_", ""))
+            except ValueError:
+                raise ValueError(f"expected a whole number; got {value!r}") from None
+            if number < minimum:
+                raise ValueError(f"expected a number >= {minimum}; got {number}")
+            if maximum is not None and number > maximum:
+                raise ValueError(f"expected a number <= {maximum}; got {number}")
+            return number
+
+        return self.convert(key, default, convert)
+
+    def optional_integer(self, key: str, minimum: int = 1) -> int | None:
+        if not self.has(key):
+            return None
+        return self.integer(key, 0, minimum)
+
+    def seconds(self, key: str, default: float, positive: bool = False) -> float:
+        def convert(value: str) -> float:
+            try:
+                number = float(value)
+            except ValueError:
+                raise ValueError(f"expected seconds; got {value!r}") from None
+            if number != number or number in (float("inf"), float("-inf")):
+                raise ValueError(f"expected a finite number of seconds; got {value}")
+            if number < 0 or (positive and number == 0):
+                bound = "> 0" if positive else ">= 0"
+                raise ValueError(f"expected seconds {bound}; got {value}")
+            return number
+
+        return self.convert(key, default, convert)
+
+    def optional_seconds(self, key: str) -> float | None:
+        if not self.has(key):
+            return None
+        return self.seconds(key, 0.0, positive=True)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        def convert(value: str) -> bool:
+            lowered = value.lower()
+            if lowered in ("yes", "true", "on", "1"):
+                return True
+            if lowered in ("no", "false", "off", "0"):
+                return False
+            raise ValueError(f"expected yes or no; got {value!r}")
+
+        return self.convert(key, default, convert)
+
+    def choice(self, key: str, default: str, choices: Iterable[str]) -> str:
+        options = tuple(choices)
+
+        def convert(value: str) -> str:
+            if value not in options:
+                raise ValueError(f"expected one of {', '.join(options)}; got {value!r}")
+            return value
+
+        return self.convert(key, default, convert)
+
+    def names(self, key: str) -> tuple[str, ...]:
+        value = self.raw(key)
+        if not value:
+            return ()
+        result = tuple(n.strip() for n in value.split(",") if n.strip())
+        for n in result:
+            if not is_variable_name(n):
+                raise self.error(key, f"expected comma-separated names; got {n!r}")
+        if len(set(result)) != len(result):
+            raise self.error(key, "a name appears twice")
+        return result
+
+    def codec(self, key: str, default: str) -> str:
+        def convert(value: str) -> str:
+            if value == "auto":
+                return value
+            try:
+                info = codecs.lookup(value)
+            except LookupError:
+                info = None
+            # base64, hex, zlib, rot13 ... are codecs but not text encodings.
+            if info is None or not getattr(info, "_is_text_encoding", True):
+                raise ValueError(
+                    f"expected a text encoding (utf-8, latin-1, cp1252, ...) "
+                    f"or auto; got {value!r}"
+                )
+            return info.name
+
+        return self.convert(key, default, convert)
+
+    def template(self, key: str) -> Template | None:
+        value = self.raw(key)
+        if value is None or value == "":
+            return None
+        try:
+            return Template.parse(value)
+        except TemplateError as e:
+            raise self.error(key, str(e)) from None
+
+    def escaped_bytes(self, key: str, default: bytes) -> bytes:
+        def convert(value: str) -> bytes:
+            try:
+                text = unescape(value)
+            except TemplateError as e:
+                raise ValueError(str(e)) from None
+            try:
+                return text.encode("latin-1")
+            except UnicodeEncodeError:
+                raise ValueError(
+                    "expected bytes: ASCII text with \\r \\n \\t \\xHH escapes"
+                ) from None
+
+        return self.convert(key, default, convert)
+
+    def server_endpoint(self, key: str) -> str:
+        value = self.required(key, "a server endpoint like tcp:9200:interface=0.0.0.0")
+        _check_endpoint(self, key, value, server=True)
+        return value
+
+    def client_endpoint(self, key: str) -> str:
+        value = self.required(key, "a client endpoint like tcp:host=HOST:port=PORT")
+        _check_endpoint(self, key, value, server=False)
+        return value
+
+    def readable_file(self, key: str) -> str | None:
+        value = self.optional(key)
+        if value is None:
+            return None
+        if not os.path.isfile(value) or not os.access(value, os.R_OK):
+            raise self.error(key, f"cannot read file {value!r}")
+        return value
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.items) - self.used)
+        if unknown:
+            raise self.error(unknown[0], "unknown key")
+
+
+def _check_endpoint(section: _Section, key: str, value: str, server: bool) -> None:
+    """
+    Build the endpoint against a memory reactor: it parses the description
+    (and loads TLS files) without listening or connecting.
+    """
+    kind = "server" if server else "client"
+    if server and value.startswith("systemd:"):
+        # Needs the sockets systemd passes at start; checked when it starts.
+        if "domain=" not in value:
+            raise section.error(key, "a systemd endpoint needs domain=INET or INET6")
+        if ("index=" in value) == ("name=" in value):
+            raise section.error(
+                key, "a systemd endpoint needs exactly one of index=N or name=NAME"
+            )
+        return
+    try:
+        if server:
+            serverFromString(MemoryReactor(), value)
+        else:
+            clientFromString(MemoryReactor(), value)
+    except Exception as e:  # endpoint parsers raise many kinds; all mean 'bad'
+        detail = str(e) or type(e).__name__
+        raise section.error(
+            key, f"not a valid {kind} endpoint description: {detail}"
+        ) from None
+
+
+# ---------------------------------------------------------------------------
+# Sections.
+
+
+def _daemon(s: _Section) -> DaemonConfig:
+    status = s.optional("status")
+    if status is not None and status.lower() != "none":
+        _check_endpoint(s, "status", status, server=True)
+    else:
+        status = None
+    return DaemonConfig(
+        state_dir=s.string("state_dir", DaemonConfig.state_dir),
+        status=status,
+    )
+
+
+def _variables(s: _Section) -> dict[str, str]:
+    result = {}
+    for key in s.items:
+        if not is_variable_name(key):
+            raise s.error(key, "a variable name is letters, digits, '_', '-', '.'")
+        try:
+            result[key] = unescape(s.raw(key) or "")
+        except TemplateError as e:
+            raise s.error(key, str(e)) from None
+    return result
+
+
+def _server(s: _Section, name: str) -> ServerConfig:
+    listen = s.server_endpoint("listen")
+    frame = s.choice("frame", "line", FRAME_MODES)
+    for key, mode in (
+        ("delimiter", "delimiter"),
+        ("frame_size", "bytes"),
+        ("frame_idle", "idle"),
+    ):
+        if s.has(key) and frame != mode:
+            raise s.error(key, f"only used with frame = {mode}")
+    max_frame = s.integer("max_frame", ServerConfig.max_frame, minimum=1)
+    delimiter = s.escaped_bytes("delimiter", b"\n")
+    if frame == "delimiter" and not s.has("delimiter"):
+        raise s.error("delimiter", "required with frame = delimiter (e.g. \\r\\n)")
+    if not delimiter:
+        raise s.error("delimiter", "must not be empty")
+    frame_size = 0
+    if frame == "bytes":
+        if not s.has("frame_size"):
+            raise s.error("frame_size", "required with frame = bytes")
+        frame_size = s.integer("frame_size", 0, minimum=1, maximum=max_frame)
+    frame_idle = s.seconds("frame_idle", ServerConfig.frame_idle, positive=True)
+    if s.has("empty_frames") and frame not in ("line", "delimiter"):
+        raise s.error("empty_frames", "only used with frame = line or delimiter")
+    empty_frames: Literal["skip", "event"] = (
+        "event"
+        if s.choice("empty_frames", "skip", ("skip", "event")) == "event"
+        else "skip"
+    )
+    parse = _parse_spec(s)
+    reply_text = s.optional("reply")
+    reply: Literal["none", "echo", "template"] = "none"
+    reply_template = None
+    if reply_text in (None, "none"):
+        reply = "none"
+    elif reply_text == "echo":
+        reply = "echo"
+    else:
+        reply = "template"
+        reply_template = s.template("reply")
+    return ServerConfig(
+        name=name,
+        listen=listen,
+        frame=frame,
+        delimiter=delimiter,
+        frame_size=frame_size,
+        frame_idle=frame_idle,
+        max_frame=max_frame,
+        encoding=s.codec("encoding", "utf-8"),
+        parse=parse,
+        actions=s.names("actions"),
+        reply=reply,
+        reply_template=reply_template,
+        error_reply=s.template("error_reply"),
+        allow=_networks(s, "allow"),
+        max_connections=s.integer("max_connections", 100, minimum=1),
+        idle_timeout=s.seconds("idle_timeout", ServerConfig.idle_timeout),
+        write_timeout=s.seconds("write_timeout", ServerConfig.write_timeout),
+        keepalive=s.seconds("keepalive", ServerConfig.keepalive),
+        max_pending=s.integer("max_pending", 64, minimum=1),
+        log_frames=s.boolean("log_frames", False),
+        empty_frames=empty_frames,
+    )
+
+
+def _parse_spec(s: _Section) -> ParseSpec | None:
+    value = s.optional("parse")
+    if value is None or value == "none":
+        return None
+    kind, _, argument = value.partition(":")
+    if kind == "regex":
+        try:
+            pattern = re.compile(argument)
+        except re.error as e:
+            raise s.error("parse", f"bad regular expression: {e}") from None
+        if not pattern.groupindex:
+            raise s.error("parse", "the regex needs named groups: (?P<name>...)")
+        for group in pattern.groupindex:
+            if not is_variable_name(group):
+                raise s.error("parse", f"group name {group!r} is not a variable name")
+        return ParseSpec("regex", pattern=pattern)
+    if kind == "csv":
+        separator = unescape(argument) if argument else ","
+        if len(separator) != 1:
+            raise s.error("parse", "csv separator must be one character: csv:;")
+        return ParseSpec("csv", separator=separator)
+    if kind == "json" and not argument:
+        return ParseSpec("json")
+    raise s.error(
+        "parse", f"expected regex:PATTERN, csv[:SEP], json or none; got {value!r}"
+    )
+
+
+def _networks(s: _Section, key: str) -> tuple[Network, ...]:
+    value = s.optional(key)
+    if value is None:
+        return ()
+    result = []
+    for item in value.replace(",", " ").split():
+        try:
+            result.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise s.error(
+                key, f"expected addresses or CIDR blocks (10.1.0.0/16); got {item!r}"
+            ) from None
+    return tuple(result)
+
+
+def _reply_until(s: _Section) -> ReplyUntil | None:
+    value = s.optional("reply_until")
+    if value is None:
+        return None
+    if value.startswith("bytes:"):
+        count = s.convert("reply_until", 0, lambda v: int(v.partition(":")[2]))
+        if count < 1:
+            raise s.error("reply_until", "bytes:N needs N >= 1")
+        return ReplyUntil(count=count)
+    delimiter = s.escaped_bytes("reply_until", b"")
+    if not delimiter:
+        raise s.error("reply_until", "expected a delimiter (\\r\\n) or bytes:N")
+    return ReplyUntil(delimiter=delimiter)
+
+
+def _send(s: _Section, name: str) -> SendConfig:
+    data = s.template("data")
+    if data is None:
+        raise s.error("data", "required: the data to send (a template)")
+    reply_to_sender = s.boolean("reply_to_sender", False)
+    destination = s.template("destination")
+    if reply_to_sender and destination is not None:
+        raise s.error("destination", "not used with reply_to_sender = yes")
+    if not reply_to_sender and destination is None:
+        raise s.error("destination", "required: host:port or a client endpoint")
+    if destination is not None and destination.constant is not None:
+        try:
+            parse_destination(destination.constant)
+        except ValueError as e:
+            raise s.error("destination", str(e)) from None
+    save_reply = s.optional("save_reply")
+    if save_reply is not None and not is_variable_name(save_reply):
+        raise s.error("save_reply", f"expected a variable name; got {save_reply!r}")
+    queue = s.choice("queue", "none", ("none", "memory", "durable"))
+    if queue != "none":
+        if save_reply is not None:
+            raise s.error(
+                "save_reply",
+                "needs queue = none: a queued job is delivered after the event ended",
+            )
+        if reply_to_sender:
+            raise s.error("queue", "reply_to_sender actions cannot be queued")
+    if queue == "none":
+        for key in ("max_attempts", "max_age", "max_jobs", "max_bytes", "when_full"):
+            if s.has(key):
+                raise s.error(key, "only used with queue = memory or durable")
+    elif s.has("retries"):
+        raise s.error("retries", "only used with queue = none (the outbox retries)")
+    disconnect_delay = s.seconds("disconnect_delay", 0.0)
+    reply_until = _reply_until(s)
+    if save_reply is not None and disconnect_delay <= 0 and reply_until is None:
+        raise s.error(
+            "save_reply",
+            "needs disconnect_delay or reply_until, else the device's answer is "
+            "never waited for",
+        )
+    tls = s.boolean("tls", False)
+    config = SendConfig(
+        name=name,
+        data=data,
+        destination=destination,
+        encoding=s.codec("encoding", "utf-8"),
+        connect_timeout=s.seconds("connect_timeout", 5.0, positive=True),
+        write_timeout=s.seconds("write_timeout", 10.0, positive=True),
+        disconnect_delay=disconnect_delay,
+        save_reply=save_reply,
+        reply_until=reply_until,
+        reply_max=s.integer("reply_max", 65536, minimum=1),
+        reply_to_sender=reply_to_sender,
+        tls=tls,
+        tls_ca=s.readable_file("tls_ca"),
+        tls_cert=s.readable_file("tls_cert"),
+        tls_key=s.readable_file("tls_key"),
+        tls_hostname=s.optional("tls_hostname"),
+        max_parallel=s.integer("max_parallel", 1, minimum=1),
+        retries=s.integer("retries", 0, minimum=0),
+        queue=queue,  # type: ignore[arg-type]
+        retry_initial=s.seconds("retry_initial", 1.0, positive=True),
+        retry_max=s.seconds("retry_max", 60.0, positive=True),
+        max_attempts=s.optional_integer("max_attempts"),
+        max_age=s.optional_seconds("max_age"),
+        max_jobs=s.integer("max_jobs", 10000, minimum=1),
+        max_bytes=s.integer("max_bytes", 64 * 1024 * 1024, minimum=1),
+        when_full=s.choice("when_full", "block", ("block", "reject")),  # type: ignore[arg-type]
+    )
+    if not tls:
+        for key in ("tls_ca", "tls_cert", "tls_key", "tls_hostname"):
+            if getattr(config, key) is not None:
+                raise s.error(key, "only used with tls = yes")
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise s.error("tls_cert", "tls_cert and tls_key go together")
+    if config.retry_max < config.retry_initial:
+        raise s.error("retry_max", "must be >= retry_initial")
+    return config
+
+
+def _reader(s: _Section, name: str) -> ReaderConfig:
+    from daemon.reader.scrdr import CommandError, parse_reply_spec
+
+    def command_spec(key: str, default: str | None) -> str | None:
+        value = s.optional(key) or default
+        if value is None:
+            return None
+        try:
+            parse_reply_spec(value)
+        except CommandError as e:
+            raise s.error(key, str(e)) from None
+        return value
+
+    reply = command_spec("reply", None)
+    allow_list = s.readable_file("allow_list")
+    accept_if = _accept_rule(s)
+    deciders = [
+        k
+        for k, v in (
+            ("reply", reply),
+            ("allow_list", allow_list),
+            ("accept_if", accept_if),
+        )
+        if v
+    ]
+    if len(deciders) > 1:
+        raise s.error(
+            deciders[1],
+            f"use only one of reply, allow_list, accept_if (also {deciders[0]})",
+        )
+    config = ReaderConfig(
+        name=name,
+        connect=s.client_endpoint("connect"),
+        retry_initial=s.seconds("retry_initial", 1.0, positive=True),
+        retry_max=s.seconds("retry_max", 30.0, positive=True),
+        keepalive=s.seconds("keepalive", 30.0),
+        idle_timeout=s.seconds("idle_timeout", 0.0),
+        checksum=s.choice("checksum", "lenient", ("strict", "lenient", "off")),  # type: ignore[arg-type]
+        actions=s.names("actions"),
+        reply=reply,
+        allow_list=allow_list,
+        accept_if=accept_if,
+        accept_command=command_spec("accept_command", "accept") or "accept",
+        deny_command=command_spec("deny_command", "deny") or "deny",
+        command_checksum=s.boolean("command_checksum", False),
+        on_connect=s.names("on_connect"),
+        on_disconnect=s.names("on_disconnect"),
+    )
+    if config.retry_max < config.retry_initial:
+        raise s.error("retry_max", "must be >= retry_initial")
+    return config
+
+
+_ACCEPT_RULE = re.compile(r"^\[([^\]]+)\]\s*~\s*(.*)$")
+
+
+def _accept_rule(s: _Section) -> AcceptRule | None:
+    value = s.optional("accept_if")
+    if value is None:
+        return None
+    m = _ACCEPT_RULE.match(value)
+    if m is None or not is_variable_name(m.group(1)):
+        raise s.error("accept_if", f"expected [variable] ~ REGEX; got {value!r}")
+    try:
+        pattern = re.compile(m.group(2))
+    except re.error as e:
+        raise s.error("accept_if", f"bad regular expression: {e}") from None
+    return AcceptRule(m.group(1), pattern)
+
+
+# ---------------------------------------------------------------------------
+# Cross-section checks: action references and variables.
+
+
+def _check_references(config: Config) -> None:
+    globals_ = frozenset(config.variables)
+    for server in config.servers:
+        section = f"server:{server.name}"
+        event = globals_ | SERVER_EVENT_VARIABLES
+        if server.parse is not None:
+            parsed = server.parse.variables()
+            event |= parsed if parsed is not None else frozenset()
+        open_names = server.parse is not None and server.parse.variables() is None
+        defined = _check_chain(
+            config, section, "actions", server.actions, event, open_names, sender=True
+        )
+        for key, template, extra in (
+            ("reply", server.reply_template, frozenset()),
+            ("error_reply", server.error_reply, frozenset({"error"})),
+        ):
+            if template is not None:
+                _check_template(
+                    config.path, section, key, template, defined | extra, open_names
+                )
+    for reader in config.readers:
+        section = f"reader:{reader.name}"
+        defined = _check_chain(
+            config,
+            section,
+            "actions",
+            reader.actions,
+            globals_ | READER_EVENT_VARIABLES,
+            False,
+            sender=False,
+        )
+        if reader.accept_if is not None and reader.accept_if.variable not in defined:
+            raise ConfigError(
+                config.path,
+                section,
+                "accept_if",
+                f"variable [{reader.accept_if.variable}] is not defined by the "
+                f"event, [variables] or an earlier action's save_reply",
+            )
+        for key in ("on_connect", "on_disconnect"):
+            _check_chain(
+                config,
+                section,
+                key,
+                getattr(reader, key),
+                globals_ | READER_STATE_VARIABLES,
+                False,
+                sender=False,
+            )
+
+
+def _check_chain(
+    config: Config,
+    section: str,
+    key: str,
+    names: tuple[str, ...],
+    defined: frozenset[str],
+    open_names: bool,
+    sender: bool,
+) -> frozenset[str]:
+    """
+    Check an ordered action list: every action exists, and every variable
+    each one uses is defined by the event, [variables] or an earlier
+    action.  Returns what is defined after the last action.
+    """
+    for name in names:
+        action = config.actions.get(name)
+        if action is None:
+            known = ", ".join(sorted(config.actions)) or "none defined"
+            raise ConfigError(
+                config.path,
+                section,
+                key,
+                f"no action named {name!r} (actions: {known})",
+            )
+        if action.reply_to_sender and not sender:
+            raise ConfigError(
+                config.path,
+                section,
+                key,
+                f"action {name!r} has reply_to_sender = yes, but this trigger has "
+                f"no sender socket to reply to",
+            )
+        where = f"send:{name}"
+        for k, template in (("data", action.data), ("destination", action.destination)):
+            if template is not None:
+                missing = template.undefined(defined)
+                if missing and not open_names:
+                    raise ConfigError(
+                        config.path,
+                        where,
+                        k,
+                        f"variable [{missing[0]}] is not defined for [{section}] "
+                        f"(by the event, [variables] or an earlier action's save_reply)",
+                    )
+        defined = defined | action.defines
+    return defined
+
+
+def _check_template(
+    path: str,
+    section: str,
+    key: str,
+    template: Template,
+    defined: frozenset[str],
+    open_names: bool,
+) -> None:
+    missing = template.undefined(defined)
+    if missing and not open_names:
+        raise ConfigError(
+            path,
+            section,
+            key,
+            f"variable [{missing[0]}] is not defined (by the event, [variables], "
+            f"the parse rule or an action's save_reply)",
+        )

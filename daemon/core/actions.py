@@ -1,0 +1,184 @@
+"""
+Events and the ordered actions they run.
+
+An event is a dict of variables (``[data]``, ``[peer_host]``, …) plus, for
+server triggers, a reply buffer that goes back to the sender in message
+order.  Actions run in order; each may add variables (``save_reply``) for
+the ones after it.  When every action of an event finishes synchronously
+no Deferred is created: the hot path stays a plain function call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from daemon.core import logs
+from daemon.status.stats import ActionStats
+
+#: What an action returns: new variables (or None), now or later.
+ActionResult = Mapping[str, str] | None | Deferred[Mapping[str, str] | None]
+#: The outcome of an event's actions: None on success, else the reason.
+Outcome = str | None
+
+
+class _Seconds:
+    """
+    The last formatted second, and its UTC offset: it changes once a
+    second, so the hot path only formats milliseconds.
+    """
+
+    __slots__ = ("whole", "prefix", "zone")
+
+    def __init__(self) -> None:
+        self.whole = -1
+        self.prefix = ""
+        self.zone = ""
+
+    def format(self, seconds: float) -> str:
+        whole = int(seconds)
+        if whole != self.whole:
+            local = time.localtime(whole)
+            zone = time.strftime("%z", local)
+            self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", local)
+            self.zone = f"{zone[:3]}:{zone[3:]}"
+            self.whole = whole
+        return f"{self.prefix}.{int((seconds - whole) * 1000):03d}{self.zone}"
+
+
+_seconds = _Seconds()
+
+
+def timestamp(seconds: float) -> str:
+    """
+    ISO 8601 local time with milliseconds and UTC offset
+    (``2026-11-21T21:15:59.123+01:00``).
+    """
+    return _seconds.format(seconds)
+
+
+class ActionFailed(Exception):
+    """
+    An action could not do its work; C{str()} is the reason, one line, for
+    the log and for the trigger's ``[error]`` variable.
+    """
+
+
+@dataclass(slots=True)
+class Event:
+    """
+    One message from a trigger, on its way through the actions.
+
+    @ivar trigger: the trigger's section name (``server:line1``).
+    @ivar peer: who sent it, for logs (``10.1.2.3:40001``).
+    @ivar variables: every variable known so far; actions add to it.
+    @ivar reply: bytes for the sender (``reply_to_sender``), or None when the
+        trigger has no sender socket.
+    """
+
+    trigger: str
+    peer: str
+    variables: dict[str, str]
+    reply: list[bytes] | None = field(default=None)
+
+
+class Action(Protocol):
+    """
+    Something an event runs.
+    """
+
+    name: str
+    stats: ActionStats
+
+    def run(self, event: Event) -> ActionResult:
+        """
+        Do the work for C{event}.  Raise (or errback with) L{ActionFailed}
+        when it fails; return the variables to add.
+        """
+
+    def stop(self) -> Deferred[None] | None:
+        """
+        The daemon is stopping: cancel timers, close links.
+        """
+
+
+class ActionChain:
+    """
+    The ordered actions of one trigger (or of a reader's on_connect list).
+    """
+
+    log = Logger(observer=logs.observer)
+
+    def __init__(self, actions: Sequence[Action]) -> None:
+        self.actions = tuple(actions)
+
+    def run(self, event: Event) -> Outcome | Deferred[Outcome]:
+        """
+        Run every action in order for C{event}.
+
+        @return: None when all succeeded or the reason of the first failure
+            (the later actions do not run), synchronously when every action
+            was synchronous, else as a Deferred that never errbacks.
+        """
+        return self._run_from(0, event)
+
+    def _run_from(self, index: int, event: Event) -> Outcome | Deferred[Outcome]:
+        actions = self.actions
+        for i in range(index, len(actions)):
+            action = actions[i]
+            action.stats.runs += 1
+            try:
+                result = action.run(event)
+            except Exception:
+                return self._failed(Failure(), action, event)
+            if (
+                result is not None
+                and type(result) is not dict
+                and isinstance(result, Deferred)
+            ):
+                return result.addCallbacks(
+                    self._resume,
+                    self._failed,
+                    callbackArgs=(i, event),
+                    errbackArgs=(action, event),
+                )
+            action.stats.ok += 1
+            if result:
+                event.variables.update(result)
+        return None
+
+    def _resume(
+        self, result: Mapping[str, str] | None, index: int, event: Event
+    ) -> Outcome | Deferred[Outcome]:
+        self.actions[index].stats.ok += 1
+        if result:
+            event.variables.update(result)
+        return self._run_from(index + 1, event)
+
+    def _failed(self, failure: Failure, action: Action, event: Event) -> Outcome:
+        action.stats.failed += 1
+        if failure.check(ActionFailed):
+            reason = str(failure.value)
+            self.log.warn(
+                "[{trigger}] {peer}: action {action} failed: {reason}",
+                trigger=event.trigger,
+                peer=event.peer,
+                action=action.name,
+                reason=reason,
+            )
+            return reason
+        self.log.failure(
+            "[{trigger}] {peer}: action {action} crashed",
+            failure,
+            trigger=event.trigger,
+            peer=event.peer,
+            action=action.name,
+        )
+        kind = failure.type.__name__ if failure.type is not None else "error"
+        return f"action {action.name} failed: internal error ({kind})"

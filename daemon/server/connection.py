@@ -1,0 +1,843 @@
+"""
+The TCP/IP server trigger: ``[server:NAME]``.
+
+A L{ServerTrigger} is the factory and the shared state of one listener
+(limits, allow-list, counters, actions); each connection is a
+L{ServerConnection}, which frames the bytes, turns every frame into an
+L{Event}, runs the trigger's actions and writes the replies back to that
+client only, in the order of its messages, whatever the actions' timing.
+
+The hot path (read -> frame -> event -> reply) is kept lean: frames are
+split in bulk per read, counters are plain integers, an event whose actions
+are all synchronous creates no Deferred, and the replies produced by one
+read go out in one C{write}.
+"""
+
+from __future__ import annotations
+
+import csv
+import enum
+import ipaddress
+import json
+from collections import deque
+from collections.abc import Mapping
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IPushProducer,
+    IReactorTime,
+)
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from daemon.config.ini import ParseSpec, ServerConfig
+from daemon.core import logs
+from daemon.core.actions import ActionChain, Event, Outcome, timestamp
+from daemon.core.deadline import Deadline
+from daemon.core.keepalive import apply_keepalive
+from daemon.core.peers import host_port
+from daemon.core.template import MissingVariable
+from daemon.server.framing import ETX, STX, FrameTooLong, make_framer
+from daemon.status.stats import ServerStats
+
+#: At most this many refused peers are remembered for rate-limited logging.
+MAX_REMEMBERED_REFUSALS = 1024
+#: A refused peer is logged again after this many seconds.
+REFUSAL_LOG_INTERVAL = 600.0
+#: In line and delimiter modes, an unterminated message that has waited this
+#: many seconds without more data is logged (once per connection): a client
+#: that sends "Hello" without the line end and waits for an answer would
+#: otherwise hang silently until idle_timeout.
+PARTIAL_WARNING_DELAY = 3.0
+
+
+def decode(frame: bytes, encoding: str) -> str:
+    """
+    Decode a frame; ``auto`` is UTF-8 when valid, else latin-1.
+
+    @raise UnicodeDecodeError: when C{frame} is not valid in C{encoding}.
+    """
+    if encoding == "auto":
+        try:
+            return frame.decode("utf-8")
+        except UnicodeDecodeError:
+            return frame.decode("latin-1")
+    return frame.decode(encoding)
+
+
+def encode(text: str, encoding: str) -> bytes:
+    """
+    Encode a reply; ``auto`` is UTF-8.
+
+    @raise UnicodeEncodeError: when C{text} cannot be encoded.
+    """
+    return text.encode("utf-8" if encoding == "auto" else encoding)
+
+
+class ParseError(ValueError):
+    """
+    A frame did not match the trigger's ``parse`` rule.
+    """
+
+
+def parse_frame(spec: ParseSpec, text: str) -> dict[str, str]:
+    """
+    Turn decoded frame text into variables according to C{spec}.
+
+    @raise ParseError: when the frame does not fit the rule.
+    """
+    if spec.kind == "regex":
+        assert spec.pattern is not None
+        m = spec.pattern.search(text)
+        if m is None:
+            raise ParseError("frame does not match the parse regex")
+        return {k: v if v is not None else "" for k, v in m.groupdict().items()}
+    if spec.kind == "csv":
+        try:
+            rows = list(csv.reader([text], delimiter=spec.separator, strict=True))
+        except csv.Error as e:
+            raise ParseError(f"bad CSV: {e}") from None
+        fields = rows[0] if rows else []
+        result = {f"field{i}": v for i, v in enumerate(fields, 1)}
+        result["fields"] = str(len(fields))
+        return result
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise ParseError(f"bad JSON: {e}") from None
+    except RecursionError:
+        raise ParseError("bad JSON: nested too deeply") from None
+    if not isinstance(value, dict):
+        raise ParseError("JSON frame is not an object")
+    return {
+        str(k): v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
+        for k, v in value.items()
+    }
+
+
+class _Pending:
+    """
+    One event of a connection whose reply is not written yet.
+    """
+
+    __slots__ = ("data", "done")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.data = b""
+
+
+class ServerTrigger(Factory):
+    """
+    One ``[server:NAME]``: the protocol factory and the state its
+    connections share.
+    """
+
+    log = Logger(observer=logs.observer)
+    noisy = False
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        chain: ActionChain,
+        variables: Mapping[str, str],
+        clock: IReactorTime,
+        stats: ServerStats,
+    ) -> None:
+        self.config = config
+        self.chain = chain
+        self.variables = dict(variables)
+        self.clock = clock
+        self.stats = stats
+        self.section = f"server:{config.name}"
+        self.connections: set[ServerConnection] = set()
+        self._refused_logged: dict[str, float] = {}
+        self._echo_wrap = self._echo_wrapping(config)
+
+    @staticmethod
+    def _echo_wrapping(config: ServerConfig) -> tuple[bytes, bytes]:
+        if config.frame == "line":
+            return (b"", b"\r\n")
+        if config.frame == "delimiter":
+            return (b"", config.delimiter)
+        if config.frame == "stx-etx":
+            return (STX, ETX)
+        return (b"", b"")
+
+    def buildProtocol(self, addr: IAddress | None) -> ServerConnection | None:
+        host, port = host_port(addr)
+        reason = self._refusal(host)
+        if reason is not None:
+            self.stats.rejected += 1
+            self._log_refusal(host, port, reason)
+            return None
+        connection = ServerConnection(self, host, port)
+        return connection
+
+    def _refusal(self, host: str) -> str | None:
+        config = self.config
+        if config.allow and not self._allowed(host):
+            return "not in the allow list"
+        if len(self.connections) >= config.max_connections:
+            return f"max_connections ({config.max_connections}) reached"
+        return None
+
+    def _allowed(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host.partition("%")[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.config.allow)
+
+    def _log_refusal(self, host: str, port: str, reason: str) -> None:
+        """
+        Log a refusal at most once per peer and reason every
+        L{REFUSAL_LOG_INTERVAL} seconds; the counter has every one.
+        """
+        key = f"{host}:{reason}"
+        now = self.clock.seconds()
+        last = self._refused_logged.get(key)
+        if last is not None and now - last < REFUSAL_LOG_INTERVAL:
+            return
+        if len(self._refused_logged) >= MAX_REMEMBERED_REFUSALS:
+            self._refused_logged = {
+                k: t
+                for k, t in self._refused_logged.items()
+                if now - t < REFUSAL_LOG_INTERVAL
+            }
+            if len(self._refused_logged) >= MAX_REMEMBERED_REFUSALS:
+                return
+        self._refused_logged[key] = now
+        self.log.warn(
+            "[{trigger}] refused {peer_host}:{peer_port}: {reason} "
+            "(logged once per peer every {interval:.0f}s; see the 'rejected' counter)",
+            trigger=self.section,
+            peer_host=host,
+            peer_port=port,
+            reason=reason,
+            interval=REFUSAL_LOG_INTERVAL,
+        )
+
+
+class ConnectionState(enum.Enum):
+    """
+    The life of a server connection.
+
+    OPEN: reading and answering.  ENDING: no more input is read (the client
+    half-closed, a frame was too long, or the daemon is stopping); replies of
+    events already read still go out, then the connection closes.  CLOSED:
+    gone; replies of events that finish later are dropped.
+    """
+
+    OPEN = "open"
+    ENDING = "ending"
+    CLOSED = "closed"
+
+
+@implementer(IHalfCloseableProtocol, IPushProducer)
+class ServerConnection(Protocol):
+    """
+    One client of a server trigger.
+
+    Reading pauses for two reasons, either of which is enough: too many
+    events of this client are unfinished (C{max_pending}), or the client is
+    not reading its replies (the transport asked us, as its producer, to
+    pause).  A client that does not read for C{write_timeout} seconds is
+    aborted, so a stuck peer never holds more than a bounded amount of
+    reply data.
+    """
+
+    log = Logger(observer=logs.observer)
+
+    def __init__(self, trigger: ServerTrigger, host: str, port: str) -> None:
+        self.trigger = trigger
+        self.peer_host = host
+        self.peer_port = port
+        self.peer = (
+            f"[{host}]:{port}"
+            if ":" in host and port
+            else (f"{host}:{port}" if port else host)
+        )
+        config = trigger.config
+        self.framer = make_framer(
+            config.frame,
+            max_frame=config.max_frame,
+            delimiter=config.delimiter,
+            frame_size=config.frame_size,
+        )
+        self.seq = 0
+        self.pending: deque[_Pending] = deque()
+        # Whole messages read but not started while max_pending events are
+        # unfinished: at most what one read delivered.
+        self.held: deque[bytes] = deque()
+        self.state = ConnectionState.CLOSED
+        self.too_many_pending = False
+        self.write_blocked = False
+        self.reading_paused = False
+        self.last_data = 0.0
+        clock = trigger.clock
+        self._frame_idle = Deadline(
+            clock, config.frame_idle, self._last, self._frame_idle_expired
+        )
+        self._idle_timeout = Deadline(
+            clock,
+            config.idle_timeout,
+            self._last,
+            self._idle_timeout_expired,
+            busy=lambda: bool(self.pending),
+        )
+        self._stall_call: IDelayedCall | None = None
+        self._out: list[bytes] = []
+        self._waiters: list[Deferred[None]] = []
+        self._aborted = False
+        terminated = config.frame in ("line", "delimiter")
+        self._skip_empty = terminated and config.empty_frames == "skip"
+        # Watch for a partial message left waiting (line / delimiter only);
+        # None once it was logged for this connection.
+        self._partial_wait: Deadline | None = (
+            Deadline(
+                clock,
+                PARTIAL_WARNING_DELAY,
+                self._last,
+                self._partial_waited,
+                busy=lambda: self.reading_paused,
+            )
+            if terminated
+            else None
+        )
+
+    def _last(self) -> float:
+        return self.last_data
+
+    @property
+    def alive(self) -> bool:
+        """
+        Open, or ending but not yet closed.
+        """
+        return self.state is not ConnectionState.CLOSED
+
+    # -- connection life
+
+    def closed(self) -> Deferred[None]:
+        """
+        A Deferred that fires when this connection is gone.
+        """
+        d: Deferred[None] = Deferred()
+        if self.alive:
+            self._waiters.append(d)
+        else:
+            d.callback(None)
+        return d
+
+    def connectionMade(self) -> None:
+        trigger = self.trigger
+        trigger.connections.add(self)
+        trigger.stats.connections += 1
+        trigger.stats.active += 1
+        self.state = ConnectionState.OPEN
+        self.last_data = trigger.clock.seconds()
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        if trigger.config.keepalive > 0:
+            try:
+                apply_keepalive(self.transport, trigger.config.keepalive)
+            except OSError as e:
+                self.log.warn(
+                    "[{trigger}] {peer}: cannot set keepalive options: {error}",
+                    trigger=trigger.section,
+                    peer=self.peer,
+                    error=e.strerror,
+                )
+        if trigger.config.idle_timeout > 0:
+            self._idle_timeout.start()
+        self.log.info(
+            "[{trigger}] {peer} connected", trigger=trigger.section, peer=self.peer
+        )
+
+    def end(self) -> None:
+        """
+        Stop reading; close once the replies of the events already read
+        are written.  (Used when a frame is too long: what the framer holds
+        is not looked at again.)
+        """
+        if self.state is ConnectionState.OPEN:
+            self.state = ConnectionState.ENDING
+            self._close_when_drained()
+
+    def stop(self) -> None:
+        """
+        The daemon is stopping: a burst waiting for ``frame_idle`` is a
+        message; anything else the framer holds is incomplete (dropped and
+        counted).  Then close once the replies are written.
+        """
+        if self.state is ConnectionState.OPEN:
+            self._end_of_input(complete=("idle",), why="the daemon stopped")
+            self.end()
+
+    def readConnectionLost(self) -> None:
+        """
+        The client half-closed: its input is complete (``frame =
+        disconnect`` and ``idle`` deliver what they hold), and its replies
+        can still be written before we close.
+        """
+        if self.state is ConnectionState.OPEN:
+            self._end_of_input(complete=("disconnect", "idle"), why="a clean close")
+            self.end()
+
+    def writeConnectionLost(self) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        """
+        Close after the pending writes.  Unregister as producer first: a
+        transport with a (paused) producer registered waits for it instead
+        of closing, and TLS does not even start its shutdown.
+        """
+        transport = self.transport
+        assert transport is not None
+        transport.unregisterProducer()  # type: ignore[attr-defined]
+        transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.state is ConnectionState.CLOSED:
+            return
+        was_open = self.state is ConnectionState.OPEN
+        # Replies can no longer be written; a message completed by a clean
+        # close (frame = disconnect / idle) still runs its actions.
+        self.state = ConnectionState.CLOSED
+        # Messages read whole but held back (max_pending) still run: the
+        # client sent them; only their replies cannot be delivered now.
+        while self.held:
+            self._handle(self.held.popleft())
+        if was_open:
+            if reason.check(ConnectionDone) is not None:
+                self._end_of_input(("disconnect", "idle"), "a clean close")
+            else:
+                self._end_of_input((), "an abnormal close")
+        trigger = self.trigger
+        trigger.connections.discard(self)
+        stats = trigger.stats
+        stats.active -= 1
+        self._frame_idle.cancel()
+        self._idle_timeout.cancel()
+        if self._partial_wait is not None:
+            self._partial_wait.cancel()
+        if self._stall_call is not None and self._stall_call.active():
+            self._stall_call.cancel()
+        self._stall_call = None
+        # Replies that were ready but could not be written any more; those
+        # of events still running are counted when they finish.
+        self._flush()
+        stats.replies_dropped += sum(
+            1 for slot in self.pending if slot.done and slot.data
+        )
+        self.pending.clear()
+        self.log.info(
+            "[{trigger}] {peer} disconnected after {count} messages",
+            trigger=trigger.section,
+            peer=self.peer,
+            count=self.seq,
+        )
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def _end_of_input(self, complete: tuple[str, ...], why: str) -> None:
+        """
+        No more bytes will come.  What the framer still holds is a message
+        only where the framing says so (C{complete}: ``disconnect`` after a
+        clean close, ``idle``); an unterminated line or delimited message is
+        a truncated one and is dropped and counted, never acted on.
+        """
+        frame = self.framer.flush()
+        stats = self.trigger.stats
+        if frame is not None:
+            if self.trigger.config.frame in complete:
+                self._accept(frame)
+                self._flush()
+            else:
+                stats.discarded_bytes += len(frame)
+                stats.truncated += 1
+                self.log.warn(
+                    "[{trigger}] {peer}: dropped an incomplete message of {size} "
+                    "bytes at {why}",
+                    trigger=self.trigger.section,
+                    peer=self.peer,
+                    size=len(frame),
+                    why=why,
+                )
+        if self.framer.discarded:
+            stats.discarded_bytes += self.framer.discarded
+            self.framer.discarded = 0
+
+    # -- flow control (IPushProducer: the transport tells us about our writes)
+
+    def pauseProducing(self) -> None:
+        """
+        The client is not reading its replies fast enough: stop reading its
+        messages, and abort it if this lasts C{write_timeout} seconds.
+        """
+        self.write_blocked = True
+        self._update_reading()
+        timeout = self.trigger.config.write_timeout
+        if timeout > 0 and self._stall_call is None and self.alive:
+            self._stall_call = self.trigger.clock.callLater(timeout, self._stalled)
+
+    def resumeProducing(self) -> None:
+        self.write_blocked = False
+        if self._stall_call is not None:
+            if self._stall_call.active():
+                self._stall_call.cancel()
+            self._stall_call = None
+        self._update_reading()
+
+    def stopProducing(self) -> None:
+        """
+        The transport is going away; connectionLost follows.
+        """
+
+    def _stalled(self) -> None:
+        self._stall_call = None
+        if not self.alive:
+            return
+        trigger = self.trigger
+        trigger.stats.write_timeouts += 1
+        trigger.stats.errors += 1
+        self.log.warn(
+            "[{trigger}] {peer}: has not read its replies for {timeout}s "
+            "(write_timeout); aborting",
+            trigger=trigger.section,
+            peer=self.peer,
+            timeout=trigger.config.write_timeout,
+        )
+        self._abort()
+
+    def _update_reading(self) -> None:
+        pause = self.too_many_pending or self.write_blocked
+        if pause == self.reading_paused or self.state is not ConnectionState.OPEN:
+            return
+        self.reading_paused = pause
+        if pause:
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+        else:
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    # -- reading
+
+    def dataReceived(self, data: bytes) -> None:
+        trigger = self.trigger
+        stats = trigger.stats
+        stats.bytes_in += len(data)
+        if self.state is not ConnectionState.OPEN:
+            return
+        self.last_data = trigger.clock.seconds()
+        oversized: FrameTooLong | None = None
+        framer = self.framer
+        try:
+            frames = framer.feed(data)
+        except FrameTooLong as e:
+            frames = e.frames
+            oversized = e
+        if self._skip_empty and b"" in frames:
+            # A bare line end (a probe, a keep-alive) is not a message.
+            kept = [frame for frame in frames if frame]
+            stats.empty_frames += len(frames) - len(kept)
+            frames = kept
+        for frame in frames:
+            self._accept(frame)
+        if framer.discarded:
+            stats.discarded_bytes += framer.discarded
+            framer.discarded = 0
+        self._flush()
+        if oversized is not None:
+            self._oversized(oversized)
+        elif framer.buffered:
+            if self._partial_wait is not None:
+                self._partial_wait.start()
+            elif trigger.config.frame == "idle":
+                self._frame_idle.start()
+
+    def _oversized(self, error: FrameTooLong) -> None:
+        stats = self.trigger.stats
+        stats.oversized += 1
+        stats.discarded_bytes += error.size
+        stats.errors += 1
+        self.log.warn(
+            "[{trigger}] {peer}: frame longer than max_frame ({max_frame} bytes); "
+            "closing the connection",
+            trigger=self.trigger.section,
+            peer=self.peer,
+            max_frame=error.max_frame,
+        )
+        self.end()
+
+    def _frame_idle_expired(self) -> None:
+        """
+        ``frame = idle``: no data for frame_idle seconds ends the message.
+        """
+        if self.state is not ConnectionState.OPEN:
+            return
+        frame = self.framer.flush()
+        if frame is not None:
+            self._accept(frame)
+            self._flush()
+
+    def _partial_waited(self) -> None:
+        """
+        Line or delimiter mode: the start of a message has waited
+        L{PARTIAL_WARNING_DELAY} seconds for its end.  Say so once per
+        connection, naming the remedy; a client that sends the end later
+        is served as usual.
+        """
+        if self.state is not ConnectionState.OPEN or self._partial_wait is None:
+            return
+        waiting = self.framer.buffered
+        if not waiting:
+            return  # completed meanwhile; watch again at the next partial
+        self._partial_wait = None
+        trigger = self.trigger
+        config = trigger.config
+        trigger.stats.partial_waits += 1
+        if config.frame == "line":
+            remedy = (
+                "send \\n (or \\r\\n) after each message, or use frame = idle or "
+                "frame = disconnect; a device that ends messages with a bare CR "
+                "needs frame = delimiter with delimiter = \\r"
+            )
+            end = "its line end (\\n)"
+        else:
+            remedy = (
+                "send the delimiter after each message, or use frame = idle or "
+                "frame = disconnect"
+            )
+            end = f"its delimiter {config.delimiter!r}"
+        self.log.warn(
+            "[{trigger}] {peer}: {size} bytes of a message have waited "
+            "{delay:.0f}s for {end}; nothing is acted on until it arrives: "
+            "{remedy} (logged once per connection; see the 'partial_waits' "
+            "counter)",
+            trigger=trigger.section,
+            peer=self.peer,
+            size=waiting,
+            delay=PARTIAL_WARNING_DELAY,
+            end=end,
+            remedy=remedy,
+        )
+
+    def _idle_timeout_expired(self) -> None:
+        if not self.alive:
+            return
+        trigger = self.trigger
+        trigger.stats.idle_timeouts += 1
+        self.log.info(
+            "[{trigger}] {peer}: silent for {timeout}s (idle_timeout); aborting",
+            trigger=trigger.section,
+            peer=self.peer,
+            timeout=trigger.config.idle_timeout,
+        )
+        self._abort()
+
+    def _abort(self) -> None:
+        """
+        Abort the connection: nothing more is written to it (replies that
+        become ready before connectionLost are counted as dropped).
+        """
+        self._aborted = True
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    # -- events
+
+    def _accept(self, frame: bytes) -> None:
+        """
+        Start the event for a whole message, or hold it while max_pending
+        events of this client are unfinished.
+        """
+        if self.too_many_pending:
+            self.held.append(frame)
+        else:
+            self._handle(frame)
+
+    def _track(self, slot: _Pending) -> None:
+        """
+        Queue an event's reply slot; at max_pending, stop reading and hold
+        further messages.
+        """
+        self.pending.append(slot)
+        if len(self.pending) >= self.trigger.config.max_pending:
+            if not self.too_many_pending:
+                self.too_many_pending = True
+                self._update_reading()
+
+    def _handle(self, frame: bytes) -> None:
+        """
+        Turn one frame into an event, run the actions, queue the reply.
+        """
+        trigger = self.trigger
+        config = trigger.config
+        stats = trigger.stats
+        stats.frames += 1
+        self.seq += 1
+        if config.log_frames:
+            self.log.info(
+                "[{trigger}] {peer} #{seq}: {frame!r}",
+                trigger=trigger.section,
+                peer=self.peer,
+                seq=self.seq,
+                frame=frame[:200],
+            )
+        variables = dict(trigger.variables)
+        variables["peer_host"] = self.peer_host
+        variables["peer_port"] = self.peer_port
+        variables["trigger"] = config.name
+        variables["seq"] = str(self.seq)
+        variables["timestamp"] = timestamp(trigger.clock.seconds())
+        event = Event(trigger.section, self.peer, variables, [])
+        try:
+            text = decode(frame, config.encoding)
+        except UnicodeError as e:
+            stats.decode_errors += 1
+            variables["data"] = frame.decode("latin-1")
+            where = f" at byte {e.start}" if isinstance(e, UnicodeDecodeError) else ""
+            self._finish(
+                event, frame, f"cannot decode message as {config.encoding}{where}"
+            )
+            return
+        variables["data"] = text
+        if config.parse is not None:
+            try:
+                variables.update(parse_frame(config.parse, text))
+            except ParseError as e:
+                stats.parse_errors += 1
+                self._finish(event, frame, str(e))
+                return
+        outcome = trigger.chain.run(event)
+        # None or a reason string when every action was synchronous (the
+        # common case: skip the costlier ABC isinstance check).
+        if outcome is not None and type(outcome) is not str:
+            assert isinstance(outcome, Deferred)
+            slot = _Pending()
+            self._track(slot)
+            outcome.addCallback(self._finished_later, slot, event, frame)
+            return
+        if outcome is not None:
+            stats.action_errors += 1
+        self._finish(event, frame, outcome)
+
+    def _finish(self, event: Event, frame: bytes, outcome: Outcome) -> None:
+        data = self._reply(event, frame, outcome)
+        if self.pending:
+            slot = _Pending()
+            slot.done = True
+            slot.data = data
+            self._track(slot)
+        elif data:
+            self._out.append(data)
+
+    def _finished_later(
+        self, outcome: Outcome, slot: _Pending, event: Event, frame: bytes
+    ) -> None:
+        stats = self.trigger.stats
+        if outcome is not None:
+            stats.action_errors += 1
+        slot.data = self._reply(event, frame, outcome)
+        slot.done = True
+        if self.state is ConnectionState.CLOSED:
+            # Its slot went with the connection.
+            if slot.data:
+                stats.replies_dropped += 1
+            return
+        self._drain()
+
+    def _reply(self, event: Event, frame: bytes, outcome: Outcome) -> bytes:
+        """
+        The bytes this event sends back: what actions sent to the sender,
+        then the reply (or the error reply).
+        """
+        trigger = self.trigger
+        config = trigger.config
+        stats = trigger.stats
+        parts = event.reply or []
+        if outcome is not None:
+            stats.errors += 1
+            if config.error_reply is None:
+                self.log.warn(
+                    "[{trigger}] {peer} #{seq}: {error} (no error_reply configured)",
+                    trigger=trigger.section,
+                    peer=self.peer,
+                    seq=event.variables.get("seq"),
+                    error=outcome,
+                )
+                return b"".join(parts)
+            event.variables["error"] = outcome
+            template = config.error_reply
+        elif config.reply == "echo":
+            before, after = trigger._echo_wrap
+            parts.append(before + frame + after)
+            return b"".join(parts)
+        elif config.reply_template is not None:
+            template = config.reply_template
+        else:
+            return b"".join(parts)
+        try:
+            parts.append(encode(template.render(event.variables), config.encoding))
+        except (MissingVariable, UnicodeError) as e:
+            stats.errors += 1
+            self.log.warn(
+                "[{trigger}] {peer} #{seq}: cannot build the reply: {error}",
+                trigger=trigger.section,
+                peer=self.peer,
+                seq=event.variables.get("seq"),
+                error=str(e),
+            )
+        return b"".join(parts)
+
+    # -- writing
+
+    def _flush(self) -> None:
+        """
+        Write the replies collected in C{_out} in one C{write}; each counts
+        as a reply, or as dropped when the connection is gone.
+        """
+        out = self._out
+        if out:
+            count = len(out)
+            data = out[0] if count == 1 else b"".join(out)
+            out.clear()
+            stats = self.trigger.stats
+            if self.alive and not self._aborted:
+                stats.bytes_out += len(data)
+                stats.replies += count
+                self.transport.write(data)  # type: ignore[union-attr]
+            else:
+                stats.replies_dropped += count
+        if self.state is ConnectionState.ENDING:
+            self._close_when_drained()
+
+    def _drain(self) -> None:
+        """
+        Write the replies of finished events at the head of the queue.
+        """
+        pending = self.pending
+        out = self._out
+        while pending and pending[0].done:
+            data = pending.popleft().data
+            if data:
+                out.append(data)
+        if self.too_many_pending and len(pending) < self.trigger.config.max_pending:
+            self.too_many_pending = False
+            held = self.held
+            while held and not self.too_many_pending:
+                self._handle(held.popleft())
+            self._update_reading()
+        self._flush()
+
+    def _close_when_drained(self) -> None:
+        if self.state is ConnectionState.ENDING and not self.pending and not self.held:
+            self._close()

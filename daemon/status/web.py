@@ -1,0 +1,547 @@
+"""
+The HTTP status service: an HTML page, JSON and Prometheus C{/metrics}.
+
+Everything is read from the L{Stats} registry when a page is asked for; the
+hot path never knows the status page exists.
+
+    - C{GET /}: a small HTML page (no scripts, no external assets).
+    - C{GET /status.json}: version, uptime, start time and every counter.
+    - C{GET /metrics}: the Prometheus text exposition format.
+
+Anything else is a 404, any method other than GET or HEAD a 405.  Names and
+string values come from the configuration and from devices, so the HTML page
+escapes all of them.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel, Request
+from twisted.web.pages import notFound
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Site
+
+from daemon.core import logs
+from daemon.core.listening import ListeningService
+from daemon.status.stats import Snapshot, Stats
+
+#: Counter names exposed as Prometheus gauges (they go down as well as up).
+#: Every other integer counter is a Prometheus counter; floats and booleans
+#: are always gauges.
+GAUGES: frozenset[str] = frozenset(
+    {
+        "active",
+        "connected",
+        "pending",
+        "bytes_pending",
+        "oldest_age",
+        "dead_letters",
+        "queued",
+        # outbox snapshot fields that go down as well as up
+        "bytes",
+        "waiting_puts",
+        "destinations",
+    }
+)
+
+#: Prefix of every metric name.
+PREFIX = "plantd"
+
+#: Most status connections open at once; more are closed when accepted.
+MAX_CONNECTIONS = 32
+
+#: Seconds a status connection may stay idle before it is closed.
+IDLE_TIMEOUT = 60
+
+#: The text format C{generate_latest} writes (C{prometheus_client} 0.20 has
+#: no constant for it; its C{CONTENT_TYPE_LATEST} has since moved on).
+METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+HTML_CONTENT_TYPE = b"text/html; charset=utf-8"
+JSON_CONTENT_TYPE = b"application/json"
+
+_INVALID_NAME = re.compile(r"[^a-zA-Z0-9_]")
+
+StatsSnapshot = Mapping[str, Mapping[str, Snapshot]]
+
+
+def daemon_version() -> str:
+    """
+    The installed version of plantd, or C{"unknown"} when it is run from a
+    source tree that is not installed.
+    """
+    try:
+        return version("plantd")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class StatusView:
+    """
+    What the status pages show: the counters, the clock and the start time.
+
+    @ivar stats: the daemon's counters.
+    @ivar clock: gives the current time (the reactor, or a fake in tests).
+    @ivar started: C{clock.seconds()} when the daemon started.
+    @ivar version: the daemon's version.
+    """
+
+    stats: Stats
+    clock: IReactorTime
+    started: float
+    version: str
+
+    def uptime(self) -> float:
+        """
+        Seconds since the daemon started (never negative).
+        """
+        return max(0.0, self.clock.seconds() - self.started)
+
+
+def metric_name(*parts: str) -> str:
+    """
+    A valid Prometheus metric name from C{parts}, joined with C{_}: anything
+    other than ASCII letters, digits and C{_} becomes C{_}, and a leading
+    digit is prefixed with C{_}.
+    """
+    name = _INVALID_NAME.sub("_", "_".join(parts))
+    return f"_{name}" if name[:1].isdigit() else name
+
+
+def format_duration(seconds: float) -> str:
+    """
+    C{seconds} as C{"[Nd ]HH:MM:SS"}.
+    """
+    whole = max(0, int(seconds))
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    clock = f"{hours:02d}:{minutes:02d}:{secs:02d}"
+    return f"{days}d {clock}" if days else clock
+
+
+def format_timestamp(seconds: float) -> str:
+    """
+    A POSIX timestamp as an ISO 8601 UTC string, to the second.
+    """
+    try:
+        moment = datetime.fromtimestamp(seconds, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return repr(seconds)
+    return moment.isoformat(timespec="seconds")
+
+
+def format_value(value: object) -> str:
+    """
+    One counter value as text for the HTML page (not escaped yet).
+    """
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _columns(named: Mapping[str, Snapshot]) -> list[str]:
+    """
+    Every counter name of one kind, in order of first appearance.
+    """
+    seen: dict[str, None] = {}
+    for counters in named.values():
+        for counter in counters:
+            seen.setdefault(counter, None)
+    return list(seen)
+
+
+def render_html(view: StatusView, snapshot: StatsSnapshot) -> str:
+    """
+    The status page: uptime, version and one table per kind of counters,
+    with a row per name and a column per counter.  Everything that comes
+    from outside this module is HTML-escaped.
+    """
+    e = html.escape
+    uptime = view.uptime()
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        "<title>plantd status</title>",
+        "<style>"
+        "body{font-family:sans-serif;margin:1em 2em}"
+        "table{border-collapse:collapse;margin-bottom:1.5em}"
+        "th,td{border:1px solid #bbb;padding:.2em .6em}"
+        "td.n{text-align:right;font-variant-numeric:tabular-nums}"
+        "</style>",
+        "</head>",
+        "<body>",
+        "<h1>plantd</h1>",
+        "<dl>",
+        f"<dt>Version</dt><dd>{e(view.version)}</dd>",
+        f"<dt>Started</dt><dd>{e(format_timestamp(view.started))}</dd>",
+        f"<dt>Uptime</dt><dd>{e(format_duration(uptime))} ({uptime:.0f}&nbsp;s)</dd>",
+        "</dl>",
+        '<p><a href="status.json">status.json</a> &middot; '
+        '<a href="metrics">metrics</a></p>',
+    ]
+    if not any(snapshot.values()):
+        out.append("<p>No counters yet.</p>")
+    for kind, named in snapshot.items():
+        if not named:
+            continue
+        columns = _columns(named)
+        out.append(f"<h2>{e(kind)}</h2>")
+        out.append("<table>")
+        header = "".join(f"<th>{e(c)}</th>" for c in columns)
+        out.append(f"<thead><tr><th>name</th>{header}</tr></thead>")
+        out.append("<tbody>")
+        for name, counters in named.items():
+            cells = []
+            for column in columns:
+                value = counters.get(column)
+                numeric = isinstance(value, int | float)
+                css = ' class="n"' if numeric else ""
+                cells.append(f"<td{css}>{e(format_value(value))}</td>")
+            out.append(f"<tr><th>{e(name)}</th>{''.join(cells)}</tr>")
+        out.append("</tbody>")
+        out.append("</table>")
+    out.append("</body>")
+    out.append("</html>")
+    return "\n".join(out) + "\n"
+
+
+def _json_safe(value: object) -> object:
+    """
+    C{value} for strict JSON: NaN and infinities become C{None}.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def status_document(view: StatusView, snapshot: StatsSnapshot) -> dict[str, Any]:
+    """
+    The C{/status.json} document: C{version}, C{uptime}, C{started} (a POSIX
+    timestamp) and C{stats} (C{{kind: {name: {counter: value}}}}).
+    """
+    return {
+        "version": view.version,
+        "uptime": view.uptime(),
+        "started": view.started,
+        "stats": {
+            kind: {
+                name: {counter: _json_safe(v) for counter, v in counters.items()}
+                for name, counters in named.items()
+            }
+            for kind, named in snapshot.items()
+        },
+    }
+
+
+def render_json(view: StatusView, snapshot: StatsSnapshot) -> bytes:
+    """
+    L{status_document} as UTF-8 JSON.
+    """
+    document = status_document(view, snapshot)
+    text = json.dumps(document, indent=1, allow_nan=False, default=str)
+    return (text + "\n").encode("utf-8")
+
+
+def metric_families(view: StatusView, snapshot: StatsSnapshot) -> Iterator[Metric]:
+    """
+    The Prometheus metric families for C{snapshot}.
+
+    One family per kind and counter, named C{plantd_KIND_COUNTER}, with one
+    sample per name labelled C{name="..."}.  A counter whose name is in
+    L{GAUGES}, or that has a float or boolean value, is a gauge; any other
+    integer is a counter (C{_total}).  Strings and C{None} are skipped, and
+    so is a family whose sample names would clash with one already written
+    (two counters that differ only in characters Prometheus does not allow).
+    Also C{plantd_uptime_seconds} and C{plantd_info{version="..."}}.
+    """
+    yield GaugeMetricFamily(
+        f"{PREFIX}_uptime_seconds",
+        "Seconds since plantd started.",
+        value=view.uptime(),
+    )
+    yield InfoMetricFamily(PREFIX, "plantd version.", value={"version": view.version})
+    taken = {f"{PREFIX}_uptime_seconds", PREFIX, f"{PREFIX}_info"}
+    for kind, named in snapshot.items():
+        for counter in _columns(named):
+            values: list[tuple[str, int | float]] = []
+            for name, counters in named.items():
+                value = counters.get(counter)
+                if isinstance(value, int | float):
+                    values.append((name, value))
+            if not values:
+                continue
+            gauge = counter in GAUGES or any(
+                isinstance(v, bool | float) for _, v in values
+            )
+            base = metric_name(PREFIX, kind, counter)
+            if not gauge and base.endswith("_total"):
+                base = base[: -len("_total")]
+            names = {base} if gauge else {base, f"{base}_total", f"{base}_created"}
+            if names & taken:
+                continue
+            taken |= names
+            documentation = f"plantd {kind} {counter}"
+            family: CounterMetricFamily | GaugeMetricFamily
+            if gauge:
+                family = GaugeMetricFamily(base, documentation, labels=["name"])
+            else:
+                family = CounterMetricFamily(base, documentation, labels=["name"])
+            for name, value in values:
+                family.add_metric([name], float(value))
+            yield family
+
+
+class SnapshotCollector:
+    """
+    A C{prometheus_client} collector over one L{StatusView}: each scrape takes
+    a fresh snapshot of the counters.
+    """
+
+    def __init__(self, view: StatusView) -> None:
+        self.view = view
+
+    def collect(self) -> Iterable[Metric]:
+        return list(metric_families(self.view, self.view.stats.snapshot()))
+
+    def describe(self) -> Iterable[Metric]:
+        # Nothing to describe up front: registering must not take a snapshot.
+        return []
+
+
+def metrics_registry(view: StatusView) -> CollectorRegistry:
+    """
+    A registry of its own (not the global one) holding only our collector.
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(view))
+    return registry
+
+
+class _Page(Resource):
+    """
+    A page with no children: any path below it is a 404.  GET and HEAD only.
+    """
+
+    allowedMethods = (b"GET", b"HEAD")
+
+    def getChild(self, path: bytes, request: Any) -> IResource:
+        return notFound()
+
+    def content(self, request: Any) -> bytes:
+        """
+        Set the headers on C{request} and return the body.
+        """
+        raise NotImplementedError(type(self).__name__)
+
+    def render_GET(self, request: Any) -> bytes:
+        return self.content(request)
+
+    def render_HEAD(self, request: Any) -> bytes:
+        """
+        The headers of GET, with the length of its body, and no body (an
+        empty body keeps Twisted from logging that it "ate" one).
+        """
+        body = self.content(request)
+        request.setHeader(b"content-length", b"%d" % (len(body),))
+        return b""
+
+    def _headers(self, request: Any, contentType: bytes) -> None:
+        request.setHeader(b"content-type", contentType)
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+
+
+class StatusPage(_Page):
+    """
+    C{GET /}: the HTML status page.
+    """
+
+    def __init__(self, view: StatusView) -> None:
+        super().__init__()
+        self.view = view
+
+    def content(self, request: Any) -> bytes:
+        self._headers(request, HTML_CONTENT_TYPE)
+        return render_html(self.view, self.view.stats.snapshot()).encode("utf-8")
+
+
+class StatusJSON(_Page):
+    """
+    C{GET /status.json}: L{status_document} as JSON.
+    """
+
+    def __init__(self, view: StatusView) -> None:
+        super().__init__()
+        self.view = view
+
+    def content(self, request: Any) -> bytes:
+        self._headers(request, JSON_CONTENT_TYPE)
+        return render_json(self.view, self.view.stats.snapshot())
+
+
+class MetricsPage(_Page):
+    """
+    C{GET /metrics}: the Prometheus text exposition of every counter.
+    """
+
+    def __init__(self, view: StatusView) -> None:
+        super().__init__()
+        self.registry = metrics_registry(view)
+
+    def content(self, request: Any) -> bytes:
+        self._headers(request, METRICS_CONTENT_TYPE)
+        body: bytes = generate_latest(self.registry)
+        return body
+
+
+class _Root(Resource):
+    """
+    C{/} itself is served by the C{b""} child; any unknown child is a 404.
+    """
+
+    def getChild(self, path: bytes, request: Any) -> IResource:
+        return notFound()
+
+
+def make_root(view: StatusView) -> Resource:
+    """
+    The resource tree: C{/}, C{/status.json} and C{/metrics}.
+    """
+    root = _Root()
+    root.putChild(b"", StatusPage(view))
+    root.putChild(b"status.json", StatusJSON(view))
+    root.putChild(b"metrics", MetricsPage(view))
+    return root
+
+
+class StatusChannel(HTTPChannel):
+    """
+    An HTTP connection to the status site; C{gone} fires when it is closed.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gone: Deferred[None] = Deferred()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        gone, self.gone = self.gone, Deferred()
+        gone.callback(None)
+
+
+class StatusSite(Site):
+    """
+    The status site: no access log above debug, at most L{MAX_CONNECTIONS}
+    connections, idle ones closed after L{IDLE_TIMEOUT} seconds, and every
+    open connection known so that stopping can close them.
+    """
+
+    # Site.log (below) is the access log method, so the logger has another name.
+    _log = Logger(observer=logs.observer)
+    protocol = StatusChannel  # type: ignore[assignment]
+    noisy = False
+    displayTracebacks = False
+
+    def __init__(self, resource: IResource, reactor: IReactorTime) -> None:
+        super().__init__(
+            resource,
+            reactor=reactor,
+            timeout=IDLE_TIMEOUT,
+            parsePOSTFormSubmission=False,
+        )
+        self.channels: set[StatusChannel] = set()
+
+    def buildProtocol(self, addr: IAddress) -> StatusChannel | None:  # type: ignore[override]
+        if len(self.channels) >= MAX_CONNECTIONS:
+            self._log.warn(
+                "status: refusing {peer}: {limit} connections open already",
+                peer=addr,
+                limit=MAX_CONNECTIONS,
+            )
+            return None
+        channel: StatusChannel = super().buildProtocol(addr)
+        self.channels.add(channel)
+        channel.gone.addCallback(lambda _: self.channels.discard(channel))
+        return channel
+
+    def log(self, request: Request) -> None:
+        """
+        The access log, at debug level only, so that scrapes do not fill the
+        daemon's log.
+        """
+        self._log.debug(
+            "status: {method} {uri} {code} from {peer}",
+            method=request.method,
+            uri=request.uri,
+            code=request.code,
+            peer=request.getClientAddress(),
+        )
+
+    def closeAll(self) -> list[Deferred[None]]:
+        """
+        Abort every open connection; the Deferreds fire when they are gone.
+        """
+        waits = []
+        for channel in list(self.channels):
+            waits.append(channel.gone)
+            transport = channel.transport
+            if transport is not None:
+                # Every stream transport (TCP, UNIX, TLS) can abort.
+                getattr(transport, "abortConnection", transport.loseConnection)()
+        return waits
+
+
+class StatusService(ListeningService):
+    """
+    Serves the status site on an endpoint string such as
+    C{tcp:8470:interface=127.0.0.1} (see L{ListeningService}: a failure to
+    listen stops the daemon at start-up).  Stopping stops listening and
+    closes open connections.
+    """
+
+    def __init__(self, reactor: Any, description: str, stats: Stats) -> None:
+        super().__init__(reactor, description, "[plantd] status")
+        self.stats = stats
+        self.site: StatusSite | None = None
+
+    def buildFactory(self) -> StatusSite:
+        view = StatusView(
+            stats=self.stats,
+            clock=self.reactor,
+            started=self.reactor.seconds(),
+            version=daemon_version(),
+        )
+        self.site = StatusSite(make_root(view), self.reactor)
+        return self.site
+
+    def closeConnections(self) -> list[Deferred[Any]]:
+        return list(self.site.closeAll()) if self.site is not None else []
