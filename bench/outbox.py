@@ -18,7 +18,7 @@ from typing import Any
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 
-from daemon.config.ini import config_from_string
+from daemon.config import config_from_string
 from daemon.core.actions import Event
 from daemon.send.action import build_send_actions
 from daemon.sim.printer import PrinterSimulator

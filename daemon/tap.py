@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
-from daemon.config.ini import Config, ConfigError, read_config
+from daemon.config import Config, ConfigError, read_config
 from daemon.core import logs
 from daemon.core.actions import Action, ActionChain
 from daemon.core.listening import ListeningService

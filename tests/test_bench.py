@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from bench.outbox import _config
 from bench.run import PLANTD_CONFIG
-from daemon.config.ini import config_from_string
+from daemon.config import config_from_string
 
 
 class BenchConfigTests(SynchronousTestCase):

@@ -8,7 +8,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from daemon.config.ini import config_from_string
+from daemon.config import config_from_string
 from daemon.status.stats import Stats
 from daemon.tap import PlantdService
 

@@ -1,0 +1,35 @@
+"""
+The configuration: one INI file read once into frozen, typed objects.
+
+C{model} holds the objects, C{ini} reads the file, C{checks} cross-checks
+sections (actions named by triggers exist, templates use known variables).
+Import the public names from here: C{from daemon.config import Config}.
+"""
+
+from daemon.config.ini import (
+    AcceptRule,
+    Config,
+    ConfigError,
+    DaemonConfig,
+    ParseSpec,
+    ReaderConfig,
+    ReplyUntil,
+    SendConfig,
+    ServerConfig,
+    config_from_string,
+    read_config,
+)
+
+__all__ = [
+    "AcceptRule",
+    "Config",
+    "ConfigError",
+    "DaemonConfig",
+    "ParseSpec",
+    "ReaderConfig",
+    "ReplyUntil",
+    "SendConfig",
+    "ServerConfig",
+    "config_from_string",
+    "read_config",
+]

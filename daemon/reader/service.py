@@ -67,7 +67,7 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from daemon.config.ini import ConfigError, ReaderConfig
+from daemon.config import ConfigError, ReaderConfig
 from daemon.core import logs
 from daemon.core.actions import ActionChain, Event, Outcome, timestamp
 from daemon.core.deadline import Deadline

@@ -127,7 +127,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer
 
-from daemon.config.ini import Config, ConfigError, ReplyUntil, SendConfig
+from daemon.config import Config, ConfigError, ReplyUntil, SendConfig
 from daemon.core import logs
 from daemon.core.actions import Action, ActionFailed, ActionResult, Event
 from daemon.core.template import MissingVariable

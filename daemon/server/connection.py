@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from daemon.config.ini import ParseSpec, ServerConfig
+from daemon.config import ParseSpec, ServerConfig
 from daemon.core import logs
 from daemon.core.actions import ActionChain, Event, Outcome, timestamp
 from daemon.core.deadline import Deadline

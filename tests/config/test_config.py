@@ -9,7 +9,7 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from daemon.config.ini import ConfigError, config_from_string, read_config
+from daemon.config import ConfigError, config_from_string, read_config
 
 GOOD = r"""
 [plantd]

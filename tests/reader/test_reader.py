@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from daemon.config.ini import AcceptRule, ConfigError, ReaderConfig
+from daemon.config import AcceptRule, ConfigError, ReaderConfig
 from daemon.core import logs
 from daemon.core.actions import ActionChain, ActionFailed
 from daemon.reader.scrdr import build_greeting, build_scrdr

@@ -24,7 +24,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from daemon.config.ini import ReaderConfig
+from daemon.config import ReaderConfig
 from daemon.core.actions import ActionChain, ActionResult, Event
 from daemon.reader.scrdr import ParsedCommand
 from daemon.reader.service import ReaderService

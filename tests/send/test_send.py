@@ -38,7 +38,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from daemon.config.ini import ConfigError, ReplyUntil, SendConfig, config_from_string
+from daemon.config import ConfigError, ReplyUntil, SendConfig, config_from_string
 from daemon.core.actions import ActionChain, ActionFailed, Event
 from daemon.core.template import Template
 from daemon.send.action import (
@@ -1447,7 +1447,7 @@ actions = label, ack
         A tls_ca file that holds no certificate is a start-up error naming
         the section and key.
         """
-        from daemon.config.ini import ConfigError
+        from daemon.config import ConfigError
 
         path = self.mktemp()
         with open(path, "w") as f:

@@ -32,7 +32,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.trial.unittest import SkipTest, TestCase
 
-from daemon.config.ini import config_from_string
+from daemon.config import config_from_string
 from daemon.core.actions import ActionFailed, Event
 from daemon.send.action import SendAction
 from tests.support import private_network, sh

@@ -42,7 +42,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface import implementer
 
-from daemon.config.ini import ServerConfig, config_from_string
+from daemon.config import ServerConfig, config_from_string
 from daemon.core.actions import ActionChain, ActionFailed, Event
 from daemon.send.action import SendAction, build_send_actions
 from daemon.server.connection import ServerTrigger

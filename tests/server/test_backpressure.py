@@ -32,7 +32,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from daemon.config.ini import config_from_string
+from daemon.config import config_from_string
 from daemon.core.actions import ActionChain
 from daemon.outbox.outbox import (
     Job,

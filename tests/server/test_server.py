@@ -18,7 +18,7 @@ from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from daemon.config.ini import config_from_string
+from daemon.config import config_from_string
 from daemon.core.actions import ActionChain, timestamp
 from daemon.server.connection import (
     PARTIAL_WARNING_DELAY,
@@ -213,7 +213,7 @@ class EventTests(SynchronousTestCase):
         """
         ``csv`` gives field1..N and ``json`` the top-level keys.
         """
-        from daemon.config.ini import ParseSpec
+        from daemon.config import ParseSpec
 
         self.assertEqual(
             parse_frame(ParseSpec("csv", separator=";"), 'a;"b;c";'),
@@ -972,7 +972,7 @@ class EmptyFrameTests(SynchronousTestCase):
         """
         The key means nothing for other framings; setting it is an error.
         """
-        from daemon.config.ini import ConfigError
+        from daemon.config import ConfigError
 
         with self.assertRaises(ConfigError) as e:
             make("frame = stx-etx\nempty_frames = event\n")

@@ -21,7 +21,7 @@ from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from daemon.config.ini import config_from_string
+from daemon.config import config_from_string
 from daemon.core.actions import ActionChain, Event
 from daemon.server.connection import ServerTrigger
 from daemon.status.stats import ActionStats, ServerStats
