@@ -130,10 +130,14 @@ class BackpressureTests(SynchronousTestCase):
         them after those made ready by the fill, in one buffer.
         """
         r = Recorder()
+
+        def resume(backlog: int) -> None:
+            replies.add(b"held")
+
         replies = OrderedReplies(
             r.write,
             pause=r.pause,
-            resume=lambda backlog: replies.add(b"held"),
+            resume=resume,
             pause_at=1,
             resume_at=0,
         )
