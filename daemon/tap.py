@@ -19,7 +19,7 @@ from twisted.python import usage
 
 from daemon.config import Config, ConfigError, read_config
 from daemon.core import logs
-from daemon.core.actions import Action, ActionChain
+from daemon.core.actions import ActionChain, IAction
 from daemon.core.listening import ListeningService
 from daemon.outbox.outbox import StoreError
 from daemon.server.connection import ServerConnection, ServerTrigger
@@ -166,7 +166,7 @@ class ActionsService(Service):
     delays, closes device links).
     """
 
-    def __init__(self, actions: Mapping[str, Action]) -> None:
+    def __init__(self, actions: Mapping[str, IAction]) -> None:
         self.actions = actions
 
     def stopService(self) -> Deferred[None]:
@@ -188,7 +188,7 @@ class PlantdService(MultiService):
         self.config = config
         self.stats = stats
         self.listeners: dict[str, ListenerService] = {}
-        self.actions: dict[str, Action] = {}
+        self.actions: dict[str, IAction] = {}
 
     def stopService(self) -> Deferred[None]:
         """
@@ -227,7 +227,7 @@ class PlantdService(MultiService):
 
 def build_actions(
     config: Config, reactor: Any, stats: Stats, service: MultiService
-) -> dict[str, Action]:
+) -> dict[str, IAction]:
     """
     Build every ``[send:NAME]`` action (and its outbox, when queued).
     """

@@ -7,11 +7,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from twisted.internet.defer import Deferred
+from zope.interface import implementer
 
-from daemon.core.actions import ActionFailed, ActionResult, Event
+from daemon.core.actions import ActionFailed, ActionResult, Event, IAction
 from daemon.status.stats import ActionStats
 
 
+@implementer(IAction)
 class FakeAction:
     """
     An action whose behaviour the test chooses: synchronous variables, a

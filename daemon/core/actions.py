@@ -13,14 +13,13 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import Attribute, Interface
 
 from daemon.core import logs
-from daemon.status.stats import ActionStats
 
 #: What an action returns: new variables (or None), now or later.
 ActionResult = Mapping[str, str] | None | Deferred[Mapping[str, str] | None]
@@ -88,21 +87,21 @@ class Event:
     reply: list[bytes] | None = field(default=None)
 
 
-class Action(Protocol):
+class IAction(Interface):
     """
-    Something an event runs.
+    Something an event runs: a send action, or a test's fake.
     """
 
-    name: str
-    stats: ActionStats
+    name = Attribute("The action's section name (C{label} for C{[send:label]}).")
+    stats = Attribute("The action's L{ActionStats}, counted by L{ActionChain}.")
 
-    def run(self, event: Event) -> ActionResult:
+    def run(event: Event) -> ActionResult:
         """
         Do the work for C{event}.  Raise (or errback with) L{ActionFailed}
         when it fails; return the variables to add.
         """
 
-    def stop(self) -> Deferred[None] | None:
+    def stop() -> Deferred[None] | None:
         """
         The daemon is stopping: cancel timers, close links.
         """
@@ -115,7 +114,7 @@ class ActionChain:
 
     log = Logger(observer=logs.observer)
 
-    def __init__(self, actions: Sequence[Action]) -> None:
+    def __init__(self, actions: Sequence[IAction]) -> None:
         self.actions = tuple(actions)
 
     def run(self, event: Event) -> Outcome | Deferred[Outcome]:
@@ -161,7 +160,7 @@ class ActionChain:
             event.variables.update(result)
         return self._run_from(index + 1, event)
 
-    def _failed(self, failure: Failure, action: Action, event: Event) -> Outcome:
+    def _failed(self, failure: Failure, action: IAction, event: Event) -> Outcome:
         action.stats.failed += 1
         if failure.check(ActionFailed):
             reason = str(failure.value)

@@ -129,7 +129,7 @@ from zope.interface import alsoProvides, implementer
 
 from daemon.config import Config, ConfigError, ReplyUntil, SendConfig
 from daemon.core import logs
-from daemon.core.actions import Action, ActionFailed, ActionResult, Event
+from daemon.core.actions import ActionFailed, ActionResult, Event, IAction
 from daemon.core.template import MissingVariable
 from daemon.send.destination import Destination, parse_destination
 from daemon.status.stats import ActionStats, Snapshot, Stats
@@ -1297,6 +1297,7 @@ class _Sending:
         self.action._sendings.discard(self)
 
 
+@implementer(IAction)
 class SendAction:
     """
     One ``[send:NAME]`` action (see the module docstring).
@@ -1690,7 +1691,7 @@ class OutboxService(Service):
 
 def build_send_actions(
     config: Config, reactor: Any, stats: Stats, service: MultiService
-) -> dict[str, Action]:
+) -> dict[str, IAction]:
     """
     Every ``[send:NAME]`` action, sharing one set of per-destination link
     limits; for queued actions, an L{OutboxService} added to C{service}
@@ -1699,7 +1700,7 @@ def build_send_actions(
     @raise ConfigError: when a TLS certificate file cannot be loaded.
     """
     limiters = LinkLimiters()
-    actions: dict[str, Action] = {}
+    actions: dict[str, IAction] = {}
     queued: list[SendAction] = []
     for send in config.sends:
         action = SendAction(

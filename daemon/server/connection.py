@@ -39,6 +39,7 @@ from zope.interface import implementer
 from daemon.config import ParseSpec, ServerConfig
 from daemon.core import logs
 from daemon.core.actions import ActionChain, Event, Outcome, timestamp
+from daemon.core.codecs import decode_message, encode_reply
 from daemon.core.deadline import Deadline
 from daemon.core.keepalive import apply_keepalive
 from daemon.core.peers import host_port
@@ -55,29 +56,6 @@ REFUSAL_LOG_INTERVAL = 600.0
 #: that sends "Hello" without the line end and waits for an answer would
 #: otherwise hang silently until idle_timeout.
 PARTIAL_WARNING_DELAY = 3.0
-
-
-def decode(frame: bytes, encoding: str) -> str:
-    """
-    Decode a frame; ``auto`` is UTF-8 when valid, else latin-1.
-
-    @raise UnicodeDecodeError: when C{frame} is not valid in C{encoding}.
-    """
-    if encoding == "auto":
-        try:
-            return frame.decode("utf-8")
-        except UnicodeDecodeError:
-            return frame.decode("latin-1")
-    return frame.decode(encoding)
-
-
-def encode(text: str, encoding: str) -> bytes:
-    """
-    Encode a reply; ``auto`` is UTF-8.
-
-    @raise UnicodeEncodeError: when C{text} cannot be encoded.
-    """
-    return text.encode("utf-8" if encoding == "auto" else encoding)
 
 
 class ParseError(ValueError):
@@ -700,7 +678,7 @@ class ServerConnection(Protocol):
         variables["timestamp"] = timestamp(trigger.clock.seconds())
         event = Event(trigger.section, self.peer, variables, [])
         try:
-            text = decode(frame, config.encoding)
+            text = decode_message(frame, config.encoding)
         except UnicodeError as e:
             stats.decode_errors += 1
             variables["data"] = frame.decode("latin-1")
@@ -786,7 +764,9 @@ class ServerConnection(Protocol):
         else:
             return b"".join(parts)
         try:
-            parts.append(encode(template.render(event.variables), config.encoding))
+            parts.append(
+                encode_reply(template.render(event.variables), config.encoding)
+            )
         except (MissingVariable, UnicodeError) as e:
             stats.errors += 1
             self.log.warn(

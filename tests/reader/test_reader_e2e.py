@@ -23,9 +23,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
 from daemon.config import ReaderConfig
-from daemon.core.actions import ActionChain, ActionResult, Event
+from daemon.core.actions import ActionChain, ActionResult, Event, IAction
 from daemon.reader.scrdr import ParsedCommand
 from daemon.reader.service import ReaderService
 from daemon.sim.reader import ReaderSimProtocol, ReaderSimService, ReaderSimulator
@@ -52,6 +53,7 @@ def within(d: Deferred[Any], seconds: float) -> Deferred[Any]:
     return d.addTimeout(seconds, clock)
 
 
+@implementer(IAction)
 class Recorder:
     """
     An action that records its events and lets the test wait for the next

@@ -40,6 +40,7 @@ from zope.interface import implementer
 
 from daemon.config import ConfigError, ReplyUntil, SendConfig, config_from_string
 from daemon.core.actions import ActionChain, ActionFailed, Event
+from daemon.core.codecs import decode_message, encode_reply
 from daemon.core.template import Template
 from daemon.send.action import (
     CLOSE_TIMEOUT,
@@ -260,6 +261,18 @@ class PureHelperTests(SynchronousTestCase):
         self.assertEqual(decode_reply(b"\xe9", "auto"), "\u00e9")
         self.assertEqual(decode_reply(b"ok\xff", "utf-8"), "ok\ufffd")
         self.assertEqual(decode_reply(b"\x80", "cp1252"), "\u20ac")
+
+    def test_server_codecs(self) -> None:
+        """
+        The server trigger's rules differ on purpose: a message decodes
+        strictly (``auto`` falls back to latin-1), a reply with ``auto`` is
+        always UTF-8, even when latin-1 would fit.
+        """
+        self.assertEqual(decode_message(b"caf\xe9", "auto"), "caf\u00e9")
+        self.assertEqual(decode_message("\u00e9".encode(), "auto"), "\u00e9")
+        self.assertRaises(UnicodeDecodeError, decode_message, b"\xff", "utf-8")
+        self.assertEqual(encode_reply("caf\u00e9", "auto"), "caf\u00e9".encode())
+        self.assertEqual(encode_reply("caf\u00e9", "latin-1"), b"caf\xe9")
 
     def test_retryDelay(self) -> None:
         """
