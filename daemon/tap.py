@@ -20,14 +20,11 @@ from twisted.python import usage
 from daemon.config import Config, ConfigError, read_config
 from daemon.core import logs
 from daemon.core.actions import ActionChain, IAction
-from daemon.core.listening import ListeningService
 from daemon.outbox.outbox import StoreError
-from daemon.server.connection import ServerConnection, ServerTrigger
+from daemon.server.trigger import ListenerService, ServerTrigger
 from daemon.status.stats import Stats
 
 DEFAULT_CONFIG = "/etc/plantd/plantd.ini"
-#: Seconds a stopping daemon waits for clients to take their last replies.
-STOP_GRACE = 2.0
 
 
 class Options(usage.Options):
@@ -116,48 +113,6 @@ def summary(config: Config) -> Iterator[str]:
             f"[reader:{r.name}] connect {r.connect}, keepalive {r.keepalive}s, "
             f"{decide}, actions {actions}"
         )
-
-
-class ListenerService(ListeningService):
-    """
-    Listens for a server trigger.  On stop, each client gets the replies of
-    the messages already read, and those still open after L{STOP_GRACE}
-    seconds are aborted (a client that does not read must not hold up the
-    stop).
-    """
-
-    def __init__(self, reactor: Any, description: str, trigger: ServerTrigger) -> None:
-        super().__init__(reactor, description, f"[{trigger.section}]")
-        self.trigger = trigger
-
-    def buildFactory(self) -> ServerTrigger:
-        return self.trigger
-
-    def closeConnections(self) -> list[Deferred[Any]]:
-        connections = list(self.trigger.connections)
-        waits: list[Deferred[Any]] = [c.closed() for c in connections]
-        for connection in connections:
-            connection.stop()
-        if not connections:
-            return waits
-        grace = self.reactor.callLater(STOP_GRACE, self._abort, connections)
-
-        def closed(result: object) -> None:
-            if grace.active():
-                grace.cancel()
-
-        return [DeferredList(waits).addCallback(closed)]
-
-    def _abort(self, connections: list[ServerConnection]) -> None:
-        for connection in connections:
-            if connection.alive and connection.transport is not None:
-                self.log.warn(
-                    "{label} {peer}: still open {grace}s after stop; aborting",
-                    label=self.label,
-                    peer=connection.peer,
-                    grace=STOP_GRACE,
-                )
-                connection.transport.abortConnection()  # type: ignore[attr-defined]
 
 
 class ActionsService(Service):

@@ -5,161 +5,33 @@ Listening happens in C{privilegedStartService} (so ports below 1024 work
 before twistd drops privileges), and a failure to listen is logged as one
 critical line naming the section and raised there: the daemon stops at
 start-up instead of running without its port.  Stopping stops listening and
-closes the open connections (L{ListeningService.closeConnections}).
+closes the open connections (L{ListeningService.close_connections}).
 
 TLS listeners (``ssl:``) give a protocol that provides
-L{IHalfCloseableProtocol} the half-close that plain TCP gives it: a client's
-close_notify (it has sent its last byte, as socat and C{openssl s_client}
-do at the end of their input) calls C{readConnectionLost}, and the replies
-written after it still go out before the server's own close_notify; see
-L{HalfCloseTLSProtocol}.
+C{IHalfCloseableProtocol} the half-close that plain TCP gives it; see
+L{daemon.core.tlshalfclose}.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from OpenSSL.SSL import Error as TLSError
-from OpenSSL.SSL import WantReadError, ZeroReturnError
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.error import CannotListenError, ConnectionLost
-from twisted.internet.interfaces import (
-    IHalfCloseableProtocol,
-    IListeningPort,
-    IProtocolFactory,
-)
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
-from zope.interface import alsoProvides
 
 from daemon.core import logs
 from daemon.core.peers import format_address
-
-
-class HalfCloseTLSProtocol(BufferingTLSTransport):
-    """
-    Twisted's TLS transport, with TCP's half-close for a wrapped protocol
-    that provides L{IHalfCloseableProtocol}.
-
-    Twisted's own answers a received close_notify at once with its own and
-    closes the connection: writes not yet handed to OpenSSL are dropped
-    (those of the same read too, as small writes wait for the next reactor
-    turn) and the wrapped protocol never hears C{readConnectionLost}.  Here
-    the close_notify ends only the client's side, like a TCP FIN (TLS 1.3
-    defines close_notify so, RFC 8446 6.1; OpenSSL allows it for TLS 1.2
-    too): the wrapped protocol gets C{readConnectionLost}, keeps writing,
-    and its C{loseConnection} sends the server's close_notify and closes.
-
-    The TCP stream ending without a close_notify may be a truncation: the
-    wrapped protocol sees C{connectionLost} with L{ConnectionLost}, as with
-    Twisted's own TLS.  A wrapped protocol that is not half-closeable gets
-    Twisted's behaviour unchanged.
-    """
-
-    #: The client's close_notify arrived: nothing more is read.
-    _peer_closed = False
-
-    def makeConnection(self, transport: Any) -> None:
-        super().makeConnection(transport)
-        # After ProtocolWrapper.makeConnection, which replaces what this
-        # instance directly provides with what its transport provides.  TCP
-        # reports the end of its input with readConnectionLost only to a
-        # protocol that provides IHalfCloseableProtocol.
-        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
-            alsoProvides(self, IHalfCloseableProtocol)
-
-    def _flushReceiveBIO(self) -> None:
-        wrapped = self.wrappedProtocol
-        if not IHalfCloseableProtocol.providedBy(wrapped):
-            super()._flushReceiveBIO()
-            return
-        while not self._lostTLSConnection and not self._peer_closed:
-            try:
-                data = self._tlsConnection.recv(2**15)
-            except WantReadError:
-                break
-            except ZeroReturnError:
-                self._peer_closed = True
-                wrapped.readConnectionLost()
-            except TLSError:
-                self._tlsShutdownFinished(Failure())
-            else:
-                if not self._aborted:
-                    ProtocolWrapper.dataReceived(self, data)
-        if self._tlsConnection is not None:
-            self._flushSendBIO()
-
-    def readConnectionLost(self) -> None:
-        """
-        The TCP stream ended (FIN).  After a close_notify that changes
-        nothing (our replies still go out); without one, the end of the
-        client's data cannot be told from a truncation.
-        """
-        if self._peer_closed or self._lostTLSConnection:
-            return
-        self._tlsConnection.bio_shutdown()
-        self._flushReceiveBIO()
-        if not self._peer_closed and not self._lostTLSConnection:
-            self._tlsShutdownFinished(
-                Failure(ConnectionLost("the TCP stream ended without close_notify"))
-            )
-
-    def writeConnectionLost(self) -> None:
-        """
-        Not used: this transport never half-closes its TCP side.
-        """
-
-
-class HalfCloseTLSFactory(TLSMemoryBIOFactory):
-    """
-    A server-side L{TLSMemoryBIOFactory} whose connections are
-    L{HalfCloseTLSProtocol}s.
-    """
-
-    protocol = HalfCloseTLSProtocol
-
-    def __init__(
-        self, contextFactory: Any, wrappedFactory: IProtocolFactory, clock: Any
-    ) -> None:
-        super().__init__(contextFactory, False, wrappedFactory, clock)
-
-
-class _HalfCloseTLSReactor:
-    """
-    The reactor, except that C{listenSSL} (what ``ssl:`` endpoints call)
-    wraps connections in L{HalfCloseTLSProtocol}, as Twisted's own
-    C{listenSSL} wraps them in its TLS transport.
-    """
-
-    def __init__(self, reactor: Any) -> None:
-        self._reactor = reactor
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._reactor, name)
-
-    def listenSSL(
-        self,
-        port: int,
-        factory: IProtocolFactory,
-        contextFactory: Any,
-        backlog: int = 50,
-        interface: str = "",
-    ) -> IListeningPort:
-        tls = HalfCloseTLSFactory(contextFactory, factory, self._reactor)
-        listening: IListeningPort = self._reactor.listenTCP(
-            port, tls, backlog, interface
-        )
-        listening._type = "TLS"  # type: ignore[attr-defined]
-        return listening
+from daemon.core.tlshalfclose import HalfCloseTLSReactor
 
 
 class ListeningService(Service):
     """
-    Listens on C{description} with the factory L{buildFactory} returns.
+    Listens on C{description} with the factory L{build_factory} returns.
 
     @ivar label: how logs and errors name it (``[server:orders]``).
     """
@@ -173,13 +45,13 @@ class ListeningService(Service):
         self.port: IListeningPort | None = None
         self._failure: CannotListenError | None = None
 
-    def buildFactory(self) -> IProtocolFactory:
+    def build_factory(self) -> IProtocolFactory:
         """
         The factory to listen with (called once, at privileged start).
         """
         raise NotImplementedError
 
-    def closeConnections(self) -> list[Deferred[Any]]:
+    def close_connections(self) -> list[Deferred[Any]]:
         """
         Close the open connections; Deferreds that fire when they are gone.
         """
@@ -187,10 +59,10 @@ class ListeningService(Service):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        endpoint = serverFromString(
-            _HalfCloseTLSReactor(self.reactor), self.description
+        endpoint = serverFromString(HalfCloseTLSReactor(self.reactor), self.description)
+        endpoint.listen(self.build_factory()).addCallbacks(
+            self._listening, self._cannot
         )
-        endpoint.listen(self.buildFactory()).addCallbacks(self._listening, self._cannot)
         if self._failure is not None:
             raise self._failure
 
@@ -223,7 +95,7 @@ class ListeningService(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         port, self.port = self.port, None
-        waits = self.closeConnections()
+        waits = self.close_connections()
         if port is not None:
             waits.append(maybeDeferred(port.stopListening))
         return DeferredList(waits).addCallback(lambda _: None)

@@ -21,11 +21,9 @@ import sys
 import time
 from collections.abc import Sequence
 
-from daemon.outbox.outbox import (
-    RESCAN_INTERVAL,
-    DeadLetter,
-    Job,
-    StoreError,
+from daemon.outbox.jobs import DeadLetter, Job, StoreError
+from daemon.outbox.outbox import RESCAN_INTERVAL
+from daemon.outbox.store import (
     db_dead_counts,
     db_dead_letters,
     db_drop_dead,

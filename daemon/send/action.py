@@ -135,7 +135,9 @@ from daemon.send.destination import Destination, parse_destination
 from daemon.status.stats import ActionStats, Snapshot, Stats
 
 if TYPE_CHECKING:
-    from daemon.outbox.outbox import Job, JobStore, Outbox, OutboxPolicy
+    from daemon.outbox.jobs import Job, OutboxPolicy
+    from daemon.outbox.outbox import Outbox
+    from daemon.outbox.store import IJobStore
 
 #: Seconds a device gets to close its side after ours (or to answer TLS
 #: close_notify) before the link is closed without it.
@@ -1534,7 +1536,7 @@ class SendAction:
         return ready.addCallback(put).addErrback(self._put_failed)
 
     def _put_failed(self, failure: Failure) -> Failure:
-        from daemon.outbox.outbox import OutboxFull, OutboxNotRunning
+        from daemon.outbox.jobs import OutboxFull, OutboxNotRunning
 
         if failure.check(OutboxFull, OutboxNotRunning):
             raise ActionFailed(str(failure.value))
@@ -1570,7 +1572,7 @@ def outbox_policy(config: SendConfig) -> OutboxPolicy:
     """
     The outbox policy of a queued action.
     """
-    from daemon.outbox.outbox import OutboxPolicy
+    from daemon.outbox.jobs import OutboxPolicy
 
     return OutboxPolicy(
         max_jobs=config.max_jobs,
@@ -1611,7 +1613,7 @@ class OutboxService(Service):
         self.state_dir = state_dir
         self.actions = actions
         self.path = path
-        self._stores: list[JobStore] = []
+        self._stores: list[IJobStore] = []
         self._opened = False
 
     def privilegedStartService(self) -> None:
@@ -1621,15 +1623,12 @@ class OutboxService(Service):
     def _open(self) -> None:
         if self._opened:
             return
-        from daemon.outbox.outbox import (
-            MemoryJobStore,
-            Outbox,
-            SqliteJobStore,
-            outbox_path,
-        )
+        from daemon.outbox.memory import MemoryJobStore
+        from daemon.outbox.outbox import Outbox
+        from daemon.outbox.store import SqliteJobStore, outbox_path
 
         self._opened = True
-        durable: JobStore | None = None
+        durable: IJobStore | None = None
         if any(a.config.queue == "durable" for a in self.actions):
             state_dir = self.state_dir
             try:
@@ -1656,7 +1655,7 @@ class OutboxService(Service):
                 raise
             self._stores.append(durable)
         for action in self.actions:
-            store: JobStore
+            store: IJobStore
             if action.config.queue == "durable":
                 assert durable is not None
                 store = durable

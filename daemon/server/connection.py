@@ -1,11 +1,11 @@
 """
-The TCP/IP server trigger: ``[server:NAME]``.
+One client of a ``[server:NAME]`` trigger: L{ServerConnection}.
 
-A L{ServerTrigger} is the factory and the shared state of one listener
-(limits, allow-list, counters, actions); each connection is a
-L{ServerConnection}, which frames the bytes, turns every frame into an
-L{Event}, runs the trigger's actions and writes the replies back to that
-client only, in the order of its messages, whatever the actions' timing.
+It frames the bytes, turns every frame into an L{Event}, runs the trigger's
+actions and writes the replies back to that client only, in the order of its
+messages, whatever the actions' timing.  Its life (L{ConnectionState}) is the
+table L{TRANSITIONS}.  The factory and the listener are in
+L{daemon.server.trigger}, the ``parse`` rules in L{daemon.server.parse}.
 
 The hot path (read -> frame -> event -> reply) is kept lean: frames are
 split in bulk per read, counters are plain integers, an event whose actions
@@ -15,88 +15,40 @@ read go out in one C{write}.
 
 from __future__ import annotations
 
-import csv
 import enum
-import ipaddress
-import json
 from collections import deque
-from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
-    IAddress,
     IDelayedCall,
     IHalfCloseableProtocol,
     IPushProducer,
-    IReactorTime,
 )
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from daemon.config import ParseSpec, ServerConfig
 from daemon.core import logs
-from daemon.core.actions import ActionChain, Event, Outcome, timestamp
+from daemon.core.actions import Event, Outcome, timestamp
 from daemon.core.codecs import decode_message, encode_reply
 from daemon.core.deadline import Deadline
 from daemon.core.keepalive import apply_keepalive
-from daemon.core.peers import host_port
+from daemon.core.peers import join_host_port
 from daemon.core.template import MissingVariable
-from daemon.server.framing import ETX, STX, FrameTooLong, make_framer
-from daemon.status.stats import ServerStats
+from daemon.server.framing import FrameTooLong, make_framer
+from daemon.server.parse import ParseError, parse_frame
 
-#: At most this many refused peers are remembered for rate-limited logging.
-MAX_REMEMBERED_REFUSALS = 1024
-#: A refused peer is logged again after this many seconds.
-REFUSAL_LOG_INTERVAL = 600.0
+if TYPE_CHECKING:
+    from daemon.server.trigger import ServerTrigger
+
 #: In line and delimiter modes, an unterminated message that has waited this
 #: many seconds without more data is logged (once per connection): a client
 #: that sends "Hello" without the line end and waits for an answer would
 #: otherwise hang silently until idle_timeout.
 PARTIAL_WARNING_DELAY = 3.0
-
-
-class ParseError(ValueError):
-    """
-    A frame did not match the trigger's ``parse`` rule.
-    """
-
-
-def parse_frame(spec: ParseSpec, text: str) -> dict[str, str]:
-    """
-    Turn decoded frame text into variables according to C{spec}.
-
-    @raise ParseError: when the frame does not fit the rule.
-    """
-    if spec.kind == "regex":
-        assert spec.pattern is not None
-        m = spec.pattern.search(text)
-        if m is None:
-            raise ParseError("frame does not match the parse regex")
-        return {k: v if v is not None else "" for k, v in m.groupdict().items()}
-    if spec.kind == "csv":
-        try:
-            rows = list(csv.reader([text], delimiter=spec.separator, strict=True))
-        except csv.Error as e:
-            raise ParseError(f"bad CSV: {e}") from None
-        fields = rows[0] if rows else []
-        result = {f"field{i}": v for i, v in enumerate(fields, 1)}
-        result["fields"] = str(len(fields))
-        return result
-    try:
-        value = json.loads(text)
-    except ValueError as e:
-        raise ParseError(f"bad JSON: {e}") from None
-    except RecursionError:
-        raise ParseError("bad JSON: nested too deeply") from None
-    if not isinstance(value, dict):
-        raise ParseError("JSON frame is not an object")
-    return {
-        str(k): v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
-        for k, v in value.items()
-    }
 
 
 class _Pending:
@@ -111,113 +63,45 @@ class _Pending:
         self.data = b""
 
 
-class ServerTrigger(Factory):
-    """
-    One ``[server:NAME]``: the protocol factory and the state its
-    connections share.
-    """
-
-    log = Logger(observer=logs.observer)
-    noisy = False
-
-    def __init__(
-        self,
-        config: ServerConfig,
-        chain: ActionChain,
-        variables: Mapping[str, str],
-        clock: IReactorTime,
-        stats: ServerStats,
-    ) -> None:
-        self.config = config
-        self.chain = chain
-        self.variables = dict(variables)
-        self.clock = clock
-        self.stats = stats
-        self.section = f"server:{config.name}"
-        self.connections: set[ServerConnection] = set()
-        self._refused_logged: dict[str, float] = {}
-        self._echo_wrap = self._echo_wrapping(config)
-
-    @staticmethod
-    def _echo_wrapping(config: ServerConfig) -> tuple[bytes, bytes]:
-        if config.frame == "line":
-            return (b"", b"\r\n")
-        if config.frame == "delimiter":
-            return (b"", config.delimiter)
-        if config.frame == "stx-etx":
-            return (STX, ETX)
-        return (b"", b"")
-
-    def buildProtocol(self, addr: IAddress | None) -> ServerConnection | None:
-        host, port = host_port(addr)
-        reason = self._refusal(host)
-        if reason is not None:
-            self.stats.rejected += 1
-            self._log_refusal(host, port, reason)
-            return None
-        connection = ServerConnection(self, host, port)
-        return connection
-
-    def _refusal(self, host: str) -> str | None:
-        config = self.config
-        if config.allow and not self._allowed(host):
-            return "not in the allow list"
-        if len(self.connections) >= config.max_connections:
-            return f"max_connections ({config.max_connections}) reached"
-        return None
-
-    def _allowed(self, host: str) -> bool:
-        try:
-            address = ipaddress.ip_address(host.partition("%")[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        return any(address in network for network in self.config.allow)
-
-    def _log_refusal(self, host: str, port: str, reason: str) -> None:
-        """
-        Log a refusal at most once per peer and reason every
-        L{REFUSAL_LOG_INTERVAL} seconds; the counter has every one.
-        """
-        key = f"{host}:{reason}"
-        now = self.clock.seconds()
-        last = self._refused_logged.get(key)
-        if last is not None and now - last < REFUSAL_LOG_INTERVAL:
-            return
-        if len(self._refused_logged) >= MAX_REMEMBERED_REFUSALS:
-            self._refused_logged = {
-                k: t
-                for k, t in self._refused_logged.items()
-                if now - t < REFUSAL_LOG_INTERVAL
-            }
-            if len(self._refused_logged) >= MAX_REMEMBERED_REFUSALS:
-                return
-        self._refused_logged[key] = now
-        self.log.warn(
-            "[{trigger}] refused {peer_host}:{peer_port}: {reason} "
-            "(logged once per peer every {interval:.0f}s; see the 'rejected' counter)",
-            trigger=self.section,
-            peer_host=host,
-            peer_port=port,
-            reason=reason,
-            interval=REFUSAL_LOG_INTERVAL,
-        )
-
-
 class ConnectionState(enum.Enum):
     """
     The life of a server connection.
 
-    OPEN: reading and answering.  ENDING: no more input is read (the client
-    half-closed, a frame was too long, or the daemon is stopping); replies of
-    events already read still go out, then the connection closes.  CLOSED:
-    gone; replies of events that finish later are dropped.
+    NEW: not connected yet.  OPEN: reading and answering.  ENDING: no more
+    input is read (the client half-closed, a frame was too long, or the
+    daemon is stopping); replies of events already read still go out, then
+    the connection closes.  CLOSED: gone; replies of events that finish
+    later are dropped.
     """
 
+    NEW = "new"
     OPEN = "open"
     ENDING = "ending"
     CLOSED = "closed"
+
+
+class ConnectionInput(enum.Enum):
+    """
+    What moves a server connection from one L{ConnectionState} to another.
+    """
+
+    #: The transport is connected (C{connectionMade}).
+    MADE = "made"
+    #: Stop reading, close once the replies are out (half-close, a frame
+    #: too long, the daemon stopping).
+    END = "end"
+    #: The transport is gone (C{connectionLost}).
+    LOST = "lost"
+
+
+#: C{(state, input) -> new state}.  An input not listed for a state changes
+#: nothing (an END while ENDING, a LOST after CLOSED...).
+TRANSITIONS: dict[tuple[ConnectionState, ConnectionInput], ConnectionState] = {
+    (ConnectionState.NEW, ConnectionInput.MADE): ConnectionState.OPEN,
+    (ConnectionState.OPEN, ConnectionInput.END): ConnectionState.ENDING,
+    (ConnectionState.OPEN, ConnectionInput.LOST): ConnectionState.CLOSED,
+    (ConnectionState.ENDING, ConnectionInput.LOST): ConnectionState.CLOSED,
+}
 
 
 @implementer(IHalfCloseableProtocol, IPushProducer)
@@ -239,11 +123,7 @@ class ServerConnection(Protocol):
         self.trigger = trigger
         self.peer_host = host
         self.peer_port = port
-        self.peer = (
-            f"[{host}]:{port}"
-            if ":" in host and port
-            else (f"{host}:{port}" if port else host)
-        )
+        self.peer = join_host_port(host, port)
         config = trigger.config
         self.framer = make_framer(
             config.frame,
@@ -256,7 +136,7 @@ class ServerConnection(Protocol):
         # Whole messages read but not started while max_pending events are
         # unfinished: at most what one read delivered.
         self.held: deque[bytes] = deque()
-        self.state = ConnectionState.CLOSED
+        self.state = ConnectionState.NEW
         self.too_many_pending = False
         self.write_blocked = False
         self.reading_paused = False
@@ -295,12 +175,24 @@ class ServerConnection(Protocol):
     def _last(self) -> float:
         return self.last_data
 
+    def _input(self, what: ConnectionInput) -> bool:
+        """
+        Feed C{what} to the L{TRANSITIONS} table; C{True} if the state changed.
+        """
+        new = TRANSITIONS.get((self.state, what))
+        if new is None:
+            return False
+        self.state = new
+        return True
+
     @property
     def alive(self) -> bool:
         """
         Open, or ending but not yet closed.
         """
-        return self.state is not ConnectionState.CLOSED
+        return (
+            self.state is ConnectionState.OPEN or self.state is ConnectionState.ENDING
+        )
 
     # -- connection life
 
@@ -320,7 +212,7 @@ class ServerConnection(Protocol):
         trigger.connections.add(self)
         trigger.stats.connections += 1
         trigger.stats.active += 1
-        self.state = ConnectionState.OPEN
+        self._input(ConnectionInput.MADE)
         self.last_data = trigger.clock.seconds()
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         if trigger.config.keepalive > 0:
@@ -345,8 +237,7 @@ class ServerConnection(Protocol):
         are written.  (Used when a frame is too long: what the framer holds
         is not looked at again.)
         """
-        if self.state is ConnectionState.OPEN:
-            self.state = ConnectionState.ENDING
+        if self._input(ConnectionInput.END):
             self._close_when_drained()
 
     def stop(self) -> None:
@@ -384,12 +275,11 @@ class ServerConnection(Protocol):
         transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self.state is ConnectionState.CLOSED:
-            return
         was_open = self.state is ConnectionState.OPEN
         # Replies can no longer be written; a message completed by a clean
         # close (frame = disconnect / idle) still runs its actions.
-        self.state = ConnectionState.CLOSED
+        if not self._input(ConnectionInput.LOST):
+            return
         # Messages read whole but held back (max_pending) still run: the
         # client sent them; only their replies cannot be delivered now.
         while self.held:

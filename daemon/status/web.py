@@ -374,8 +374,8 @@ class _Page(Resource):
         request.setHeader(b"content-length", b"%d" % (len(body),))
         return b""
 
-    def _headers(self, request: Any, contentType: bytes) -> None:
-        request.setHeader(b"content-type", contentType)
+    def _headers(self, request: Any, content_type: bytes) -> None:
+        request.setHeader(b"content-type", content_type)
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-content-type-options", b"nosniff")
 
@@ -506,7 +506,7 @@ class StatusSite(Site):
             peer=request.getClientAddress(),
         )
 
-    def closeAll(self) -> list[Deferred[None]]:
+    def close_all(self) -> list[Deferred[None]]:
         """
         Abort every open connection; the Deferreds fire when they are gone.
         """
@@ -533,7 +533,7 @@ class StatusService(ListeningService):
         self.stats = stats
         self.site: StatusSite | None = None
 
-    def buildFactory(self) -> StatusSite:
+    def build_factory(self) -> StatusSite:
         view = StatusView(
             stats=self.stats,
             clock=self.reactor,
@@ -543,5 +543,5 @@ class StatusService(ListeningService):
         self.site = StatusSite(make_root(view), self.reactor)
         return self.site
 
-    def closeConnections(self) -> list[Deferred[Any]]:
-        return list(self.site.closeAll()) if self.site is not None else []
+    def close_connections(self) -> list[Deferred[Any]]:
+        return list(self.site.close_all()) if self.site is not None else []

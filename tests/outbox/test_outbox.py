@@ -1,5 +1,5 @@
 """
-Tests for L{daemon.outbox.outbox}.
+Tests for L{daemon.outbox}: the outbox and its stores.
 
 Most tests drive an L{Outbox} over a L{MemoryJobStore} with a fake device (a
 C{deliver} whose L{Deferred}s the test fires) and a L{Clock}.  A few use a
@@ -26,19 +26,23 @@ from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyClass, verifyObject
 
 import daemon
-from daemon.outbox.outbox import (
-    SCHEMA_VERSION,
+from daemon.outbox.jobs import (
     Job,
-    MemoryJobStore,
-    Outbox,
     OutboxFull,
     OutboxNotRunning,
     OutboxPolicy,
-    SqliteJobStore,
     StoreClosed,
     StoreError,
+)
+from daemon.outbox.memory import MemoryJobStore
+from daemon.outbox.outbox import Outbox
+from daemon.outbox.store import (
+    SCHEMA_VERSION,
+    IJobStore,
+    SqliteJobStore,
     open_database,
     outbox_path,
 )
@@ -764,6 +768,38 @@ class OutboxLifecycleTests(SynchronousTestCase):
         self.successResultOf(outbox.stop())
 
 
+class JobStoreInterfaceTests(TestCase):
+    """
+    Both real stores, and the fake stores of the tests, provide L{IJobStore}.
+    """
+
+    timeout = 60
+
+    async def test_real_stores_verify(self) -> None:
+        """
+        L{SqliteJobStore} and L{MemoryJobStore} declare L{IJobStore} and
+        have every method it names, with matching signatures.
+        """
+        self.assertTrue(verifyClass(IJobStore, MemoryJobStore))
+        self.assertTrue(verifyClass(IJobStore, SqliteJobStore))
+        self.assertTrue(verifyObject(IJobStore, MemoryJobStore()))
+        path = outbox_path(os.path.abspath(self.mktemp()))
+        os.makedirs(os.path.dirname(path))
+        store = SqliteJobStore(path, reactor, checkpoint_interval=None)
+        try:
+            self.assertTrue(verifyObject(IJobStore, store))
+        finally:
+            await store.close()
+
+    def test_fake_stores_verify(self) -> None:
+        """
+        The fake stores other tests use stand for a real L{IJobStore}.
+        """
+        from tests.server.test_backpressure import SlowRemoveStore
+
+        self.assertTrue(verifyObject(IJobStore, SlowRemoveStore()))
+
+
 class MemoryJobStoreTests(SynchronousTestCase):
     """
     L{MemoryJobStore} operations.
@@ -840,7 +876,7 @@ def _count_rows(path: str) -> int:
 _CRASH_SCRIPT = """
 import os, signal, sys
 from twisted.internet import reactor
-from daemon.outbox.outbox import SqliteJobStore
+from daemon.outbox.store import SqliteJobStore
 
 path, total, kill_after = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 store = SqliteJobStore(path, reactor)

@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from daemon.outbox.outbox import (
+from daemon.outbox.store import (
     CHECKPOINT_INTERVAL,
     SqliteJobStore,
     _Checkpointer,

@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from daemon.outbox import cli as outbox_cli
 from daemon.outbox.cli import format_age, main
-from daemon.outbox.outbox import (
+from daemon.outbox.store import (
     SqliteJobStore,
     db_add,
     db_dead_letter,

@@ -36,24 +36,19 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from daemon.config import AcceptRule, ConfigError, ReaderConfig
+from daemon.config import AcceptRule, ConfigError, ReaderConfig, RetryConfig
 from daemon.core import logs
 from daemon.core.actions import ActionChain, ActionFailed
-from daemon.reader.scrdr import build_greeting, build_scrdr
-from daemon.reader.service import (
+from daemon.core.backoff import JITTER
+from daemon.reader.allowlist import (
     ALLOW_LIST_CHECK_INTERVAL,
-    FAILURE_SUMMARY_INTERVAL,
-    MAX_LINE,
-    MAX_PENDING_ANSWERS,
-    RETRY_JITTER,
-    STOP_GRACE,
     AllowList,
     AllowListError,
-    ReaderService,
-    ReaderSession,
-    capped_backoff,
     parse_allow_list,
 )
+from daemon.reader.scrdr import build_greeting, build_scrdr
+from daemon.reader.service import FAILURE_SUMMARY_INTERVAL, STOP_GRACE, ReaderService
+from daemon.reader.session import MAX_LINE, MAX_PENDING_ANSWERS, ReaderSession
 from daemon.status.stats import Stats
 from tests.fakes import FakeAction
 
@@ -61,7 +56,7 @@ RANDOM = 0.625
 """The tests' fixed random number for the backoff's jitter."""
 
 SHORTER = 0.875
-"""What it scales each delay by: 1 - RETRY_JITTER * RANDOM (exact in binary,
+"""What it scales each delay by: 1 - JITTER * RANDOM (exact in binary,
 so delays compare exactly)."""
 
 ACCEPT = b"$SCCMD;SEQ=60\r\n"
@@ -154,10 +149,13 @@ def make_config(**overrides: Any) -> ReaderConfig:
     values: dict[str, Any] = {
         "name": "door",
         "connect": "tcp:host=10.0.0.60:port=4000:timeout=5",
-        "retry_initial": 1.0,
-        "retry_max": 8.0,
+        "retry": RetryConfig(1.0, 8.0),
         "keepalive": 0.0,
     }
+    if "retry_initial" in overrides or "retry_max" in overrides:
+        values["retry"] = RetryConfig(
+            overrides.pop("retry_initial", 1.0), overrides.pop("retry_max", 8.0)
+        )
     values.update(overrides)
     return ReaderConfig(**values)
 
@@ -231,7 +229,7 @@ def messages(events: Sequence[LogEvent], level: LogLevel | None = None) -> list[
     return [
         formatEvent(e)
         for e in events
-        if e.get("log_namespace", "").startswith("daemon.reader.service")
+        if e.get("log_namespace", "").startswith("daemon.reader.")
         and (level is None or e["log_level"] == level)
     ]
 
@@ -1418,43 +1416,62 @@ class StatsTests(SynchronousTestCase):
 # Reconnection.
 
 
-class CappedBackoffTests(SynchronousTestCase):
+class RetryDelayTests(SynchronousTestCase):
     """
-    L{capped_backoff}: doubling from the initial delay up to the cap, then
-    shortened (never lengthened) by the jitter.
+    The reconnection delay is the one L{Backoff}: doubling from
+    C{retry_initial} up to C{retry_max}, then shortened (never lengthened)
+    by up to L{JITTER} of itself.
     """
+
+    def delays(self, initial: float, maximum: float, random: Any) -> Any:
+        """
+        The retry policy a reader service gives L{ClientService}, which
+        counts failed attempts from 1.
+        """
+        service = ReaderService(
+            make_config(retry_initial=initial, retry_max=maximum),
+            Clock(),
+            chain=ActionChain([]),
+            on_connect=ActionChain([]),
+            on_disconnect=ActionChain([]),
+            variables={},
+            stats=Stats(),
+            endpoint=FakeEndpoint(),
+            random=random,
+        )
+        return service._retry_delay
 
     def test_exact(self) -> None:
         """
         With a fixed random number the delays are exact: doubled, capped,
         then scaled by 1 - 0.2 * random.
         """
-        policy = capped_backoff(1.0, 8.0, lambda: RANDOM)
+        policy = self.delays(1.0, 8.0, lambda: RANDOM)
         self.assertEqual(
-            [policy(attempt) for attempt in range(6)],
+            [policy(attempt) for attempt in range(1, 7)],
             [d * SHORTER for d in (1.0, 2.0, 4.0, 8.0, 8.0, 8.0)],
         )
-        self.assertEqual(capped_backoff(0.25, 60.0, lambda: 0.0)(3), 2.0)
+        self.assertEqual(self.delays(0.25, 60.0, lambda: 0.0)(4), 2.0)
 
     def test_random_each_time(self) -> None:
         """
         The random source is asked once per delay.
         """
         numbers = iter([0.0, 0.5, 0.25])
-        policy = capped_backoff(10.0, 10.0, lambda: next(numbers))
-        self.assertEqual([policy(5) for _ in range(3)], [10.0, 9.0, 9.5])
+        policy = self.delays(10.0, 10.0, lambda: next(numbers))
+        self.assertEqual([policy(6) for _ in range(3)], [10.0, 9.0, 9.5])
 
     def test_many_attempts(self) -> None:
         """
         A very large attempt count gives the cap, without overflowing.
         """
-        policy = capped_backoff(1.0, 60.0, lambda: 0.0)
-        self.assertEqual(policy(100_000), 60.0)
-        self.assertEqual(capped_backoff(1e300, 1e308, lambda: 0.0)(5000), 1e308)
+        policy = self.delays(1.0, 60.0, lambda: 0.0)
+        self.assertEqual(policy(100_001), 60.0)
+        self.assertEqual(self.delays(1e300, 1e308, lambda: 0.0)(5001), 1e308)
 
     @settings(deadline=None, max_examples=200)
     @given(
-        attempt=st.integers(min_value=0, max_value=10_000),
+        attempt=st.integers(min_value=1, max_value=10_000),
         initial=st.floats(min_value=0.001, max_value=3600),
         extra=st.floats(min_value=0, max_value=3600),
         random=st.floats(min_value=0, max_value=1, exclude_max=True),
@@ -1463,15 +1480,15 @@ class CappedBackoffTests(SynchronousTestCase):
         self, attempt: int, initial: float, extra: float, random: float
     ) -> None:
         """
-        Every delay lies between (1 - RETRY_JITTER) times the capped
-        doubling and the capped doubling itself, so never above the cap.
+        Every delay lies between (1 - JITTER) times the capped doubling and
+        the capped doubling itself, so never above the cap.
         """
         maximum = initial + extra
-        delay = capped_backoff(initial, maximum, lambda: random)(attempt)
-        base = min(maximum, initial * 2.0 ** min(attempt, 64))
+        delay = self.delays(initial, maximum, lambda: random)(attempt)
+        base = min(maximum, initial * 2.0 ** min(attempt - 1, 64))
         self.assertLessEqual(delay, maximum)
         self.assertLessEqual(delay, base)
-        self.assertGreaterEqual(delay, base * (1 - RETRY_JITTER) * (1 - 1e-12))
+        self.assertGreaterEqual(delay, base * (1 - JITTER) * (1 - 1e-12))
 
 
 class ReconnectTests(SynchronousTestCase):
@@ -1507,7 +1524,7 @@ class ReconnectTests(SynchronousTestCase):
         delays run from retry_initial to exactly retry_max, and from 80% of
         them; never above retry_max.
         """
-        for random, factor in [(0.0, 1.0), (1 - 2**-53, 1 - RETRY_JITTER)]:
+        for random, factor in [(0.0, 1.0), (1 - 2**-53, 1 - JITTER)]:
             h = Harness(make_config(retry_initial=0.5, retry_max=3.0))
             h.random = random
             h.service.startService()
@@ -1666,7 +1683,7 @@ class ReconnectTests(SynchronousTestCase):
             e
             for e in events
             if e["log_level"] >= LogLevel.info
-            and not e.get("log_namespace", "").startswith("daemon.reader.service")
+            and not e.get("log_namespace", "").startswith("daemon.reader.")
         ]
         self.assertEqual(loud, [])
         c.lose()
@@ -1698,10 +1715,10 @@ class ReconnectTests(SynchronousTestCase):
 
     def test_when_connected(self) -> None:
         """
-        whenConnected gives the open session.
+        when_connected gives the open session.
         """
         h = Harness()
-        d = h.service.whenConnected()
+        d = h.service.when_connected()
         c = h.start()
         self.assertIs(self.successResultOf(d), c.session)
         c.lose()

@@ -1211,7 +1211,7 @@ class SendActionTests(SynchronousTestCase):
         deliver(job) for the outbox makes one attempt, whatever retries
         says, and succeeds only when the device took the data.
         """
-        from daemon.outbox.outbox import Job
+        from daemon.outbox.jobs import Job
 
         action = self.action(retries=3)
         job = Job(1, "label", PRINTER, b"data", 0, 0.0, None, None)
@@ -1267,7 +1267,7 @@ class OutboxStartTests(SynchronousTestCase):
         waiting forever; the reason is logged once, at critical, and nothing
         is stored.
         """
-        from daemon.outbox.outbox import StoreError
+        from daemon.outbox.jobs import StoreError
 
         action, outbox = self.action()
         expected = "outbox for action label could not be opened: database is locked"
@@ -1342,7 +1342,7 @@ class OutboxServiceTests(SynchronousTestCase):
         """
         import sqlite3
 
-        from daemon.outbox.outbox import outbox_path
+        from daemon.outbox.store import outbox_path
 
         state_dir = self.mktemp()
         os.makedirs(outbox_path(state_dir))

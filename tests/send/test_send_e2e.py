@@ -45,7 +45,7 @@ from zope.interface import implementer
 from daemon.config import ServerConfig, config_from_string
 from daemon.core.actions import ActionChain, ActionFailed, Event
 from daemon.send.action import SendAction, build_send_actions
-from daemon.server.connection import ServerTrigger
+from daemon.server.trigger import ServerTrigger
 from daemon.sim.printer import PrinterSimulator
 from daemon.status.stats import ServerStats, Stats
 from tests.support import NeverClosingDevice

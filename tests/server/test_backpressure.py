@@ -44,7 +44,8 @@ from daemon.outbox.outbox import (
 )
 from daemon.send.action import SendAction, outbox_policy
 from daemon.send.destination import Destination
-from daemon.server.connection import ServerConnection, ServerTrigger
+from daemon.server.connection import ServerConnection
+from daemon.server.trigger import ServerTrigger
 from daemon.status.stats import ServerStats
 from tests.support import HeldCommit
 

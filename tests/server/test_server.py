@@ -20,12 +20,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from daemon.config import config_from_string
 from daemon.core.actions import ActionChain, timestamp
-from daemon.server.connection import (
-    PARTIAL_WARNING_DELAY,
-    ServerConnection,
-    ServerTrigger,
-    parse_frame,
-)
+from daemon.server.connection import PARTIAL_WARNING_DELAY, ServerConnection
+from daemon.server.parse import parse_frame
+from daemon.server.trigger import ServerTrigger
 from daemon.status.stats import ServerStats
 from tests.fakes import FakeAction
 
@@ -749,7 +746,7 @@ class StopTests(SynchronousTestCase):
         """
         from twisted.internet.testing import MemoryReactorClock
 
-        from daemon.tap import STOP_GRACE, ListenerService
+        from daemon.server.trigger import STOP_GRACE, ListenerService
 
         trigger, _ = make("reply = echo")
         reactor = MemoryReactorClock()

@@ -23,9 +23,8 @@ from twisted.trial.unittest import TestCase
 
 from daemon.config import config_from_string
 from daemon.core.actions import ActionChain, Event
-from daemon.server.connection import ServerTrigger
+from daemon.server.trigger import ListenerService, ServerTrigger
 from daemon.status.stats import ActionStats, ServerStats
-from daemon.tap import ListenerService
 from tests.support import (
     Collector,
     TLSExchange,

@@ -674,13 +674,13 @@ class RoutingTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
         channel.connectionLost(Failure(ConnectionDone()))
 
-    def test_closeAll(self) -> None:
+    def test_close_all(self) -> None:
         """
-        C{closeAll} aborts every open connection and returns Deferreds that
+        C{close_all} aborts every open connection and returns Deferreds that
         fire once each is gone.
         """
         (c1, t1), (c2, t2) = self.connect(), self.connect()
-        waits = self.site.closeAll()
+        waits = self.site.close_all()
         self.assertTrue(t1.disconnected and t2.disconnected)
         fired: list[object] = []
         for d in waits:

@@ -1,0 +1,216 @@
+"""
+What an outbox holds and reports: jobs, dead letters, queue summaries,
+snapshots, the policy of one outbox, and the errors of outboxes and stores.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+#: Backoff stops doubling after this many attempts (2**60 s is forever anyway).
+MAX_BACKOFF_EXPONENT = 60
+#: Error texts kept with a job are cut to this many characters.
+MAX_ERROR_LENGTH = 500
+
+
+@dataclass(frozen=True)
+class OutboxPolicy:
+    """
+    Limits and retry behaviour of one send action's outbox.
+
+    @ivar max_jobs: most jobs queued at once.
+    @ivar max_bytes: most payload bytes queued at once.
+    @ivar when_full: C{"block"}: C{put} waits for room, first come first
+        served; C{"reject"}: C{put} fails at once with L{OutboxFull}.
+    @ivar retry_initial: seconds before the first retry; doubles per attempt.
+    @ivar retry_max: the cap on the delay between attempts.
+    @ivar jitter: each delay is scaled by a random factor in
+        M{[1 - jitter, 1 + jitter]} (and still capped at C{retry_max}).
+    @ivar max_attempts: attempts after which a job is dead-lettered; L{None}
+        retries forever.
+    @ivar max_age: seconds after its creation after which a job that fails is
+        dead-lettered; L{None} retries forever.
+    """
+
+    max_jobs: int = 10000
+    max_bytes: int = 64 * 1024 * 1024
+    when_full: Literal["block", "reject"] = "block"
+    retry_initial: float = 1.0
+    retry_max: float = 60.0
+    jitter: float = 0.2
+    max_attempts: int | None = None
+    max_age: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_jobs < 1:
+            raise ValueError(f"max_jobs must be at least 1, not {self.max_jobs}")
+        if self.max_bytes < 1:
+            raise ValueError(f"max_bytes must be at least 1, not {self.max_bytes}")
+        if self.when_full not in ("block", "reject"):
+            raise ValueError(
+                f"when_full must be 'block' or 'reject', not {self.when_full!r}"
+            )
+        if not (self.retry_initial > 0 and math.isfinite(self.retry_initial)):
+            raise ValueError(
+                f"retry_initial must be a positive number, not {self.retry_initial}"
+            )
+        if not (self.retry_max >= self.retry_initial and math.isfinite(self.retry_max)):
+            raise ValueError(
+                f"retry_max ({self.retry_max}) must be at least retry_initial "
+                f"({self.retry_initial})"
+            )
+        if not 0 <= self.jitter <= 1:
+            raise ValueError(f"jitter must be between 0 and 1, not {self.jitter}")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ValueError(
+                f"max_attempts must be at least 1, not {self.max_attempts}"
+            )
+        if self.max_age is not None and not self.max_age > 0:
+            raise ValueError(f"max_age must be positive, not {self.max_age}")
+
+    def backoff(self, attempts: int, random: float) -> float:
+        """
+        Seconds to wait after the C{attempts}-th failed attempt.
+
+        M{min(retry_max, retry_initial * 2 ** (attempts - 1))}, scaled by
+        M{1 + jitter * (2 * random - 1)} and capped again at C{retry_max}, so
+        C{random = 0.5} gives the plain exponential delay.
+
+        @param random: a number in M{[0, 1)}.
+        """
+        exponent = min(max(attempts - 1, 0), MAX_BACKOFF_EXPONENT)
+        delay = min(self.retry_max, self.retry_initial * 2.0**exponent)
+        delay *= 1.0 + self.jitter * (2.0 * random - 1.0)
+        return min(self.retry_max, delay)
+
+
+@dataclass(frozen=True)
+class Job:
+    """
+    One payload waiting for its destination.
+
+    @ivar id: increases with every job stored, so it orders a destination's
+        queue.
+    @ivar attempts: failed delivery attempts so far.
+    @ivar created: when the job was stored (clock seconds).
+    """
+
+    id: int
+    action: str
+    destination: str
+    payload: bytes
+    attempts: int
+    created: float
+    last_attempt: float | None
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """
+    A job given up on (L{OutboxPolicy.max_attempts} or C{max_age}), kept
+    until an operator requeues or drops it.
+    """
+
+    id: int
+    job_id: int
+    action: str
+    destination: str
+    payload: bytes
+    attempts: int
+    created: float
+    last_attempt: float | None
+    last_error: str | None
+    reason: str
+    dead_at: float
+
+
+@dataclass(frozen=True)
+class QueueSummary:
+    """
+    What a store holds for one (action, destination).
+
+    @ivar oldest_created: the creation time of the head (oldest) job.
+    """
+
+    action: str
+    destination: str
+    jobs: int
+    bytes: int
+    head_id: int
+    oldest_created: float
+    head_attempts: int
+    head_last_error: str | None
+
+
+@dataclass(frozen=True)
+class DestinationStats:
+    """
+    A snapshot of one destination's queue in an L{Outbox}.
+
+    @ivar state: C{"idle"}, C{"loading"}, C{"delivering"} or C{"backoff"}.
+    """
+
+    destination: str
+    pending: int
+    bytes: int
+    oldest_age: float | None
+    head_attempts: int
+    next_retry_in: float | None
+    last_error: str | None
+    state: str
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    """
+    A snapshot of an L{Outbox}: queue sizes, dead letters and counters.
+    """
+
+    action: str
+    pending: int
+    bytes: int
+    dead_letters: int
+    waiting_puts: int
+    stored: int
+    delivered: int
+    failed_attempts: int
+    dead_lettered: int
+    rejected_full: int
+    destinations: tuple[DestinationStats, ...]
+
+
+class OutboxFull(Exception):
+    """
+    The outbox has no room for a job (C{when_full = reject}, or a single job
+    larger than C{max_bytes}).  C{str()} names the limit.
+    """
+
+    def __init__(self, action: str, limit: str, detail: str) -> None:
+        super().__init__(action, limit, detail)
+        self.action = action
+        self.limit = limit
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"outbox {self.action!r} is full ({self.detail})"
+
+
+class OutboxNotRunning(Exception):
+    """
+    C{put} on an outbox that was not started, or was stopped.
+    """
+
+
+class StoreClosed(Exception):
+    """
+    An operation on a job store that was closed.
+    """
+
+
+class StoreError(Exception):
+    """
+    The outbox database cannot be used (wrong schema version, no WAL).
+    """

@@ -1,0 +1,173 @@
+"""
+A ``[server:NAME]`` listener: the factory its connections share, and the
+service that listens for it.
+
+L{ServerTrigger} holds what every connection of one trigger shares (config,
+actions, counters, the open connections) and decides who may connect (the
+allow list, C{max_connections}), logging refusals at a bounded rate.
+L{ListenerService} listens on the trigger's endpoint and, on stop, lets
+clients take their last replies before closing them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from daemon.config import ServerConfig
+from daemon.core import logs
+from daemon.core.actions import ActionChain
+from daemon.core.listening import ListeningService
+from daemon.core.peers import host_port
+from daemon.server.connection import ServerConnection
+from daemon.server.framing import ETX, STX
+from daemon.status.stats import ServerStats
+
+#: At most this many refused peers are remembered for rate-limited logging.
+MAX_REMEMBERED_REFUSALS = 1024
+#: A refused peer is logged again after this many seconds.
+REFUSAL_LOG_INTERVAL = 600.0
+#: Seconds a stopping daemon waits for clients to take their last replies.
+STOP_GRACE = 2.0
+
+
+class ServerTrigger(Factory):
+    """
+    One ``[server:NAME]``: the protocol factory and the state its
+    connections share.
+    """
+
+    log = Logger(observer=logs.observer)
+    noisy = False
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        chain: ActionChain,
+        variables: Mapping[str, str],
+        clock: IReactorTime,
+        stats: ServerStats,
+    ) -> None:
+        self.config = config
+        self.chain = chain
+        self.variables = dict(variables)
+        self.clock = clock
+        self.stats = stats
+        self.section = f"server:{config.name}"
+        self.connections: set[ServerConnection] = set()
+        self._refused_logged: dict[str, float] = {}
+        self._echo_wrap = self._echo_wrapping(config)
+
+    @staticmethod
+    def _echo_wrapping(config: ServerConfig) -> tuple[bytes, bytes]:
+        if config.frame == "line":
+            return (b"", b"\r\n")
+        if config.frame == "delimiter":
+            return (b"", config.delimiter)
+        if config.frame == "stx-etx":
+            return (STX, ETX)
+        return (b"", b"")
+
+    def buildProtocol(self, addr: IAddress | None) -> ServerConnection | None:
+        host, port = host_port(addr)
+        reason = self._refusal(host)
+        if reason is not None:
+            self.stats.rejected += 1
+            self._log_refusal(host, port, reason)
+            return None
+        connection = ServerConnection(self, host, port)
+        return connection
+
+    def _refusal(self, host: str) -> str | None:
+        config = self.config
+        if config.allow and not self._allowed(host):
+            return "not in the allow list"
+        if len(self.connections) >= config.max_connections:
+            return f"max_connections ({config.max_connections}) reached"
+        return None
+
+    def _allowed(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host.partition("%")[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.config.allow)
+
+    def _log_refusal(self, host: str, port: str, reason: str) -> None:
+        """
+        Log a refusal at most once per peer and reason every
+        L{REFUSAL_LOG_INTERVAL} seconds; the counter has every one.
+        """
+        key = f"{host}:{reason}"
+        now = self.clock.seconds()
+        last = self._refused_logged.get(key)
+        if last is not None and now - last < REFUSAL_LOG_INTERVAL:
+            return
+        if len(self._refused_logged) >= MAX_REMEMBERED_REFUSALS:
+            self._refused_logged = {
+                k: t
+                for k, t in self._refused_logged.items()
+                if now - t < REFUSAL_LOG_INTERVAL
+            }
+            if len(self._refused_logged) >= MAX_REMEMBERED_REFUSALS:
+                return
+        self._refused_logged[key] = now
+        self.log.warn(
+            "[{trigger}] refused {peer_host}:{peer_port}: {reason} "
+            "(logged once per peer every {interval:.0f}s; see the 'rejected' counter)",
+            trigger=self.section,
+            peer_host=host,
+            peer_port=port,
+            reason=reason,
+            interval=REFUSAL_LOG_INTERVAL,
+        )
+
+
+class ListenerService(ListeningService):
+    """
+    Listens for a server trigger.  On stop, each client gets the replies of
+    the messages already read, and those still open after L{STOP_GRACE}
+    seconds are aborted (a client that does not read must not hold up the
+    stop).
+    """
+
+    def __init__(self, reactor: Any, description: str, trigger: ServerTrigger) -> None:
+        super().__init__(reactor, description, f"[{trigger.section}]")
+        self.trigger = trigger
+
+    def build_factory(self) -> ServerTrigger:
+        return self.trigger
+
+    def close_connections(self) -> list[Deferred[Any]]:
+        connections = list(self.trigger.connections)
+        waits: list[Deferred[Any]] = [c.closed() for c in connections]
+        for connection in connections:
+            connection.stop()
+        if not connections:
+            return waits
+        grace = self.reactor.callLater(STOP_GRACE, self._abort, connections)
+
+        def closed(result: object) -> None:
+            if grace.active():
+                grace.cancel()
+
+        return [DeferredList(waits).addCallback(closed)]
+
+    def _abort(self, connections: list[ServerConnection]) -> None:
+        for connection in connections:
+            if connection.alive and connection.transport is not None:
+                self.log.warn(
+                    "{label} {peer}: still open {grace}s after stop; aborting",
+                    label=self.label,
+                    peer=connection.peer,
+                    grace=STOP_GRACE,
+                )
+                connection.transport.abortConnection()  # type: ignore[attr-defined]
