@@ -5,11 +5,14 @@ Fakes shared by unit tests (no reactor, no sockets).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from daemon.core.actions import ActionFailed, ActionResult, Event, IAction
+from daemon.reader.session import IReaderOwner, ReaderSession
 from daemon.status.stats import ActionStats
 
 
@@ -51,3 +54,50 @@ class FakeAction:
 
     def stop(self) -> None:
         return None
+
+
+@implementer(IReaderOwner)
+class FakeReaderOwner:
+    """
+    An owner of reader sessions that records every call, as
+    C{(method name, *arguments without the session)}.
+    """
+
+    def __init__(self, clock: Any, config: Any, section: str = "reader:fake") -> None:
+        self.clock = clock
+        self.config = config
+        self.section = section
+        self.calls: list[tuple[Any, ...]] = []
+        self.lines: list[bytes] = []
+
+    def session_opened(self, session: ReaderSession) -> None:
+        self.calls.append(("session_opened",))
+
+    def first_data(self, session: ReaderSession) -> None:
+        self.calls.append(("first_data",))
+
+    def session_lost(
+        self, session: ReaderSession, reason: Failure, dropped: int
+    ) -> None:
+        self.calls.append(("session_lost", dropped))
+
+    def line_received(self, session: ReaderSession, line: bytes) -> None:
+        self.lines.append(line)
+
+    def oversized(self, session: ReaderSession, size: int) -> None:
+        self.calls.append(("oversized", size))
+
+    def idle_timeout(self, session: ReaderSession) -> None:
+        self.calls.append(("idle_timeout",))
+
+    def reading_paused(self, session: ReaderSession, backlog: int) -> None:
+        self.calls.append(("reading_paused", backlog))
+
+    def reading_resumed(self, session: ReaderSession, backlog: int) -> None:
+        self.calls.append(("reading_resumed", backlog))
+
+    def answers_sent(self, session: ReaderSession, count: int) -> None:
+        self.calls.append(("answers_sent", count))
+
+    def answers_dropped(self, session: ReaderSession, count: int) -> None:
+        self.calls.append(("answers_dropped", count))
