@@ -6,18 +6,20 @@ sections (actions named by triggers exist, templates use known variables).
 Import the public names from here: C{from daemon.config import Config}.
 """
 
-from daemon.config.ini import (
+from daemon.config.ini import config_from_string, read_config
+from daemon.config.model import (
     AcceptRule,
     Config,
     ConfigError,
     DaemonConfig,
     ParseSpec,
+    QueueConfig,
     ReaderConfig,
     ReplyUntil,
+    RetryConfig,
     SendConfig,
     ServerConfig,
-    config_from_string,
-    read_config,
+    TLSConfig,
 )
 
 __all__ = [
@@ -26,10 +28,13 @@ __all__ = [
     "ConfigError",
     "DaemonConfig",
     "ParseSpec",
+    "QueueConfig",
     "ReaderConfig",
     "ReplyUntil",
+    "RetryConfig",
     "SendConfig",
     "ServerConfig",
+    "TLSConfig",
     "config_from_string",
     "read_config",
 ]

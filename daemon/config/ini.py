@@ -1,5 +1,5 @@
 """
-The configuration file: one INI file read once into frozen, validated objects.
+Reading the configuration file: text to the frozen objects of L{model}.
 
 Every mistake stops start-up with one line that names the file, the
 ``[section]``, the key and what was expected::
@@ -8,7 +8,8 @@ Every mistake stops start-up with one line that names the file, the
     stx-etx, bytes, idle, disconnect; got 'lines'
 
 Sections: ``[plantd]``, ``[variables]``, ``[server:NAME]``, ``[send:NAME]``,
-``[reader:NAME]``.  Unknown sections and keys are errors.
+``[reader:NAME]``.  Unknown sections and keys are errors (L{KEYS} is the
+allow-list).  Cross-section checks live in L{daemon.config.checks}.
 """
 
 from __future__ import annotations
@@ -19,13 +20,29 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from twisted.internet.endpoints import clientFromString, serverFromString
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.interfaces import IHostnameResolver, IReactorPluggableNameResolver
+from zope.interface import implementer
 
+from daemon.config.checks import check_references
+from daemon.config.model import (
+    AcceptRule,
+    Config,
+    ConfigError,
+    DaemonConfig,
+    Network,
+    ParseSpec,
+    QueueConfig,
+    ReaderConfig,
+    ReplyUntil,
+    RetryConfig,
+    SendConfig,
+    ServerConfig,
+    TLSConfig,
+)
 from daemon.core.template import (
     Template,
     TemplateError,
@@ -37,29 +54,84 @@ from daemon.server.framing import FRAME_MODES
 
 T = TypeVar("T")
 
-#: Variables every server trigger event carries.
-SERVER_EVENT_VARIABLES = frozenset(
-    {"data", "peer_host", "peer_port", "trigger", "seq", "timestamp"}
-)
-#: Variables every reader badge event carries.
-READER_EVENT_VARIABLES = frozenset(
+#: The allow-list: every key each section kind may hold.  ``[variables]``
+#: takes any variable name.
+KEYS: Mapping[str, frozenset[str]] = MappingProxyType(
     {
-        "tag_id",
-        "rssi",
-        "interface",
-        "protocol",
-        "template",
-        "move",
-        "tag_data",
-        "tag_details",
-        "reader",
-        "timestamp",
+        "plantd": frozenset({"state_dir", "status"}),
+        "server": frozenset(
+            {
+                "listen",
+                "frame",
+                "delimiter",
+                "frame_size",
+                "frame_idle",
+                "max_frame",
+                "encoding",
+                "parse",
+                "actions",
+                "reply",
+                "error_reply",
+                "allow",
+                "max_connections",
+                "idle_timeout",
+                "write_timeout",
+                "keepalive",
+                "max_pending",
+                "log_frames",
+                "empty_frames",
+            }
+        ),
+        "send": frozenset(
+            {
+                "data",
+                "destination",
+                "encoding",
+                "connect_timeout",
+                "write_timeout",
+                "disconnect_delay",
+                "save_reply",
+                "reply_until",
+                "reply_max",
+                "reply_to_sender",
+                "max_parallel",
+                "retries",
+                "retry_initial",
+                "retry_max",
+                "tls",
+                "tls_ca",
+                "tls_cert",
+                "tls_key",
+                "tls_hostname",
+                "queue",
+                "max_jobs",
+                "max_bytes",
+                "when_full",
+                "max_attempts",
+                "max_age",
+            }
+        ),
+        "reader": frozenset(
+            {
+                "connect",
+                "retry_initial",
+                "retry_max",
+                "keepalive",
+                "idle_timeout",
+                "checksum",
+                "actions",
+                "reply",
+                "allow_list",
+                "accept_if",
+                "accept_command",
+                "deny_command",
+                "command_checksum",
+                "on_connect",
+                "on_disconnect",
+            }
+        ),
     }
 )
-#: Variables a reader's on_connect / on_disconnect events carry.
-READER_STATE_VARIABLES = frozenset({"reader", "timestamp", "state", "peer"})
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: Keys whose value is taken verbatim, by section kind: templates, regexes
 #: and byte strings may contain ' ;' or ' #', so an inline comment is not
@@ -75,204 +147,6 @@ VERBATIM_KEYS: Mapping[str, frozenset[str]] = MappingProxyType(
 _INLINE_COMMENT = re.compile(r"\s[;#].*$", re.DOTALL)
 
 
-class ConfigError(Exception):
-    """
-    The configuration is wrong.  C{str()} is the one line to show the user.
-    """
-
-    def __init__(
-        self, path: str, section: str | None, key: str | None, message: str
-    ) -> None:
-        super().__init__(path, section, key, message)
-        self.path = path
-        self.section = section
-        self.key = key
-        self.message = message
-
-    def __str__(self) -> str:
-        where = self.path
-        if self.section is not None:
-            where += f": [{self.section}]"
-            if self.key is not None:
-                where += f" {self.key}"
-        return f"{where}: {self.message}"
-
-
-# ---------------------------------------------------------------------------
-# The typed objects.
-
-
-@dataclass(frozen=True)
-class DaemonConfig:
-    """
-    ``[plantd]``: daemon-wide settings.
-
-    @ivar state_dir: where durable state (the outbox) lives.
-    @ivar status: endpoint string for the HTTP status page, or None.
-    """
-
-    state_dir: str = "/var/lib/plantd"
-    status: str | None = None
-
-
-@dataclass(frozen=True)
-class ParseSpec:
-    """
-    How a server trigger turns a frame into variables.
-
-    @ivar kind: ``regex`` (named groups), ``csv`` (``field1``…) or ``json``
-        (top-level keys).
-    """
-
-    kind: Literal["regex", "csv", "json"]
-    pattern: re.Pattern[str] | None = None
-    separator: str = ","
-
-    def variables(self) -> frozenset[str] | None:
-        """
-        The names this parser defines, or None when it cannot be known
-        before the data arrives (csv, json).
-        """
-        if self.kind == "regex":
-            assert self.pattern is not None
-            return frozenset(self.pattern.groupindex)
-        return None
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """
-    ``[server:NAME]``: a TCP/IP server trigger.
-    """
-
-    name: str
-    listen: str
-    frame: str = "line"
-    delimiter: bytes = b"\n"
-    frame_size: int = 0
-    frame_idle: float = 1.0
-    max_frame: int = 65536
-    encoding: str = "utf-8"
-    parse: ParseSpec | None = None
-    actions: tuple[str, ...] = ()
-    reply: Literal["none", "echo", "template"] = "none"
-    reply_template: Template | None = None
-    error_reply: Template | None = None
-    allow: tuple[Network, ...] = ()
-    max_connections: int = 100
-    idle_timeout: float = 3600.0
-    write_timeout: float = 60.0
-    keepalive: float = 60.0
-    max_pending: int = 64
-    log_frames: bool = False
-    empty_frames: Literal["skip", "event"] = "skip"
-
-
-@dataclass(frozen=True)
-class ReplyUntil:
-    """
-    When a device's reply is complete: at a delimiter, or after a count.
-    """
-
-    delimiter: bytes | None = None
-    count: int | None = None
-
-
-@dataclass(frozen=True)
-class SendConfig:
-    """
-    ``[send:NAME]``: the "Send Data to TCP/IP Port" action.
-    """
-
-    name: str
-    data: Template
-    destination: Template | None = None
-    encoding: str = "utf-8"
-    connect_timeout: float = 5.0
-    write_timeout: float = 10.0
-    disconnect_delay: float = 0.0
-    save_reply: str | None = None
-    reply_until: ReplyUntil | None = None
-    reply_max: int = 65536
-    reply_to_sender: bool = False
-    tls: bool = False
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls_hostname: str | None = None
-    max_parallel: int = 1
-    retries: int = 0
-    queue: Literal["none", "memory", "durable"] = "none"
-    retry_initial: float = 1.0
-    retry_max: float = 60.0
-    max_attempts: int | None = None
-    max_age: float | None = None
-    max_jobs: int = 10000
-    max_bytes: int = 64 * 1024 * 1024
-    when_full: Literal["block", "reject"] = "block"
-
-    @property
-    def defines(self) -> frozenset[str]:
-        """
-        The variables this action gives to the actions after it.
-        """
-        return frozenset({self.save_reply}) if self.save_reply else frozenset()
-
-
-@dataclass(frozen=True)
-class AcceptRule:
-    """
-    ``accept_if = [var] ~ REGEX``: accept a badge when the variable matches.
-    """
-
-    variable: str
-    pattern: re.Pattern[str]
-
-
-@dataclass(frozen=True)
-class ReaderConfig:
-    """
-    ``[reader:NAME]``: a SpringCore reader in $SCRDR-over-TCP mode.
-
-    Exactly one of C{reply}, C{allow_list} and C{accept_if} decides the
-    answer to a badge (or none of them: the badge is not answered).
-    """
-
-    name: str
-    connect: str
-    retry_initial: float = 1.0
-    retry_max: float = 30.0
-    keepalive: float = 30.0
-    idle_timeout: float = 0.0
-    checksum: Literal["strict", "lenient", "off"] = "lenient"
-    actions: tuple[str, ...] = ()
-    reply: str | None = None
-    allow_list: str | None = None
-    accept_if: AcceptRule | None = None
-    accept_command: str = "accept"
-    deny_command: str = "deny"
-    command_checksum: bool = False
-    on_connect: tuple[str, ...] = ()
-    on_disconnect: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Config:
-    """
-    The whole configuration file.
-    """
-
-    path: str
-    daemon: DaemonConfig
-    variables: Mapping[str, str]
-    servers: tuple[ServerConfig, ...] = ()
-    sends: tuple[SendConfig, ...] = ()
-    readers: tuple[ReaderConfig, ...] = ()
-    actions: Mapping[str, SendConfig] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
-
-
 # ---------------------------------------------------------------------------
 # Reading.
 
@@ -284,7 +158,8 @@ def read_config(path: str) -> Config:
     @raise ConfigError: for anything wrong, including an unreadable file.
     """
     try:
-        with open(path, encoding="utf-8") as f:
+        # utf-8-sig: a file saved by Notepad starts with a byte-order mark.
+        with open(path, encoding="utf-8-sig") as f:
             text = f.read()
     except OSError as e:
         raise ConfigError(path, None, None, f"cannot read: {e.strerror}") from None
@@ -299,6 +174,8 @@ def config_from_string(text: str, path: str = "<string>") -> Config:
 
     @raise ConfigError: for anything wrong.
     """
+    if text.startswith("\ufeff"):
+        text = text[1:]
     parser = configparser.ConfigParser(
         interpolation=None,
         inline_comment_prefixes=None,
@@ -317,8 +194,9 @@ def config_from_string(text: str, path: str = "<string>") -> Config:
     servers: list[ServerConfig] = []
     sends: list[SendConfig] = []
     readers: list[ReaderConfig] = []
+    endpoints = _Endpoints()
     for name in parser.sections():
-        section = _Section(path, name, dict(parser.items(name)))
+        section = _Section(path, name, dict(parser.items(name)), endpoints)
         kind, _, label = name.partition(":")
         if name == "plantd":
             daemon = _daemon(section)
@@ -359,7 +237,7 @@ def config_from_string(text: str, path: str = "<string>") -> Config:
         readers=tuple(readers),
         actions=MappingProxyType(actions),
     )
-    _check_references(config)
+    check_references(config)
     return config
 
 
@@ -382,14 +260,18 @@ class _Section:
     that L{finish} can report the unknown ones.
     """
 
-    def __init__(self, path: str, name: str, items: dict[str, str]) -> None:
+    def __init__(
+        self, path: str, name: str, items: dict[str, str], endpoints: _Endpoints
+    ) -> None:
         self.path = path
         self.name = name
         self.items = items
+        self.endpoints = endpoints
         self.used: set[str] = set()
         kind = name.partition(":")[0]
         self.verbatim_all = name == "variables"
         self.verbatim = VERBATIM_KEYS.get(kind, frozenset())
+        self.allowed = None if self.verbatim_all else KEYS.get(kind, frozenset())
 
     def error(self, key: str | None, message: str) -> ConfigError:
         return ConfigError(self.path, self.name, key, message)
@@ -547,12 +429,12 @@ class _Section:
 
     def server_endpoint(self, key: str) -> str:
         value = self.required(key, "a server endpoint like tcp:9200:interface=0.0.0.0")
-        _check_endpoint(self, key, value, server=True)
+        self.endpoints.check(self, key, value, server=True)
         return value
 
     def client_endpoint(self, key: str) -> str:
         value = self.required(key, "a client endpoint like tcp:host=HOST:port=PORT")
-        _check_endpoint(self, key, value, server=False)
+        self.endpoints.check(self, key, value, server=False)
         return value
 
     def readable_file(self, key: str) -> str | None:
@@ -564,36 +446,74 @@ class _Section:
         return value
 
     def finish(self) -> None:
-        unknown = sorted(set(self.items) - self.used)
+        """
+        Refuse the keys that are not in the allow-list, once the known ones
+        were read (so a bad value is reported before a misspelt key).
+        """
+        if self.allowed is None:
+            return
+        assert self.used <= self.allowed, self.used - self.allowed
+        unknown = sorted(set(self.items) - self.allowed)
         if unknown:
             raise self.error(unknown[0], "unknown key")
 
 
-def _check_endpoint(section: _Section, key: str, value: str, server: bool) -> None:
+@implementer(IReactorPluggableNameResolver)
+class _DescriptionsOnly:
     """
-    Build the endpoint against a memory reactor: it parses the description
-    (and loads TLS files) without listening or connecting.
+    The reactor given to C{serverFromString} / C{clientFromString} when only
+    a description is checked.  Building an endpoint stores its reactor and
+    uses it only to listen or connect, which a check never does; a name
+    resolver is asked for, never used.
     """
-    kind = "server" if server else "client"
-    if server and value.startswith("systemd:"):
-        # Needs the sockets systemd passes at start; checked when it starts.
-        if "domain=" not in value:
-            raise section.error(key, "a systemd endpoint needs domain=INET or INET6")
-        if ("index=" in value) == ("name=" in value):
-            raise section.error(
-                key, "a systemd endpoint needs exactly one of index=N or name=NAME"
-            )
-        return
-    try:
-        if server:
-            serverFromString(MemoryReactor(), value)
+
+    nameResolver: Any = None
+
+    def installNameResolver(self, resolver: IHostnameResolver) -> IHostnameResolver:
+        raise NotImplementedError("only endpoint descriptions are checked")
+
+
+class _Endpoints:
+    """
+    Checks endpoint descriptions, each distinct one once per file.
+    """
+
+    def __init__(self) -> None:
+        self.reactor = _DescriptionsOnly()
+        self.valid: set[tuple[bool, str]] = set()
+
+    def check(self, section: _Section, key: str, value: str, server: bool) -> None:
+        """
+        Build the endpoint: it parses the description (and loads TLS files)
+        without listening or connecting.
+
+        @raise ConfigError: the description is not valid.
+        """
+        if (server, value) in self.valid:
+            return
+        kind = "server" if server else "client"
+        if server and value.startswith("systemd:"):
+            # Needs the sockets systemd passes at start; checked when it starts.
+            if "domain=" not in value:
+                raise section.error(
+                    key, "a systemd endpoint needs domain=INET or INET6"
+                )
+            if ("index=" in value) == ("name=" in value):
+                raise section.error(
+                    key, "a systemd endpoint needs exactly one of index=N or name=NAME"
+                )
         else:
-            clientFromString(MemoryReactor(), value)
-    except Exception as e:  # endpoint parsers raise many kinds; all mean 'bad'
-        detail = str(e) or type(e).__name__
-        raise section.error(
-            key, f"not a valid {kind} endpoint description: {detail}"
-        ) from None
+            try:
+                if server:
+                    serverFromString(self.reactor, value)
+                else:
+                    clientFromString(self.reactor, value)
+            except Exception as e:  # endpoint parsers raise many kinds; all mean 'bad'
+                detail = str(e) or type(e).__name__
+                raise section.error(
+                    key, f"not a valid {kind} endpoint description: {detail}"
+                ) from None
+        self.valid.add((server, value))
 
 
 # ---------------------------------------------------------------------------
@@ -603,7 +523,7 @@ def _check_endpoint(section: _Section, key: str, value: str, server: bool) -> No
 def _daemon(s: _Section) -> DaemonConfig:
     status = s.optional("status")
     if status is not None and status.lower() != "none":
-        _check_endpoint(s, "status", status, server=True)
+        s.endpoints.check(s, "status", status, server=True)
     else:
         status = None
     return DaemonConfig(
@@ -789,43 +709,81 @@ def _send(s: _Section, name: str) -> SendConfig:
             "never waited for",
         )
     tls = s.boolean("tls", False)
-    config = SendConfig(
+    # Read in this order so that, of several mistakes, the same one is
+    # reported first as before the nesting.
+    encoding = s.codec("encoding", "utf-8")
+    connect_timeout = s.seconds("connect_timeout", 5.0, positive=True)
+    write_timeout = s.seconds("write_timeout", 10.0, positive=True)
+    reply_max = s.integer("reply_max", 65536, minimum=1)
+    security = TLSConfig(
+        enabled=tls,
+        ca=s.readable_file("tls_ca"),
+        cert=s.readable_file("tls_cert"),
+        key=s.readable_file("tls_key"),
+        hostname=s.optional("tls_hostname"),
+    )
+    max_parallel = s.integer("max_parallel", 1, minimum=1)
+    retries = s.integer("retries", 0, minimum=0)
+    retry = _retry(s, SendConfig.retry)
+    outbox = _queue(s, queue)
+    _check_tls(s, security)
+    _check_retry(s, retry)
+    return SendConfig(
         name=name,
         data=data,
         destination=destination,
-        encoding=s.codec("encoding", "utf-8"),
-        connect_timeout=s.seconds("connect_timeout", 5.0, positive=True),
-        write_timeout=s.seconds("write_timeout", 10.0, positive=True),
+        encoding=encoding,
+        connect_timeout=connect_timeout,
+        write_timeout=write_timeout,
         disconnect_delay=disconnect_delay,
         save_reply=save_reply,
         reply_until=reply_until,
-        reply_max=s.integer("reply_max", 65536, minimum=1),
+        reply_max=reply_max,
         reply_to_sender=reply_to_sender,
-        tls=tls,
-        tls_ca=s.readable_file("tls_ca"),
-        tls_cert=s.readable_file("tls_cert"),
-        tls_key=s.readable_file("tls_key"),
-        tls_hostname=s.optional("tls_hostname"),
-        max_parallel=s.integer("max_parallel", 1, minimum=1),
-        retries=s.integer("retries", 0, minimum=0),
-        queue=queue,  # type: ignore[arg-type]
-        retry_initial=s.seconds("retry_initial", 1.0, positive=True),
-        retry_max=s.seconds("retry_max", 60.0, positive=True),
+        max_parallel=max_parallel,
+        retries=retries,
+        retry=retry,
+        security=security,
+        outbox=outbox,
+    )
+
+
+def _check_tls(s: _Section, security: TLSConfig) -> None:
+    if not security.enabled:
+        for key, value in (
+            ("tls_ca", security.ca),
+            ("tls_cert", security.cert),
+            ("tls_key", security.key),
+            ("tls_hostname", security.hostname),
+        ):
+            if value is not None:
+                raise s.error(key, "only used with tls = yes")
+    if (security.cert is None) != (security.key is None):
+        raise s.error("tls_cert", "tls_cert and tls_key go together")
+
+
+def _queue(s: _Section, mode: str) -> QueueConfig:
+    default = QueueConfig()
+    return QueueConfig(
+        mode=mode,  # type: ignore[arg-type]
         max_attempts=s.optional_integer("max_attempts"),
         max_age=s.optional_seconds("max_age"),
-        max_jobs=s.integer("max_jobs", 10000, minimum=1),
-        max_bytes=s.integer("max_bytes", 64 * 1024 * 1024, minimum=1),
+        max_jobs=s.integer("max_jobs", default.max_jobs, minimum=1),
+        max_bytes=s.integer("max_bytes", default.max_bytes, minimum=1),
         when_full=s.choice("when_full", "block", ("block", "reject")),  # type: ignore[arg-type]
     )
-    if not tls:
-        for key in ("tls_ca", "tls_cert", "tls_key", "tls_hostname"):
-            if getattr(config, key) is not None:
-                raise s.error(key, "only used with tls = yes")
-    if (config.tls_cert is None) != (config.tls_key is None):
-        raise s.error("tls_cert", "tls_cert and tls_key go together")
-    if config.retry_max < config.retry_initial:
+
+
+def _retry(s: _Section, default: RetryConfig) -> RetryConfig:
+    return RetryConfig(
+        initial=s.seconds("retry_initial", default.initial, positive=True),
+        maximum=s.seconds("retry_max", default.maximum, positive=True),
+    )
+
+
+def _check_retry(s: _Section, retry: RetryConfig) -> None:
+    if retry.maximum < retry.initial:
         raise s.error("retry_max", "must be >= retry_initial")
-    return config
 
 
 def _reader(s: _Section, name: str) -> ReaderConfig:
@@ -861,8 +819,7 @@ def _reader(s: _Section, name: str) -> ReaderConfig:
     config = ReaderConfig(
         name=name,
         connect=s.client_endpoint("connect"),
-        retry_initial=s.seconds("retry_initial", 1.0, positive=True),
-        retry_max=s.seconds("retry_max", 30.0, positive=True),
+        retry=_retry(s, ReaderConfig.retry),
         keepalive=s.seconds("keepalive", 30.0),
         idle_timeout=s.seconds("idle_timeout", 0.0),
         checksum=s.choice("checksum", "lenient", ("strict", "lenient", "off")),  # type: ignore[arg-type]
@@ -876,8 +833,7 @@ def _reader(s: _Section, name: str) -> ReaderConfig:
         on_connect=s.names("on_connect"),
         on_disconnect=s.names("on_disconnect"),
     )
-    if config.retry_max < config.retry_initial:
-        raise s.error("retry_max", "must be >= retry_initial")
+    _check_retry(s, config.retry)
     return config
 
 
@@ -896,125 +852,3 @@ def _accept_rule(s: _Section) -> AcceptRule | None:
     except re.error as e:
         raise s.error("accept_if", f"bad regular expression: {e}") from None
     return AcceptRule(m.group(1), pattern)
-
-
-# ---------------------------------------------------------------------------
-# Cross-section checks: action references and variables.
-
-
-def _check_references(config: Config) -> None:
-    globals_ = frozenset(config.variables)
-    for server in config.servers:
-        section = f"server:{server.name}"
-        event = globals_ | SERVER_EVENT_VARIABLES
-        if server.parse is not None:
-            parsed = server.parse.variables()
-            event |= parsed if parsed is not None else frozenset()
-        open_names = server.parse is not None and server.parse.variables() is None
-        defined = _check_chain(
-            config, section, "actions", server.actions, event, open_names, sender=True
-        )
-        for key, template, extra in (
-            ("reply", server.reply_template, frozenset()),
-            ("error_reply", server.error_reply, frozenset({"error"})),
-        ):
-            if template is not None:
-                _check_template(
-                    config.path, section, key, template, defined | extra, open_names
-                )
-    for reader in config.readers:
-        section = f"reader:{reader.name}"
-        defined = _check_chain(
-            config,
-            section,
-            "actions",
-            reader.actions,
-            globals_ | READER_EVENT_VARIABLES,
-            False,
-            sender=False,
-        )
-        if reader.accept_if is not None and reader.accept_if.variable not in defined:
-            raise ConfigError(
-                config.path,
-                section,
-                "accept_if",
-                f"variable [{reader.accept_if.variable}] is not defined by the "
-                f"event, [variables] or an earlier action's save_reply",
-            )
-        for key in ("on_connect", "on_disconnect"):
-            _check_chain(
-                config,
-                section,
-                key,
-                getattr(reader, key),
-                globals_ | READER_STATE_VARIABLES,
-                False,
-                sender=False,
-            )
-
-
-def _check_chain(
-    config: Config,
-    section: str,
-    key: str,
-    names: tuple[str, ...],
-    defined: frozenset[str],
-    open_names: bool,
-    sender: bool,
-) -> frozenset[str]:
-    """
-    Check an ordered action list: every action exists, and every variable
-    each one uses is defined by the event, [variables] or an earlier
-    action.  Returns what is defined after the last action.
-    """
-    for name in names:
-        action = config.actions.get(name)
-        if action is None:
-            known = ", ".join(sorted(config.actions)) or "none defined"
-            raise ConfigError(
-                config.path,
-                section,
-                key,
-                f"no action named {name!r} (actions: {known})",
-            )
-        if action.reply_to_sender and not sender:
-            raise ConfigError(
-                config.path,
-                section,
-                key,
-                f"action {name!r} has reply_to_sender = yes, but this trigger has "
-                f"no sender socket to reply to",
-            )
-        where = f"send:{name}"
-        for k, template in (("data", action.data), ("destination", action.destination)):
-            if template is not None:
-                missing = template.undefined(defined)
-                if missing and not open_names:
-                    raise ConfigError(
-                        config.path,
-                        where,
-                        k,
-                        f"variable [{missing[0]}] is not defined for [{section}] "
-                        f"(by the event, [variables] or an earlier action's save_reply)",
-                    )
-        defined = defined | action.defines
-    return defined
-
-
-def _check_template(
-    path: str,
-    section: str,
-    key: str,
-    template: Template,
-    defined: frozenset[str],
-    open_names: bool,
-) -> None:
-    missing = template.undefined(defined)
-    if missing and not open_names:
-        raise ConfigError(
-            path,
-            section,
-            key,
-            f"variable [{missing[0]}] is not defined (by the event, [variables], "
-            f"the parse rule or an action's save_reply)",
-        )

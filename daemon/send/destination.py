@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
 
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.testing import MemoryReactor
 
 #: Endpoint types accepted as a full client endpoint description.
 ENDPOINT_PREFIXES = ("tcp:", "tcp6:", "tls:", "ssl:", "unix:")
@@ -20,6 +21,12 @@ _HOST_PORT = re.compile(
     r"^(?:\[(?P<v6>[0-9A-Fa-f:.%]+)\]|(?P<host>[^\s:\[\]]+)):(?P<port>\d+)$"
 )
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.\-_]*[A-Za-z0-9])?$")
+#: Distinct destination strings whose parse is kept (a frozen Destination
+#: can be shared): a destination is parsed once, not per event or attempt.
+PARSED_DESTINATIONS = 1024
+#: Endpoint parsers only store the reactor; validating a description needs
+#: none (and product code does not import Twisted's test reactors).
+_NO_REACTOR: Any = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +50,10 @@ class Destination:
         return self.key
 
 
+@lru_cache(maxsize=PARSED_DESTINATIONS)
 def parse_destination(text: str) -> Destination:
     """
-    Parse a rendered destination.
+    Parse a rendered destination (remembered per distinct C{text}).
 
     @raise ValueError: with a one-line reason when C{text} is not
         ``host:port``, ``[ipv6]:port`` or a valid client endpoint string.
@@ -53,7 +61,7 @@ def parse_destination(text: str) -> Destination:
     text = text.strip()
     if text.startswith(ENDPOINT_PREFIXES) and "=" in text:
         try:
-            clientFromString(MemoryReactor(), text)
+            clientFromString(_NO_REACTOR, text)
         except Exception as e:  # endpoint parsers raise many kinds; all mean 'bad'
             raise ValueError(
                 f"destination {text!r} is not a valid client endpoint: "

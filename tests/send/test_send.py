@@ -40,26 +40,22 @@ from zope.interface import implementer
 
 from daemon.config import ConfigError, ReplyUntil, SendConfig, config_from_string
 from daemon.core.actions import ActionChain, ActionFailed, Event
-from daemon.core.codecs import decode_message, encode_reply
-from daemon.core.template import Template
-from daemon.send.action import (
-    CLOSE_TIMEOUT,
-    Link,
-    LinkLimiters,
-    LinkOptions,
-    LinkState,
-    OutboxService,
-    ReplyBuffer,
-    SendAction,
-    TLSSettings,
-    build_send_actions,
-    decode_reply,
-    describe_tls_failure,
-    encode_data,
-    make_endpoint_factory,
-    retry_delay,
+from daemon.core.codecs import (
+    decode_device_reply,
+    decode_message,
+    encode_device_data,
+    encode_reply,
 )
+from daemon.core.template import Template
+from daemon.outbox.service import OutboxService
+from daemon.send.action import SendAction, build_send_actions
 from daemon.send.destination import Destination, parse_destination
+from daemon.send.endpoints import make_endpoint_factory
+from daemon.send.limits import LinkLimiters
+from daemon.send.link import CLOSE_TIMEOUT, Link, LinkOptions
+from daemon.send.machine import LinkState
+from daemon.send.reply import ReplyBuffer
+from daemon.send.tls import TLSSettings, describe_tls_failure
 from daemon.status.stats import Stats
 
 PRINTER = "10.0.0.40:9100"
@@ -240,7 +236,7 @@ class PureHelperTests(SynchronousTestCase):
         position and the codec.
         """
         with self.assertRaises(ActionFailed) as e:
-            encode_data("price: 12 \u20ac", "latin-1")
+            encode_device_data("price: 12 \u20ac", "latin-1")
         self.assertEqual(
             str(e.exception), "cannot encode '\u20ac' at position 10 with latin-1"
         )
@@ -249,18 +245,20 @@ class PureHelperTests(SynchronousTestCase):
         """
         ``auto`` is latin-1 when every character fits, else UTF-8.
         """
-        self.assertEqual(encode_data("caf\u00e9", "auto"), b"caf\xe9")
-        self.assertEqual(encode_data("\u20ac\u00e9", "auto"), "\u20ac\u00e9".encode())
+        self.assertEqual(encode_device_data("caf\u00e9", "auto"), b"caf\xe9")
+        self.assertEqual(
+            encode_device_data("\u20ac\u00e9", "auto"), "\u20ac\u00e9".encode()
+        )
 
     def test_decodeReply(self) -> None:
         """
         Replies decode with the action's encoding; ``auto`` falls back to
         latin-1, other codecs replace bad bytes instead of failing.
         """
-        self.assertEqual(decode_reply("\u00e9".encode(), "auto"), "\u00e9")
-        self.assertEqual(decode_reply(b"\xe9", "auto"), "\u00e9")
-        self.assertEqual(decode_reply(b"ok\xff", "utf-8"), "ok\ufffd")
-        self.assertEqual(decode_reply(b"\x80", "cp1252"), "\u20ac")
+        self.assertEqual(decode_device_reply("\u00e9".encode(), "auto"), "\u00e9")
+        self.assertEqual(decode_device_reply(b"\xe9", "auto"), "\u00e9")
+        self.assertEqual(decode_device_reply(b"ok\xff", "utf-8"), "ok\ufffd")
+        self.assertEqual(decode_device_reply(b"\x80", "cp1252"), "\u20ac")
 
     def test_server_codecs(self) -> None:
         """
@@ -274,13 +272,18 @@ class PureHelperTests(SynchronousTestCase):
         self.assertEqual(encode_reply("caf\u00e9", "auto"), "caf\u00e9".encode())
         self.assertEqual(encode_reply("caf\u00e9", "latin-1"), b"caf\xe9")
 
-    def test_retryDelay(self) -> None:
+    def test_retry_backoff(self) -> None:
         """
-        Delays double from retry_initial and are capped at retry_max.
+        A send action waits with the one L{Backoff}: doubling from
+        retry_initial, capped at retry_max, shortened by up to 20% of
+        jitter (this replaces the old rule without jitter).
         """
+        action = SendAction(sendConfig(retry_initial=1.0, retry_max=5.0), Clock())
         self.assertEqual(
-            [retry_delay(n, 1.0, 5.0) for n in range(1, 6)], [1.0, 2.0, 4.0, 5.0, 5.0]
+            [action.backoff.delay(n, 0.0) for n in range(1, 6)],
+            [1.0, 2.0, 4.0, 5.0, 5.0],
         )
+        self.assertAlmostEqual(action.backoff.delay(3, 0.5), 3.6)
 
     def test_replyDelimiterAcrossChunks(self) -> None:
         """
@@ -871,13 +874,13 @@ class LinkTests(SynchronousTestCase):
     def test_abortWhileOpen(self) -> None:
         """
         L{Link.abort} aborts an open link; it fails with the reason once
-        the connection is gone, and L{Link.whenGone} fires then.
+        the connection is gone, and L{Link.when_gone} fires then.
         """
         link = self.link(disconnect_delay=10.0)
         d = link.start()
         protocol, transport = self.endpoint.accept()
         assert isinstance(transport, HalfCloseTransport)
-        gone = link.whenGone()
+        gone = link.when_gone()
         link.abort("the daemon is stopping")
         self.assertTrue(transport.aborted)
         self.assertNoResult(gone)
@@ -906,6 +909,7 @@ class SendActionTests(SynchronousTestCase):
         self.clock = Clock()
         self.endpoints: dict[str, FakeEndpoint] = {}
         self.limiters = LinkLimiters()
+        self.jitter = 0.0
 
     def tearDown(self) -> None:
         self.assertEqual(self.clock.getDelayedCalls(), [])
@@ -919,6 +923,7 @@ class SendActionTests(SynchronousTestCase):
             self.clock,
             limiters=self.limiters,
             endpoint_factory=self.endpoint,  # type: ignore[arg-type]
+            random=lambda: self.jitter,
         )
 
     def printer(self, key: str = PRINTER) -> FakeEndpoint:
@@ -1039,6 +1044,24 @@ class SendActionTests(SynchronousTestCase):
         self.assertEqual(
             str(failure.value), f"{PRINTER}: connection refused (after 4 attempts)"
         )
+
+    def test_retry_jitter_shortens(self) -> None:
+        """
+        With jitter drawn, a retry comes sooner than the plain delay, never
+        later: 1 s shortened by 0.5 * 20% is 0.9 s.
+        """
+        self.jitter = 0.5
+        action = self.action(retries=1, retry_initial=1.0)
+        d = action.run(event())
+        assert isinstance(d, Deferred)
+        printer = self.printer()
+        printer.refuse()
+        self.clock.advance(0.899)
+        self.assertEqual(len(printer.attempts), 1)
+        self.clock.advance(0.001)
+        self.assertEqual(len(printer.attempts), 2)
+        printer.refuse()
+        self.failureResultOf(d, ActionFailed)
 
     def test_retrySucceeds(self) -> None:
         """

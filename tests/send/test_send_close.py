@@ -20,14 +20,12 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from daemon.core.actions import ActionFailed
-from daemon.send.action import (
-    CLOSE_TIMEOUT,
+from daemon.send.link import CLOSE_TIMEOUT, Link, LinkOptions
+from daemon.send.machine import LinkState
+from daemon.send.tcpinfo import (
     TCP_CLOSING,
     TCP_FIN_WAIT1,
     TCP_FIN_WAIT2,
-    Link,
-    LinkOptions,
-    LinkState,
     SendQueue,
     probe_send_queue,
 )

@@ -1,0 +1,406 @@
+"""
+The configuration's frozen, typed objects, and L{ConfigError}.
+
+A send action's and a reader's settings are nested by concern:
+L{RetryConfig} (how to wait between tries), L{TLSConfig} (how to secure the
+link) and L{QueueConfig} (the outbox), each read from the same flat INI keys
+as before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, TypeVar
+
+from daemon.core.backoff import Backoff
+from daemon.core.template import Template
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(Exception):
+    """
+    The configuration is wrong.  C{str()} is the one line to show the user.
+    """
+
+    def __init__(
+        self, path: str, section: str | None, key: str | None, message: str
+    ) -> None:
+        super().__init__(path, section, key, message)
+        self.path = path
+        self.section = section
+        self.key = key
+        self.message = message
+
+    def __str__(self) -> str:
+        where = self.path
+        if self.section is not None:
+            where += f": [{self.section}]"
+            if self.key is not None:
+                where += f" {self.key}"
+        return f"{where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """
+    ``[plantd]``: daemon-wide settings.
+
+    @ivar state_dir: where durable state (the outbox) lives.
+    @ivar status: endpoint string for the HTTP status page, or None.
+    """
+
+    state_dir: str = "/var/lib/plantd"
+    status: str | None = None
+
+
+@dataclass(frozen=True)
+class ParseSpec:
+    """
+    How a server trigger turns a frame into variables.
+
+    @ivar kind: ``regex`` (named groups), ``csv`` (``field1``…) or ``json``
+        (top-level keys).
+    """
+
+    kind: Literal["regex", "csv", "json"]
+    pattern: re.Pattern[str] | None = None
+    separator: str = ","
+
+    def variables(self) -> frozenset[str] | None:
+        """
+        The names this parser defines, or None when it cannot be known
+        before the data arrives (csv, json).
+        """
+        if self.kind == "regex":
+            assert self.pattern is not None
+            return frozenset(self.pattern.groupindex)
+        return None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """
+    ``[server:NAME]``: a TCP/IP server trigger.
+    """
+
+    name: str
+    listen: str
+    frame: str = "line"
+    delimiter: bytes = b"\n"
+    frame_size: int = 0
+    frame_idle: float = 1.0
+    max_frame: int = 65536
+    encoding: str = "utf-8"
+    parse: ParseSpec | None = None
+    actions: tuple[str, ...] = ()
+    reply: Literal["none", "echo", "template"] = "none"
+    reply_template: Template | None = None
+    error_reply: Template | None = None
+    allow: tuple[Network, ...] = ()
+    max_connections: int = 100
+    idle_timeout: float = 3600.0
+    write_timeout: float = 60.0
+    keepalive: float = 60.0
+    max_pending: int = 64
+    log_frames: bool = False
+    empty_frames: Literal["skip", "event"] = "skip"
+
+
+@dataclass(frozen=True)
+class ReplyUntil:
+    """
+    When a device's reply is complete: at a delimiter, or after a count.
+    """
+
+    delimiter: bytes | None = None
+    count: int | None = None
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    """
+    ``retry_initial`` / ``retry_max``: how long to wait between tries.
+
+    @ivar initial: seconds after the first failure.
+    @ivar maximum: the longest wait; at least C{initial}.
+    """
+
+    initial: float
+    maximum: float
+
+    def backoff(self) -> Backoff:
+        """
+        The one L{Backoff} policy with these bounds.
+        """
+        return Backoff(self.initial, self.maximum)
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """
+    ``tls`` and ``tls_*``: TLS towards a send action's devices.
+
+    @ivar enabled: ``tls = yes``; the other fields are None without it.
+    @ivar ca: PEM file of the certificates to trust, or None for the system's.
+    @ivar cert: PEM client certificate, always with C{key}.
+    @ivar key: PEM private key of C{cert}.
+    @ivar hostname: the name to verify instead of the destination's host.
+    """
+
+    enabled: bool = False
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    hostname: str | None = None
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """
+    ``queue`` and the outbox's limits.
+
+    @ivar mode: ``none`` (deliver now or fail the event), ``memory`` or
+        ``durable`` (an outbox delivers later); the limits only apply to
+        the last two.
+    @ivar max_attempts: give a job up after this many tries (None: never).
+    @ivar max_age: give a job up after this many seconds (None: never).
+    @ivar when_full: ``block`` the trigger, or ``reject`` the event.
+    """
+
+    mode: Literal["none", "memory", "durable"] = "none"
+    max_jobs: int = 10000
+    max_bytes: int = 64 * 1024 * 1024
+    when_full: Literal["block", "reject"] = "block"
+    max_attempts: int | None = None
+    max_age: float | None = None
+
+
+# -- flat names, kept until the callers move ---------------------------------
+#
+# Before the nested objects existed, SendConfig and ReaderConfig were flat
+# (config.retry_initial, config.tls_ca, config.max_jobs...).  The readers of
+# those fields in send/, outbox/, reader/ and tap.py still use the flat names,
+# and tests build configs with flat keywords.  The mixins below give the flat
+# names back as read-only properties; L{_flat_keywords} lets the constructor
+# take them.  Remove a name when no caller uses it any more.
+
+C = TypeVar("C")
+
+_SEND_FLAT: Mapping[str, tuple[str, str]] = MappingProxyType(
+    {
+        "retry_initial": ("retry", "initial"),
+        "retry_max": ("retry", "maximum"),
+        "tls": ("security", "enabled"),
+        "tls_ca": ("security", "ca"),
+        "tls_cert": ("security", "cert"),
+        "tls_key": ("security", "key"),
+        "tls_hostname": ("security", "hostname"),
+        "queue": ("outbox", "mode"),
+        "max_jobs": ("outbox", "max_jobs"),
+        "max_bytes": ("outbox", "max_bytes"),
+        "when_full": ("outbox", "when_full"),
+        "max_attempts": ("outbox", "max_attempts"),
+        "max_age": ("outbox", "max_age"),
+    }
+)
+_READER_FLAT: Mapping[str, tuple[str, str]] = MappingProxyType(
+    {"retry_initial": ("retry", "initial"), "retry_max": ("retry", "maximum")}
+)
+
+
+def _flat_keywords(
+    table: Mapping[str, tuple[str, str]],
+) -> Callable[[type[C]], type[C]]:
+    """
+    Let a config dataclass's constructor also take the flat keywords of
+    C{table}, folding each into its nested object.  Kept until the callers
+    move.
+    """
+
+    def decorate(cls: type[C]) -> type[C]:
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        nested_init = cls.__init__
+
+        def __init__(self: C, *args: Any, **kwargs: Any) -> None:
+            changes: dict[str, dict[str, Any]] = {}
+            for flat in [k for k in kwargs if k in table]:
+                outer, inner = table[flat]
+                changes.setdefault(outer, {})[inner] = kwargs.pop(flat)
+            for outer, values in changes.items():
+                base = kwargs.get(outer, defaults[outer])
+                kwargs[outer] = dataclasses.replace(base, **values)
+            nested_init(self, *args, **kwargs)
+
+        cls.__init__ = __init__  # type: ignore[assignment,method-assign]
+        return cls
+
+    return decorate
+
+
+class _FlatRetryNames:
+    """
+    C{retry_initial} and C{retry_max}; kept until the callers move.
+    """
+
+    retry: RetryConfig
+
+    @property
+    def retry_initial(self) -> float:
+        return self.retry.initial
+
+    @property
+    def retry_max(self) -> float:
+        return self.retry.maximum
+
+
+class _FlatSendNames(_FlatRetryNames):
+    """
+    A send action's flat TLS and queue names; kept until the callers move.
+    """
+
+    security: TLSConfig
+    outbox: QueueConfig
+
+    @property
+    def tls(self) -> bool:
+        return self.security.enabled
+
+    @property
+    def tls_ca(self) -> str | None:
+        return self.security.ca
+
+    @property
+    def tls_cert(self) -> str | None:
+        return self.security.cert
+
+    @property
+    def tls_key(self) -> str | None:
+        return self.security.key
+
+    @property
+    def tls_hostname(self) -> str | None:
+        return self.security.hostname
+
+    @property
+    def queue(self) -> Literal["none", "memory", "durable"]:
+        return self.outbox.mode
+
+    @property
+    def max_jobs(self) -> int:
+        return self.outbox.max_jobs
+
+    @property
+    def max_bytes(self) -> int:
+        return self.outbox.max_bytes
+
+    @property
+    def when_full(self) -> Literal["block", "reject"]:
+        return self.outbox.when_full
+
+    @property
+    def max_attempts(self) -> int | None:
+        return self.outbox.max_attempts
+
+    @property
+    def max_age(self) -> float | None:
+        return self.outbox.max_age
+
+
+@_flat_keywords(_SEND_FLAT)
+@dataclass(frozen=True)
+class SendConfig(_FlatSendNames):
+    """
+    ``[send:NAME]``: the "Send Data to TCP/IP Port" action.
+
+    @ivar retries: immediate retries when C{outbox.mode} is ``none`` (an
+        outbox retries on its own, bounded by C{outbox}).
+    @ivar retry: the wait between tries, immediate or from the outbox.
+    @ivar security: TLS towards the device.
+    @ivar outbox: whether and how jobs are queued.
+    """
+
+    name: str
+    data: Template
+    destination: Template | None = None
+    encoding: str = "utf-8"
+    connect_timeout: float = 5.0
+    write_timeout: float = 10.0
+    disconnect_delay: float = 0.0
+    save_reply: str | None = None
+    reply_until: ReplyUntil | None = None
+    reply_max: int = 65536
+    reply_to_sender: bool = False
+    max_parallel: int = 1
+    retries: int = 0
+    retry: RetryConfig = RetryConfig(1.0, 60.0)
+    security: TLSConfig = TLSConfig()
+    outbox: QueueConfig = QueueConfig()
+
+    @property
+    def defines(self) -> frozenset[str]:
+        """
+        The variables this action gives to the actions after it.
+        """
+        return frozenset({self.save_reply}) if self.save_reply else frozenset()
+
+
+@dataclass(frozen=True)
+class AcceptRule:
+    """
+    ``accept_if = [var] ~ REGEX``: accept a badge when the variable matches.
+    """
+
+    variable: str
+    pattern: re.Pattern[str]
+
+
+@_flat_keywords(_READER_FLAT)
+@dataclass(frozen=True)
+class ReaderConfig(_FlatRetryNames):
+    """
+    ``[reader:NAME]``: a SpringCore reader in $SCRDR-over-TCP mode.
+
+    Exactly one of C{reply}, C{allow_list} and C{accept_if} decides the
+    answer to a badge (or none of them: the badge is not answered).
+
+    @ivar retry: the wait between reconnects.
+    """
+
+    name: str
+    connect: str
+    retry: RetryConfig = RetryConfig(1.0, 30.0)
+    keepalive: float = 30.0
+    idle_timeout: float = 0.0
+    checksum: Literal["strict", "lenient", "off"] = "lenient"
+    actions: tuple[str, ...] = ()
+    reply: str | None = None
+    allow_list: str | None = None
+    accept_if: AcceptRule | None = None
+    accept_command: str = "accept"
+    deny_command: str = "deny"
+    command_checksum: bool = False
+    on_connect: tuple[str, ...] = ()
+    on_disconnect: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    """
+    The whole configuration file.
+    """
+
+    path: str
+    daemon: DaemonConfig
+    variables: Mapping[str, str]
+    servers: tuple[ServerConfig, ...] = ()
+    sends: tuple[SendConfig, ...] = ()
+    readers: tuple[ReaderConfig, ...] = ()
+    actions: Mapping[str, SendConfig] = field(
+        default_factory=lambda: MappingProxyType({})
+    )

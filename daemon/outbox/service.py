@@ -1,0 +1,137 @@
+"""
+The outboxes of the queued send actions (``queue = memory | durable``):
+opened at start-up, stopped last.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.logger import Logger
+
+from daemon.config import SendConfig
+from daemon.core import logs
+from daemon.outbox.jobs import OutboxPolicy
+from daemon.outbox.memory import MemoryJobStore
+from daemon.outbox.outbox import Outbox
+from daemon.outbox.store import IJobStore, SqliteJobStore, outbox_path
+
+if TYPE_CHECKING:
+    from daemon.send.action import SendAction
+
+
+def outbox_policy(config: SendConfig) -> OutboxPolicy:
+    """
+    The outbox policy of a queued action.
+    """
+    return OutboxPolicy(
+        max_jobs=config.max_jobs,
+        max_bytes=config.max_bytes,
+        when_full=config.when_full,
+        retry_initial=config.retry_initial,
+        retry_max=config.retry_max,
+        max_attempts=config.max_attempts,
+        max_age=config.max_age,
+    )
+
+
+class OutboxService(Service):
+    """
+    Opens the outboxes of the queued actions and stops them.
+
+    The SQLite store (shared by every ``queue = durable`` action) is opened
+    in C{privilegedStartService}, after creating C{state_dir} if it is
+    missing, so an unusable C{state_dir} stops the daemon at start-up (one
+    critical line naming ``[plantd] state_dir``, and the error raised); the
+    outboxes are recovered in C{startService}, which runs before the reactor
+    handles any connection, and an event that comes before recovery has
+    finished waits for it.
+
+    @ivar path: the configuration file, for messages.
+    """
+
+    log = Logger(observer=logs.observer)
+
+    def __init__(
+        self,
+        reactor: Any,
+        state_dir: str,
+        actions: list[SendAction],
+        path: str = "<config>",
+    ) -> None:
+        self.reactor = reactor
+        self.state_dir = state_dir
+        self.actions = actions
+        self.path = path
+        self._stores: list[IJobStore] = []
+        self._opened = False
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._open()
+
+    def _open(self) -> None:
+        if self._opened:
+            return
+        self._opened = True
+        durable: IJobStore | None = None
+        if any(a.config.queue == "durable" for a in self.actions):
+            state_dir = self.state_dir
+            try:
+                os.makedirs(state_dir, exist_ok=True)
+            except OSError as e:
+                self.log.critical(
+                    "{config}: [plantd] state_dir: cannot create {state_dir}: {error}",
+                    config=self.path,
+                    state_dir=repr(state_dir),
+                    error=e.strerror or str(e),
+                )
+                raise
+            path = outbox_path(state_dir)
+            try:
+                durable = SqliteJobStore(path, self.reactor)
+            except Exception as e:  # sqlite3, OS and schema errors all stop start-up
+                self.log.critical(
+                    "{config}: [plantd] state_dir: cannot open the outbox {path}: "
+                    "{error}",
+                    config=self.path,
+                    path=repr(path),
+                    error=e,
+                )
+                raise
+            self._stores.append(durable)
+        for action in self.actions:
+            store: IJobStore
+            if action.config.queue == "durable":
+                assert durable is not None
+                store = durable
+            else:
+                store = MemoryJobStore()
+                self._stores.append(store)
+            outbox = Outbox(
+                action.name,
+                store,
+                outbox_policy(action.config),
+                action.deliver,
+                self.reactor,
+            )
+            action.attach_outbox(outbox)
+
+    def startService(self) -> None:
+        self._open()
+        super().startService()
+        for action in self.actions:
+            action.start_outbox()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        stops = [a.outbox.stop() for a in self.actions if a.outbox is not None]
+
+        def close(_: object) -> Deferred[None]:
+            stores, self._stores = self._stores, []
+            return DeferredList([s.close() for s in stores]).addCallback(lambda _: None)
+
+        return DeferredList(stops).addCallback(close)

@@ -1,0 +1,96 @@
+"""
+Per-destination link limits, shared by every send action of a daemon
+(C{max_parallel}, 1 by default: one job at a time per printer).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from twisted.internet.defer import Deferred, succeed
+
+
+class _Gate:
+    """
+    The links open to one destination and the jobs waiting for one.
+    """
+
+    __slots__ = ("active", "waiting")
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.waiting: deque[tuple[int, Deferred[None]]] = deque()
+
+
+class LinkLimiters:
+    """
+    At most C{limit} links at a time per destination key, across every send
+    action, granted first come first served.  Idle destinations are
+    forgotten, so memory does not grow with the number of destinations.
+    """
+
+    def __init__(self) -> None:
+        self._gates: dict[str, _Gate] = {}
+
+    def __len__(self) -> int:
+        """
+        How many destinations have open or waiting links.
+        """
+        return len(self._gates)
+
+    def active(self, key: str) -> int:
+        """
+        Links open to C{key} now.
+        """
+        gate = self._gates.get(key)
+        return gate.active if gate is not None else 0
+
+    def waiting(self, key: str) -> int:
+        """
+        Jobs waiting for a link to C{key}.
+        """
+        gate = self._gates.get(key)
+        return len(gate.waiting) if gate is not None else 0
+
+    def acquire(self, key: str, limit: int) -> Deferred[None]:
+        """
+        Fires when a link to C{key} may open: at once when fewer than
+        C{limit} are open and nobody waits, else in turn.  Cancelling the
+        Deferred gives up the place in the queue.  Every grant must be
+        given back with L{release}.
+        """
+        gate = self._gates.get(key)
+        if gate is None:
+            gate = self._gates[key] = _Gate()
+        if not gate.waiting and gate.active < limit:
+            gate.active += 1
+            return succeed(None)
+
+        def cancel(d: Deferred[None]) -> None:
+            try:
+                gate.waiting.remove((limit, d))
+            except ValueError:
+                return
+            self._forget_if_idle(key, gate)
+
+        d: Deferred[None] = Deferred(cancel)
+        gate.waiting.append((limit, d))
+        return d
+
+    def release(self, key: str) -> None:
+        """
+        A link to C{key} is gone: let the next waiting job go.
+        """
+        gate = self._gates.get(key)
+        if gate is None:
+            return
+        gate.active -= 1
+        while gate.waiting and gate.active < gate.waiting[0][0]:
+            _, d = gate.waiting.popleft()
+            gate.active += 1
+            d.callback(None)
+        self._forget_if_idle(key, gate)
+
+    def _forget_if_idle(self, key: str, gate: _Gate) -> None:
+        if gate.active <= 0 and not gate.waiting and self._gates.get(key) is gate:
+            del self._gates[key]

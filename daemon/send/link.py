@@ -1,0 +1,581 @@
+"""
+One link: one connection to a device for one job, driven by the table in
+L{daemon.send.machine}.
+
+- I{connecting} is bounded by C{connect_timeout} (the connect Deferred is
+  cancelled through the clock, whatever the endpoint).
+- I{sending}: the data is written with the protocol registered as a
+  streaming producer; it counts as written when the transport has not
+  paused us (or has resumed us) -- for TLS, once the handshake is done too
+  (a TLS transport that resumes us has finished it).  Bounded by
+  C{write_timeout} from the connection: a device that never reads is
+  aborted.
+- I{waiting_reply}: only with C{disconnect_delay}, until the delay is over,
+  the C{reply_until} reply is complete, or the device closes.
+- I{closing}: over TCP we half-close and wait for the device's close; one
+  that keeps its side open is judged after the close timeout by the kernel
+  (L{probe_send_queue}): our FIN acknowledged is a success, bytes it did not
+  take a failure saying which.  Over TLS we send close_notify and need the
+  device's; a session not closed cleanly in time fails ("delivery not
+  confirmed").  After a complete C{reply_until} reply any end is a success.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.error import (
+    ConnectingCancelledError,
+    ConnectionDone,
+    ConnectionRefusedError,
+    DNSLookupError,
+    TimeoutError,
+)
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHalfCloseableDescriptor,
+    IReactorTime,
+    ISSLTransport,
+    IStreamClientEndpoint,
+    ITransport,
+)
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from daemon.config import ReplyUntil, SendConfig
+from daemon.core import logs
+from daemon.core.actions import ActionFailed
+from daemon.send.machine import FINAL, LinkInput, LinkState, transition
+from daemon.send.protocol import ILinkEvents, LinkFactory
+from daemon.send.reply import ReplyBuffer
+from daemon.send.tcpinfo import SendQueue, probe_send_queue
+from daemon.send.tls import describe_tls_failure
+
+#: Seconds a device gets to close its side after ours (or to answer TLS
+#: close_notify) before the link is closed without it.
+CLOSE_TIMEOUT = 2.0
+
+
+def seconds(value: float) -> str:
+    """
+    C{5.0} as ``5s``, C{0.25} as ``0.25s``: durations in messages.
+    """
+    return f"{value:g}s"
+
+
+class LinkTransport(typing.Protocol):
+    """
+    What a link uses of its transport: a TCP or TLS transport (or a fake).
+    """
+
+    def write(self, data: bytes) -> None: ...
+    def loseConnection(self) -> None: ...
+    def abortConnection(self) -> None: ...
+    def loseWriteConnection(self) -> None: ...
+    def registerProducer(self, producer: object, streaming: bool) -> None: ...
+    def unregisterProducer(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LinkOptions:
+    """
+    How a link behaves; see L{SendConfig} for the meaning of each.
+
+    @ivar capture: whether to keep the reply (C{save_reply}).
+    """
+
+    connect_timeout: float = 5.0
+    write_timeout: float = 10.0
+    disconnect_delay: float = 0.0
+    reply_until: ReplyUntil | None = None
+    reply_max: int = 65536
+    capture: bool = False
+    close_timeout: float = CLOSE_TIMEOUT
+
+    @classmethod
+    def from_config(cls, config: SendConfig) -> LinkOptions:
+        return cls(
+            connect_timeout=config.connect_timeout,
+            write_timeout=config.write_timeout,
+            disconnect_delay=config.disconnect_delay,
+            reply_until=config.reply_until,
+            reply_max=config.reply_max,
+            capture=config.save_reply is not None,
+        )
+
+
+@implementer(ILinkEvents)
+class Link:
+    """
+    One connection to a device, for one job.
+
+    L{start} returns a Deferred that fires with the reply bytes (empty when
+    nothing is captured) once the connection is gone, or fails with
+    L{ActionFailed} whose message starts with the destination.  Cancelling
+    it aborts the connection.  The methods named in the transition table
+    are the outputs; the others turn I/O and timers into inputs.
+
+    @ivar state: a L{LinkState}.
+    @ivar bytes_in: bytes the device sent.
+    @ivar written: whether the data was handed over (see the module
+        docstring).
+    @ivar probe: asks the kernel about the connection (replaceable in tests).
+    """
+
+    log = Logger(observer=logs.observer)
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        label: str,
+        endpoint: IStreamClientEndpoint,
+        payload: bytes,
+        options: LinkOptions,
+        on_gone: Callable[[Link], None] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.label = label
+        self.endpoint = endpoint
+        self.payload = payload
+        self.options = options
+        self.on_gone = on_gone
+        self.state = LinkState.CONNECTING
+        self.bytes_in = 0
+        self.written = False
+        capture = options.capture or options.reply_until is not None
+        self.reply = (
+            ReplyBuffer(options.reply_until, options.reply_max) if capture else None
+        )
+        self.probe: Callable[[object], SendQueue | None] = probe_send_queue
+        self._result: Deferred[bytes] = Deferred(self._cancel)
+        self._connecting: Deferred[Any] | None = None
+        self._protocol: object = None
+        self._transport: LinkTransport | None = None
+        self._timer: IDelayedCall | None = None
+        # What the write needs before it counts (see _check_written).
+        self._tls = False
+        self._handshake = False
+        self._paused = False
+        self._producing = False
+        # How the close goes.
+        self._half_closed = False
+        self._fin_sent = False
+        self._fin_received = False
+        # The outcome: the error, or a success whatever the end.
+        self._error: str | None = None
+        self._abort_reason = "aborted"
+        self._ok_on_loss = False
+        self._cancelled = False
+        self._gone: list[Deferred[None]] = []
+
+    # -- the machine
+
+    def _feed(self, event: LinkInput) -> None:
+        """
+        Move to the state the table gives for C{event}, then run its
+        outputs in order (an output may feed the next input).
+        """
+        self.state, outputs = transition(self.state, event)
+        for output in outputs:
+            getattr(self, "_" + output)()
+
+    @property
+    def _reply_complete(self) -> bool:
+        return self.reply is not None and self.reply.complete
+
+    # -- what the owner calls
+
+    def start(self) -> Deferred[bytes]:
+        """
+        Connect and send; see the class docstring.
+        """
+        self._set_timer(self.options.connect_timeout, LinkInput.CONNECT_TIMEOUT)
+        connecting = self.endpoint.connect(LinkFactory(self))
+        self._connecting = connecting
+        connecting.addCallbacks(self._connect_done, self._connect_failed)
+        return self._result
+
+    def abort(self, reason: str) -> None:
+        """
+        Give up now: the link fails with C{reason} once its connection is
+        gone.
+        """
+        self._abort_reason = reason
+        self._feed(LinkInput.ABORT)
+
+    def stop(self, reason: str) -> None:
+        """
+        The daemon is stopping.  A link still connecting or writing is
+        aborted and fails with C{reason}; one whose data is written (waiting
+        for a reply) closes now as at the end of C{disconnect_delay}; one
+        already closing goes on.
+        """
+        self._abort_reason = reason
+        self._feed(LinkInput.STOP)
+
+    def when_gone(self) -> Deferred[None]:
+        """
+        Fires when the connection (or the connection attempt) is gone.
+        """
+        if self.state in FINAL:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._gone.append(d)
+        return d
+
+    def _cancel(self, result: Deferred[bytes]) -> None:
+        # The Deferred fails with CancelledError; the link still ends.
+        self._cancelled = True
+        self.abort("cancelled")
+
+    # -- inputs from the endpoint, the protocol (ILinkEvents) and timers
+
+    def _connect_done(self, protocol: object) -> None:
+        self._connecting = None
+
+    def _connect_failed(self, failure: Failure) -> None:
+        self._connecting = None
+        if self.state is LinkState.CONNECTING and self._error is None:
+            self._error = self._connect_error(failure)
+        self._feed(LinkInput.CONNECT_FAILED)
+
+    def connection_made(self, protocol: object, transport: ITransport) -> None:
+        self._connecting = None
+        self._protocol = protocol
+        self._transport = cast(LinkTransport, transport)
+        self._tls = ISSLTransport.providedBy(transport)
+        given_up = self.state is LinkState.CONNECTING and self._error is not None
+        self._feed(LinkInput.LATE_CONNECTION if given_up else LinkInput.CONNECTED)
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        reply = self.reply
+        if reply is None or reply.complete:
+            return
+        if reply.feed(data):
+            self._feed(LinkInput.REPLY_COMPLETE)
+
+    def handshake_done(self) -> None:
+        self._handshake = True
+        self._check_written()
+
+    def pause(self) -> None:
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+        if self._tls:
+            # Twisted's TLS layer buffers what is written before the
+            # handshake and pauses its producer until the handshake is done;
+            # a resume means the data is flowing, so the handshake is over
+            # even when a wrapper between it and us hid handshakeCompleted.
+            self._handshake = True
+        self._check_written()
+
+    def write_closed(self) -> None:
+        self._fin_sent = True
+        self._feed(LinkInput.WRITE_CLOSED)
+
+    def read_closed(self) -> None:
+        if self._transport is None:
+            return
+        self._fin_received = True
+        self._feed(LinkInput.READ_CLOSED)
+
+    def connection_lost(self, reason: Failure) -> None:
+        if self.state in FINAL:
+            return
+        self._producing = False
+        if self._error is None and not self._ok_on_loss:
+            self._error = self._loss_error(reason)
+        self._feed(LinkInput.LOST if self._error is not None else LinkInput.DELIVERED)
+
+    def _check_written(self) -> None:
+        """
+        Feed the end of the write once the transport took the data.
+        """
+        if self.state is not LinkState.SENDING or self._paused:
+            return
+        if self._tls and not self._handshake:
+            return
+        wait = self.options.disconnect_delay > 0 and not self._reply_complete
+        self._feed(LinkInput.WRITTEN_AWAIT_REPLY if wait else LinkInput.WRITTEN)
+
+    def _set_timer(self, delay: float, event: LinkInput) -> None:
+        self._cancel_timer()
+        self._timer = self.clock.callLater(delay, self._timer_fired, event)
+
+    def _timer_fired(self, event: LinkInput) -> None:
+        self._timer = None
+        self._feed(event)
+
+    def _cancel_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    # -- outputs (named in the transition table)
+
+    def _start_write_timer(self) -> None:
+        self._set_timer(self.options.write_timeout, LinkInput.WRITE_TIMEOUT)
+
+    def _send_data(self) -> None:
+        transport = self._transport
+        assert transport is not None
+        self._producing = True
+        transport.registerProducer(self._protocol, True)
+        if self.payload:
+            transport.write(self.payload)
+        self._check_written()
+
+    def _end_writing(self) -> None:
+        self.written = True
+        self._stop_producing()
+        self._cancel_timer()
+
+    def _start_delay(self) -> None:
+        self._set_timer(self.options.disconnect_delay, LinkInput.DELAY_OVER)
+
+    def _abort_transport(self) -> None:
+        if self._transport is not None:
+            self._transport.abortConnection()
+
+    def _note_connect_timeout(self) -> None:
+        self._error = (
+            f"no answer within connect_timeout {seconds(self.options.connect_timeout)}"
+        )
+
+    def _note_write_timeout(self) -> None:
+        self._error = (
+            f"device did not read the data within write_timeout "
+            f"{seconds(self.options.write_timeout)}"
+        )
+
+    def _note_closed_early(self) -> None:
+        self._error = "device closed the connection before all the data was written"
+
+    def _note_abort(self) -> None:
+        if self._error is None:
+            self._error = self._abort_reason
+        self._ok_on_loss = False
+
+    def _cancel_connect(self) -> None:
+        """
+        Stop the connection attempt: it fails (L{_connect_failed}), or, if
+        the connection is being made anyway, comes as a late connection.
+        """
+        self._cancel_timer()
+        connecting, self._connecting = self._connecting, None
+        if connecting is not None:
+            connecting.cancel()
+
+    def _kill(self) -> None:
+        """
+        Abort the connection.
+        """
+        self._cancel_timer()
+        if self._transport is not None:
+            self._stop_producing()
+            self._transport.abortConnection()
+
+    def _stop_producing(self) -> None:
+        if self._producing and self._transport is not None:
+            self._producing = False
+            self._transport.unregisterProducer()
+
+    def _close(self) -> None:
+        """
+        Half-close over TCP (unless the reply is complete); else close.
+        """
+        transport = self._transport
+        assert transport is not None
+        self._set_timer(self.options.close_timeout, LinkInput.CLOSE_TIMEOUT)
+        if (
+            not self._reply_complete
+            and not self._tls
+            and IHalfCloseableDescriptor.providedBy(transport)
+        ):
+            self._half_closed = True
+            transport.loseWriteConnection()
+        else:
+            self._close_now()
+
+    def _close_now(self) -> None:
+        """
+        Close the whole connection: after a complete reply, over TLS
+        (close_notify), or on a transport without half-close.  Only a
+        complete reply makes any end a success; otherwise the end is judged
+        (L{_loss_error}).
+        """
+        if self._reply_complete:
+            self._ok_on_loss = True
+        if self._transport is not None:
+            self._transport.loseConnection()
+
+    def _close_when_both_closed(self) -> None:
+        """
+        Close once the device closed its side and our data went out (a
+        reset while it still flushes fails the link instead).
+        """
+        if not self._fin_received or (self._half_closed and not self._fin_sent):
+            return
+        if self._transport is not None:
+            self._cancel_timer()
+            self._transport.loseConnection()
+
+    def _judge_close(self) -> None:
+        """
+        The close timeout: close cleanly when the device has the data, else
+        abort with the reason.
+        """
+        transport = self._transport
+        if transport is None:
+            return
+        timeout = seconds(self.options.close_timeout)
+        if self._reply_complete:
+            # The device answered (reply_until): it has the data.
+            self._ok_on_loss = True
+            transport.abortConnection()
+            return
+        if self._half_closed:
+            error = self._half_close_error(timeout)
+            if error is None:
+                # Our FIN acknowledged, so every byte before it: a device
+                # that keeps its side open has nothing more to tell us.
+                self.log.debug(
+                    "{link}: the device took everything but did not close "
+                    "within {timeout}; closing anyway",
+                    link=self.label,
+                    timeout=timeout,
+                )
+                self._ok_on_loss = True
+                transport.loseConnection()
+                return
+            self._error = error
+        elif self._tls:
+            # Our close_notify (and maybe data before it) may still sit in
+            # the TLS and TCP buffers; the abort throws it away.
+            self._error = self._tls_close_error(timeout)
+        else:
+            self._error = (
+                f"device did not read the data (still unsent {timeout} after closing)"
+            )
+        self._kill()
+
+    def _finish(self) -> None:
+        """
+        The connection is gone: report the outcome, free the destination.
+        """
+        self._cancel_timer()
+        self._transport = None
+        error = self._error
+        if not self._result.called and not self._cancelled:
+            if error is None:
+                self._result.callback(self.reply.value if self.reply else b"")
+            else:
+                self._result.errback(ActionFailed(f"{self.label}: {error}"))
+        gone, self._gone = self._gone, []
+        for d in gone:
+            d.callback(None)
+        if self.on_gone is not None:
+            self.on_gone(self)
+
+    # -- reasons
+
+    def _connect_error(self, failure: Failure) -> str:
+        if failure.check(ConnectionRefusedError):
+            return "connection refused"
+        if failure.check(TimeoutError):
+            return (
+                f"no answer within connect_timeout "
+                f"{seconds(self.options.connect_timeout)}"
+            )
+        if failure.check(DNSLookupError):
+            return f"cannot resolve the host name: {failure.getErrorMessage()}"
+        if failure.check(CancelledError, ConnectingCancelledError):
+            return "connection attempt cancelled"
+        tls = describe_tls_failure(failure)
+        if tls is not None:
+            return tls
+        return f"cannot connect: {failure.getErrorMessage()}"
+
+    def _half_close_error(self, timeout: str) -> str | None:
+        """
+        Plain TCP, half-closed, the device silent for the close timeout:
+        None when it took everything (our FIN acknowledged), else what
+        happened instead.
+        """
+        queue = self.probe(self._transport)
+        if queue is None:
+            # The kernel cannot be asked: our FIN having gone out (after the
+            # last byte left the transport) is the best we know.
+            if self._fin_sent:
+                return None
+            return (
+                f"device did not read the data (still unsent {timeout} after closing)"
+            )
+        if queue.fin_acked:
+            return None
+        total = len(self.payload)
+        untaken = queue.untaken(total)
+        if untaken == 0:
+            if queue.fin_sent:
+                return f"device acknowledged the data but not our FIN within {timeout}"
+            return f"our FIN could not be sent within {timeout}"
+        if untaken >= total:
+            what = f"device read nothing: {untaken} bytes"
+        else:
+            what = f"device stopped reading: {untaken} of {total} bytes"
+        if queue.fin_sent:
+            return f"{what} still unsent {timeout} after our FIN"
+        return (
+            f"{what} still unsent {timeout} after closing (our FIN waits behind them)"
+        )
+
+    def _tls_close_error(self, timeout: str) -> str:
+        """
+        TLS, our close_notify unanswered for the close timeout: what the
+        kernel says about the rest.
+        """
+        base = f"device did not answer close_notify within {timeout}"
+        queue = self.probe(self._transport)
+        if queue is None:
+            detail = ""
+        elif queue.queued == 0:
+            detail = " (every byte acknowledged, but the session left open)"
+        else:
+            detail = f" ({queue.queued} bytes of the TLS stream still unsent)"
+        return f"{base}{detail}; delivery not confirmed"
+
+    def _loss_error(self, reason: Failure) -> str | None:
+        """
+        What a connection that ended by itself with C{reason} means: None
+        for success (every byte written, and a clean end), else the error.
+        """
+        tls = describe_tls_failure(reason)
+        if tls is not None:
+            return tls
+        clean = reason.check(ConnectionDone) is not None
+        if self.state is LinkState.SENDING or not self.written:
+            if clean:
+                return "device closed the connection before all the data was written"
+            return (
+                f"connection lost before all the data was written: "
+                f"{reason.getErrorMessage()}"
+            )
+        if clean:
+            # TCP: the device closed after our data; TLS: close_notify both
+            # ways (Twisted's TLS layer reports an end without the device's
+            # close_notify, or a reset, as ConnectionLost).
+            return None
+        if self._tls:
+            return (
+                "TLS session not closed cleanly by the device (no close_notify, "
+                "or a reset); delivery not confirmed"
+            )
+        return f"connection reset by the device: {reason.getErrorMessage()}"
