@@ -1,15 +1,30 @@
 """
-Tests for L{daemon.config.ini}: every mistake is one line naming the file, the
+Tests for L{daemon.config}: every mistake is one line naming the file, the
 section and the key.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from daemon.config import ConfigError, config_from_string, read_config
+from daemon.config import (
+    ConfigError,
+    QueueConfig,
+    ReaderConfig,
+    RetryConfig,
+    SendConfig,
+    TLSConfig,
+    config_from_string,
+    ini,
+    read_config,
+)
+from daemon.core import events
+from daemon.core.backoff import Backoff
+from daemon.core.template import Template
+from daemon.reader.scrdr import FIELD_NAMES
 
 GOOD = r"""
 [plantd]
@@ -418,3 +433,340 @@ class SystemdEndpointTests(SynchronousTestCase):
         for bad in ("\n", ":index=0:name=x\n"):
             e = self.assertRaises(ConfigError, config_from_string, base + bad)
             self.assertIn("exactly one of index=N or name=NAME", str(e))
+
+
+class ByteOrderMarkTests(SynchronousTestCase):
+    """
+    A file saved by Notepad starts with a UTF-8 byte-order mark; it reads
+    like any other.
+    """
+
+    def test_file_with_bom(self) -> None:
+        """
+        read_config reads a file that starts with a byte-order mark: the
+        first section is found, and no value carries the mark.
+        """
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"\xef\xbb\xbf" + GOOD.lstrip("\n").encode("utf-8"))
+        config = read_config(path)
+        self.assertEqual(config.daemon.state_dir, "/tmp/plantd-state")
+        self.assertEqual([s.name for s in config.servers], ["line1"])
+
+    def test_string_with_bom(self) -> None:
+        """
+        config_from_string also ignores a leading byte-order mark.
+        """
+        config = config_from_string("\ufeff[plantd]\nstate_dir = /x\n")
+        self.assertEqual(config.daemon.state_dir, "/x")
+
+    def test_not_utf8(self) -> None:
+        """
+        A file that is not UTF-8 is still one clear error.
+        """
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"[plantd]\nstate_dir = \xff\n")
+        e = self.assertRaises(ConfigError, read_config, path)
+        self.assertIn("not UTF-8 text", str(e))
+
+
+QUEUED = r"""
+[send:label]
+destination = printer:9100
+data = x
+queue = durable
+retry_initial = 2
+retry_max = 20
+max_jobs = 50
+max_bytes = 4096
+when_full = reject
+max_attempts = 7
+max_age = 600
+"""
+
+
+class NestedConfigTests(SynchronousTestCase):
+    """
+    A send action's and a reader's retry, TLS and queue settings are nested
+    objects read from the same flat keys as before.
+    """
+
+    def test_send_nested(self) -> None:
+        """
+        The queue and retry keys land in C{outbox} and C{retry}.
+        """
+        [send] = config_from_string(QUEUED).sends
+        self.assertEqual(send.retry, RetryConfig(initial=2.0, maximum=20.0))
+        self.assertEqual(
+            send.outbox,
+            QueueConfig(
+                mode="durable",
+                max_jobs=50,
+                max_bytes=4096,
+                when_full="reject",
+                max_attempts=7,
+                max_age=600.0,
+            ),
+        )
+        self.assertEqual(send.security, TLSConfig())
+
+    def test_tls_nested(self) -> None:
+        """
+        The TLS keys land in C{security}.
+        """
+        ca = self.mktemp()
+        with open(ca, "w") as f:
+            f.write("x")
+        text = (
+            "[send:a]\ndestination = h:1\ndata = x\ntls = yes\n"
+            f"tls_ca = {ca}\ntls_hostname = printer.example\n"
+        )
+        [send] = config_from_string(text).sends
+        self.assertEqual(
+            send.security, TLSConfig(enabled=True, ca=ca, hostname="printer.example")
+        )
+
+    def test_defaults(self) -> None:
+        """
+        A send action retries between 1 and 60 s, a reader reconnects
+        between 1 and 30 s; nothing is queued and TLS is off by default.
+        """
+        text = (
+            "[send:a]\ndestination = h:1\ndata = x\n"
+            "[reader:r]\nconnect = tcp:host=127.0.0.1:port=4000\n"
+        )
+        config = config_from_string(text)
+        self.assertEqual(config.sends[0].retry, RetryConfig(1.0, 60.0))
+        self.assertEqual(config.sends[0].outbox, QueueConfig())
+        self.assertFalse(config.sends[0].security.enabled)
+        self.assertEqual(config.readers[0].retry, RetryConfig(1.0, 30.0))
+
+    def test_retry_order(self) -> None:
+        """
+        retry_max below retry_initial is still refused, for both kinds.
+        """
+        for text in (
+            "[send:a]\ndestination = h:1\ndata = x\n",
+            "[reader:r]\nconnect = tcp:host=127.0.0.1:port=4000\n",
+        ):
+            e = self.assertRaises(
+                ConfigError,
+                config_from_string,
+                text + "retry_initial = 5\nretry_max = 2\n",
+            )
+            self.assertIn("retry_max: must be >= retry_initial", str(e))
+
+    def test_backoff(self) -> None:
+        """
+        A retry config gives the one Backoff policy with its bounds.
+        """
+        self.assertEqual(RetryConfig(2.0, 20.0).backoff(), Backoff(2.0, 20.0))
+
+
+class FlatNamesTests(SynchronousTestCase):
+    """
+    The flat names (kept until the callers move) read through to the nested
+    objects, and the constructors still take them.
+    """
+
+    def test_send_properties(self) -> None:
+        """
+        Every flat name of a send action reads its nested value.
+        """
+        [send] = config_from_string(QUEUED).sends
+        self.assertEqual(
+            (
+                send.retry_initial,
+                send.retry_max,
+                send.queue,
+                send.max_jobs,
+                send.max_bytes,
+                send.when_full,
+                send.max_attempts,
+                send.max_age,
+                send.tls,
+                send.tls_ca,
+                send.tls_cert,
+                send.tls_key,
+                send.tls_hostname,
+            ),
+            (2.0, 20.0, "durable", 50, 4096, "reject", 7, 600.0)
+            + (False, None, None, None, None),
+        )
+
+    def test_read_only(self) -> None:
+        """
+        A flat name cannot be assigned.
+        """
+        [send] = config_from_string(QUEUED).sends
+        with self.assertRaises(AttributeError):
+            send.max_jobs = 1  # type: ignore[misc]
+
+    def test_flat_keywords(self) -> None:
+        """
+        Building a config with flat keywords (as the tests of other packages
+        still do, from a dict) fills the nested objects, on top of a nested
+        object given as well.
+        """
+        send_values: dict[str, Any] = {
+            "name": "a",
+            "data": Template.parse("x"),
+            "retry_max": 9.0,
+            "queue": "memory",
+            "tls": True,
+            "tls_hostname": "h",
+            "outbox": QueueConfig(max_jobs=3),
+        }
+        send = SendConfig(**send_values)
+        self.assertEqual(send.retry, RetryConfig(1.0, 9.0))
+        self.assertEqual(send.outbox, QueueConfig(mode="memory", max_jobs=3))
+        self.assertEqual(send.security, TLSConfig(enabled=True, hostname="h"))
+        reader_values: dict[str, Any] = {
+            "name": "r",
+            "connect": "tcp:host=h:port=1",
+            "retry_initial": 0.5,
+        }
+        reader = ReaderConfig(**reader_values)
+        self.assertEqual(reader.retry, RetryConfig(0.5, 30.0))
+        self.assertEqual(reader.retry_initial, 0.5)
+
+
+class EventCatalogueTests(SynchronousTestCase):
+    """
+    L{daemon.core.events} is the one list of what each trigger kind sets,
+    and config checking goes by it.
+    """
+
+    def test_meanings(self) -> None:
+        """
+        Every variable has a one-line meaning, and its name is a constant.
+        """
+        for catalogue in (
+            events.SERVER_EVENT,
+            events.SERVER_ERROR,
+            events.READER_EVENT,
+            events.READER_STATE,
+        ):
+            for name, meaning in catalogue.items():
+                self.assertEqual(getattr(events, name.upper()), name)
+                self.assertTrue(meaning)
+                self.assertNotIn("\n", meaning)
+
+    def test_reader_fields(self) -> None:
+        """
+        A badge event's variables are the $SCRDR parser's eight fields, the
+        reader's name and the time.
+        """
+        self.assertEqual(
+            events.READER_EVENT_VARIABLES,
+            frozenset(FIELD_NAMES) | {events.READER, events.TIMESTAMP},
+        )
+
+    def test_checks_use_catalogue(self) -> None:
+        """
+        A server's templates may use every server event variable; only
+        error_reply may use [error]; a reader's state actions may use the
+        state variables and not the badge ones.
+        """
+        every = " ".join(f"[{n}]" for n in sorted(events.SERVER_EVENT_VARIABLES))
+        config_from_string(
+            f"[server:a]\nlisten = tcp:1\nreply = {every}\nerror_reply = [error]\n"
+        )
+        e = self.assertRaises(
+            ConfigError,
+            config_from_string,
+            "[server:a]\nlisten = tcp:1\nreply = [error]\n",
+        )
+        self.assertIn("reply: variable [error] is not defined", str(e))
+        state = " ".join(f"[{n}]" for n in sorted(events.READER_STATE_VARIABLES))
+        reader = (
+            "[reader:r]\nconnect = tcp:host=127.0.0.1:port=4000\n"
+            "on_connect = up\n[send:up]\ndestination = h:1\n"
+        )
+        config_from_string(reader + f"data = {state}\n")
+        e = self.assertRaises(
+            ConfigError, config_from_string, reader + "data = [tag_id]\n"
+        )
+        self.assertIn("[send:up] data: variable [tag_id] is not defined", str(e))
+
+
+class EndpointCheckTests(SynchronousTestCase):
+    """
+    Endpoint descriptions are checked without test helpers, each distinct
+    one once per file.
+    """
+
+    def test_no_test_helpers(self) -> None:
+        """
+        The config reader does not use twisted.internet.testing.
+        """
+        with open(ini.__file__, encoding="utf-8") as f:
+            self.assertNotIn("twisted.internet.testing", f.read())
+
+    def test_once_per_description(self) -> None:
+        """
+        Two readers with the same connect string parse it once; a different
+        string is parsed too.
+        """
+        parsed: list[str] = []
+        real = ini.clientFromString
+
+        def counting(reactor: object, description: str) -> object:
+            parsed.append(description)
+            return real(reactor, description)
+
+        self.patch(ini, "clientFromString", counting)
+        same = "tcp:host=127.0.0.1:port=4000"
+        config_from_string(
+            f"[reader:a]\nconnect = {same}\n[reader:b]\nconnect = {same}\n"
+            "[reader:c]\nconnect = tcp:host=127.0.0.1:port=4001\n"
+        )
+        self.assertEqual(parsed, [same, "tcp:host=127.0.0.1:port=4001"])
+
+    def test_hostname_client(self) -> None:
+        """
+        A hostname client endpoint is checked without a deprecation warning
+        about the reactor it was given.
+        """
+        config_from_string("[reader:a]\nconnect = tcp:host=printer.example:port=1\n")
+        self.assertEqual(self.flushWarnings(), [])
+
+    def test_tls_client(self) -> None:
+        """
+        A tls: client description is checked too; a bad one is refused.
+        """
+        config_from_string("[reader:a]\nconnect = tls:host=printer.example:port=1\n")
+        e = self.assertRaises(
+            ConfigError, config_from_string, "[reader:a]\nconnect = tls:port=1\n"
+        )
+        self.assertIn("connect: not a valid client endpoint description", str(e))
+
+
+class AllowListTests(SynchronousTestCase):
+    """
+    The keys each section kind may hold are one declared list.
+    """
+
+    def test_unknown_after_values(self) -> None:
+        """
+        A bad value is reported before a misspelt key in the same section,
+        as before the allow-list.
+        """
+        e = self.assertRaises(
+            ConfigError,
+            config_from_string,
+            "[server:a]\nlisten = tcp:1\nmax_frame = x\nmax_fram = 2\n",
+        )
+        self.assertIn("max_frame: expected a whole number", str(e))
+
+    def test_key_of_another_kind(self) -> None:
+        """
+        A key valid in another kind of section is unknown here.
+        """
+        e = self.assertRaises(
+            ConfigError,
+            config_from_string,
+            "[reader:a]\nconnect = tcp:host=h:port=1\nmax_jobs = 3\n",
+        )
+        self.assertEqual(str(e), "<string>: [reader:a] max_jobs: unknown key")
