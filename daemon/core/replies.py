@@ -102,6 +102,12 @@ class OrderedReplies:
         """
         return len(self._slots)
 
+    def __len__(self) -> int:
+        """
+        The same as L{pending}.
+        """
+        return len(self._slots)
+
     @property
     def backlog(self) -> int:
         """

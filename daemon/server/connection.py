@@ -37,6 +37,7 @@ from daemon.core.codecs import decode_message, encode_reply
 from daemon.core.deadline import Deadline
 from daemon.core.keepalive import apply_keepalive
 from daemon.core.peers import join_host_port
+from daemon.core.replies import OrderedReplies, Slot
 from daemon.core.template import MissingVariable
 from daemon.server.framing import FrameTooLong, make_framer
 from daemon.server.parse import ParseError, parse_frame
@@ -49,18 +50,6 @@ if TYPE_CHECKING:
 #: that sends "Hello" without the line end and waits for an answer would
 #: otherwise hang silently until idle_timeout.
 PARTIAL_WARNING_DELAY = 3.0
-
-
-class _Pending:
-    """
-    One event of a connection whose reply is not written yet.
-    """
-
-    __slots__ = ("data", "done")
-
-    def __init__(self) -> None:
-        self.done = False
-        self.data = b""
 
 
 class ConnectionState(enum.Enum):
@@ -132,12 +121,19 @@ class ServerConnection(Protocol):
             frame_size=config.frame_size,
         )
         self.seq = 0
-        self.pending: deque[_Pending] = deque()
+        # Replies in message order; reading pauses at max_pending unfinished
+        # events and resumes as soon as one fewer is left.
+        self.replies = OrderedReplies(
+            self._write_replies,
+            pause=self._too_many_events,
+            resume=self._fewer_events,
+            pause_at=config.max_pending,
+            resume_at=config.max_pending - 1,
+        )
         # Whole messages read but not started while max_pending events are
         # unfinished: at most what one read delivered.
         self.held: deque[bytes] = deque()
         self.state = ConnectionState.NEW
-        self.too_many_pending = False
         self.write_blocked = False
         self.reading_paused = False
         self.last_data = 0.0
@@ -150,10 +146,9 @@ class ServerConnection(Protocol):
             config.idle_timeout,
             self._last,
             self._idle_timeout_expired,
-            busy=lambda: bool(self.pending),
+            busy=lambda: self.replies.pending > 0,
         )
         self._stall_call: IDelayedCall | None = None
-        self._out: list[bytes] = []
         self._waiters: list[Deferred[None]] = []
         self._aborted = False
         terminated = config.frame in ("line", "delimiter")
@@ -171,6 +166,13 @@ class ServerConnection(Protocol):
             if terminated
             else None
         )
+
+    @property
+    def pending(self) -> OrderedReplies:
+        """
+        The replies not written yet; C{len()} is the number of events.
+        """
+        return self.replies
 
     def _last(self) -> float:
         return self.last_data
@@ -303,10 +305,7 @@ class ServerConnection(Protocol):
         # Replies that were ready but could not be written any more; those
         # of events still running are counted when they finish.
         self._flush()
-        stats.replies_dropped += sum(
-            1 for slot in self.pending if slot.done and slot.data
-        )
-        self.pending.clear()
+        stats.replies_dropped += self.replies.close()
         self.log.info(
             "[{trigger}] {peer} disconnected after {count} messages",
             trigger=trigger.section,
@@ -388,7 +387,7 @@ class ServerConnection(Protocol):
         self._abort()
 
     def _update_reading(self) -> None:
-        pause = self.too_many_pending or self.write_blocked
+        pause = self.replies.paused or self.write_blocked
         if pause == self.reading_paused or self.state is not ConnectionState.OPEN:
             return
         self.reading_paused = pause
@@ -527,21 +526,26 @@ class ServerConnection(Protocol):
         Start the event for a whole message, or hold it while max_pending
         events of this client are unfinished.
         """
-        if self.too_many_pending:
+        if self.replies.paused:
             self.held.append(frame)
         else:
             self._handle(frame)
 
-    def _track(self, slot: _Pending) -> None:
+    def _too_many_events(self, backlog: int) -> None:
         """
-        Queue an event's reply slot; at max_pending, stop reading and hold
-        further messages.
+        max_pending events are unfinished: stop reading, hold further
+        messages.
         """
-        self.pending.append(slot)
-        if len(self.pending) >= self.trigger.config.max_pending:
-            if not self.too_many_pending:
-                self.too_many_pending = True
-                self._update_reading()
+        self._update_reading()
+
+    def _fewer_events(self, backlog: int) -> None:
+        """
+        Below max_pending again: start the messages held, then read again.
+        """
+        held = self.held
+        while held and not self.replies.paused:
+            self._handle(held.popleft())
+        self._update_reading()
 
     def _handle(self, frame: bytes) -> None:
         """
@@ -590,8 +594,8 @@ class ServerConnection(Protocol):
         # common case: skip the costlier ABC isinstance check).
         if outcome is not None and type(outcome) is not str:
             assert isinstance(outcome, Deferred)
-            slot = _Pending()
-            self._track(slot)
+            slot = self.replies.reserve()
+            assert slot is not None, "the replies close after the last event"
             outcome.addCallback(self._finished_later, slot, event, frame)
             return
         if outcome is not None:
@@ -599,29 +603,21 @@ class ServerConnection(Protocol):
         self._finish(event, frame, outcome)
 
     def _finish(self, event: Event, frame: bytes, outcome: Outcome) -> None:
-        data = self._reply(event, frame, outcome)
-        if self.pending:
-            slot = _Pending()
-            slot.done = True
-            slot.data = data
-            self._track(slot)
-        elif data:
-            self._out.append(data)
+        self.replies.add(self._reply(event, frame, outcome))
 
     def _finished_later(
-        self, outcome: Outcome, slot: _Pending, event: Event, frame: bytes
+        self, outcome: Outcome, slot: Slot, event: Event, frame: bytes
     ) -> None:
         stats = self.trigger.stats
         if outcome is not None:
             stats.action_errors += 1
-        slot.data = self._reply(event, frame, outcome)
-        slot.done = True
-        if self.state is ConnectionState.CLOSED:
+        data = self._reply(event, frame, outcome)
+        if not self.replies.fill(slot, data):
             # Its slot went with the connection.
-            if slot.data:
+            if data:
                 stats.replies_dropped += 1
             return
-        self._drain()
+        self._flush()
 
     def _reply(self, event: Event, frame: bytes, outcome: Outcome) -> bytes:
         """
@@ -672,42 +668,29 @@ class ServerConnection(Protocol):
 
     def _flush(self) -> None:
         """
-        Write the replies collected in C{_out} in one C{write}; each counts
-        as a reply, or as dropped when the connection is gone.
+        Write the replies ready, in order, in one C{write}.
         """
-        out = self._out
-        if out:
-            count = len(out)
-            data = out[0] if count == 1 else b"".join(out)
-            out.clear()
-            stats = self.trigger.stats
-            if self.alive and not self._aborted:
-                stats.bytes_out += len(data)
-                stats.replies += count
-                self.transport.write(data)  # type: ignore[union-attr]
-            else:
-                stats.replies_dropped += count
+        self.replies.flush()
         if self.state is ConnectionState.ENDING:
             self._close_when_drained()
 
-    def _drain(self) -> None:
+    def _write_replies(self, data: bytes, count: int) -> None:
         """
-        Write the replies of finished events at the head of the queue.
+        C{count} replies go out, or are counted as dropped when the
+        connection is gone.
         """
-        pending = self.pending
-        out = self._out
-        while pending and pending[0].done:
-            data = pending.popleft().data
-            if data:
-                out.append(data)
-        if self.too_many_pending and len(pending) < self.trigger.config.max_pending:
-            self.too_many_pending = False
-            held = self.held
-            while held and not self.too_many_pending:
-                self._handle(held.popleft())
-            self._update_reading()
-        self._flush()
+        stats = self.trigger.stats
+        if self.alive and not self._aborted:
+            stats.bytes_out += len(data)
+            stats.replies += count
+            self.transport.write(data)  # type: ignore[union-attr]
+        else:
+            stats.replies_dropped += count
 
     def _close_when_drained(self) -> None:
-        if self.state is ConnectionState.ENDING and not self.pending and not self.held:
+        if (
+            self.state is ConnectionState.ENDING
+            and not self.replies.pending
+            and not self.held
+        ):
             self._close()
