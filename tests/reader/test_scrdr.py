@@ -78,7 +78,7 @@ class ParseScrdrTests(SynchronousTestCase):
     returns a L{ProtocolError} for everything else.
     """
 
-    def test_documentedMessage(self) -> None:
+    def test_documented_message(self) -> None:
         """
         The documented layout (8 fields, checksum, CR LF) gives each field by
         name, and L{ScrdrMessage.variables} exposes them for an event.
@@ -100,7 +100,7 @@ class ParseScrdrTests(SynchronousTestCase):
         self.assertFalse(message.empty)
         self.assertEqual(message.checksum_span, "inclusive")
 
-    def test_checksumAsReceived(self) -> None:
+    def test_checksum_as_received(self) -> None:
         """
         The checksum digits are kept as received, lower case included.
         """
@@ -108,7 +108,7 @@ class ParseScrdrTests(SynchronousTestCase):
         line = BADGE + line[len(BADGE) :]
         self.assertEqual(parsed(line, "strict").checksum, line[-2:].decode())
 
-    def test_exclusiveSpan(self) -> None:
+    def test_exclusive_span(self) -> None:
         """
         A checksum over the bytes strictly between C{$} and C{*} is accepted,
         and reported as such.
@@ -116,7 +116,7 @@ class ParseScrdrTests(SynchronousTestCase):
         message = parsed(with_checksum(BADGE, "exclusive"), "strict")
         self.assertEqual(message.checksum_span, "exclusive")
 
-    def test_badChecksum(self) -> None:
+    def test_bad_checksum(self) -> None:
         """
         A checksum matching neither span is an error in modes strict and
         lenient, and the reason names both expected values.
@@ -134,7 +134,7 @@ class ParseScrdrTests(SynchronousTestCase):
                 f"(expected {inclusive:02X} or {exclusive:02X})",
             )
 
-    def test_badChecksumModeOff(self) -> None:
+    def test_bad_checksum_mode_off(self) -> None:
         """
         In mode off a wrong checksum is accepted (no span matched), but it
         still has to be two hex digits.
@@ -153,7 +153,7 @@ class ParseScrdrTests(SynchronousTestCase):
         error(BADGE + b"*XY", "off")
         error(BADGE + b"*", "off")
 
-    def test_malformedChecksum(self) -> None:
+    def test_malformed_checksum(self) -> None:
         """
         A checksum that is not exactly two hex digits, or a second C{*}, is an
         error.
@@ -161,7 +161,7 @@ class ParseScrdrTests(SynchronousTestCase):
         for tail in (b"*", b"*1", b"*123", b"*G0", b"**10"):
             error(BADGE + tail)
 
-    def test_missingChecksum(self) -> None:
+    def test_missing_checksum(self) -> None:
         """
         A message without checksum is fine in lenient and off modes, an error
         in strict mode.
@@ -184,7 +184,7 @@ class ParseScrdrTests(SynchronousTestCase):
                 self.assertTrue(message.empty)
                 self.assertEqual(set(message.variables().values()), {""})
 
-    def test_allFieldsEmpty(self) -> None:
+    def test_all_fields_empty(self) -> None:
         """
         Eight empty fields (C{;;}) are valid and flagged empty.
         """
@@ -192,7 +192,7 @@ class ParseScrdrTests(SynchronousTestCase):
         self.assertTrue(message.empty)
         self.assertEqual(message.tag_id, "")
 
-    def test_fieldCount(self) -> None:
+    def test_field_count(self) -> None:
         """
         Anything other than the greeting must have exactly eight fields.
         """
@@ -203,7 +203,7 @@ class ParseScrdrTests(SynchronousTestCase):
         ):
             self.assertIn("expected 8 fields", error(line).reason)
 
-    def test_notScrdr(self) -> None:
+    def test_not_scrdr(self) -> None:
         """
         Lines that do not start with C{$SCRDR} (or continue it with something
         other than C{;}) are rejected.
@@ -211,7 +211,7 @@ class ParseScrdrTests(SynchronousTestCase):
         for line in (b"", b"SCRDR;;;;;;;;", b"$SCCMD;SEQ=60", b"$SCRDRX;;;;;;;;"):
             self.assertEqual(error(line).reason, "not a $SCRDR message")
 
-    def test_twoHexFields(self) -> None:
+    def test_two_hex_fields(self) -> None:
         """
         Interface, Protocol, Template and RSSI are empty or exactly two hex
         digits, either case.
@@ -228,7 +228,7 @@ class ParseScrdrTests(SynchronousTestCase):
                     name, error(b"$SCRDR;" + ";".join(fields).encode()).reason
                 )
 
-    def test_tagId(self) -> None:
+    def test_tag_id(self) -> None:
         """
         TagId is hex of any length (odd too), or empty; anything else is an
         error.
@@ -253,7 +253,7 @@ class ParseScrdrTests(SynchronousTestCase):
                 "Move", error(b"$SCRDR;;;;;01;" + bad.encode() + b";;").reason
             )
 
-    def test_freeTextFields(self) -> None:
+    def test_free_text_fields(self) -> None:
         """
         TagData and TagDetails take printable text, but not a C{$}.
         """
@@ -263,7 +263,7 @@ class ParseScrdrTests(SynchronousTestCase):
         )
         self.assertIn("TagData", error(b"$SCRDR;;;;;01;;a$b;").reason)
 
-    def test_nonPrintable(self) -> None:
+    def test_non_printable(self) -> None:
         """
         Any byte outside 0x20-0x7E (other than a trailing line end) is an
         error.
@@ -275,7 +275,7 @@ class ParseScrdrTests(SynchronousTestCase):
             self.assertEqual(error(line).reason, "character outside printable ASCII")
         error(b"$SCRDR;;;;;01;;\r\n;")
 
-    def test_maxMessage(self) -> None:
+    def test_max_message(self) -> None:
         """
         A message of exactly L{MAX_MESSAGE} bytes is accepted, one byte more is
         an error, and the error keeps only the start of the line.
@@ -291,7 +291,7 @@ class ParseScrdrTests(SynchronousTestCase):
 
     @settings(deadline=None, max_examples=200)
     @given(st.binary(max_size=300), st.sampled_from(["strict", "lenient", "off"]))
-    def test_randomBytesNeverRaise(self, data: bytes, mode: str) -> None:
+    def test_random_bytes_never_raise(self, data: bytes, mode: str) -> None:
         """
         Any bytes, with or without a C{$SCRDR} prefix, give a value, never an
         exception.
@@ -345,7 +345,7 @@ class BuildScrdrTests(SynchronousTestCase):
             build_greeting("exclusive"), with_checksum(b"$SCRDR", "exclusive") + b"\r\n"
         )
 
-    def test_invalidFields(self) -> None:
+    def test_invalid_fields(self) -> None:
         """
         Each field rule of the parser is enforced by the builder too.
         """
@@ -361,7 +361,7 @@ class BuildScrdrTests(SynchronousTestCase):
         ):
             self.assertRaises(ValueError, build_scrdr, **bad)
 
-    def test_tooLong(self) -> None:
+    def test_too_long(self) -> None:
         """
         A message that would exceed L{MAX_MESSAGE} is refused.
         """
@@ -379,7 +379,7 @@ class BuildScrdrTests(SynchronousTestCase):
         tag_details=free_text,
         span=st.sampled_from(["inclusive", "exclusive", None]),
     )
-    def test_roundTrip(
+    def test_round_trip(
         self,
         interface: str,
         protocol: str,
@@ -423,7 +423,7 @@ class CommandTests(SynchronousTestCase):
     commands and refuse what the reader would discard.
     """
 
-    def test_documentedExample(self) -> None:
+    def test_documented_example(self) -> None:
         """
         The documented example C{$SCCMD;LEDS=92929292;BUZZ=0064} is built
         from L{leds} and L{buzz}.
@@ -443,7 +443,7 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(seq(255), seq("ff"))
         self.assertEqual(seq(0).fields, (("SEQ", "00"),))
 
-    def test_seqRange(self) -> None:
+    def test_seq_range(self) -> None:
         """
         SEQ codes outside 0..255 or not two hex digits are refused.
         """
@@ -477,7 +477,7 @@ class CommandTests(SynchronousTestCase):
         for bad in (-1, 65536):
             self.assertRaises(CommandError, buzz, bad)
 
-    def test_fieldValidation(self) -> None:
+    def test_field_validation(self) -> None:
         """
         Names must be C{[A-Z0-9]+}; values printable ASCII without C{;}, C{*}
         or C{$}; a command needs at least one field.
@@ -497,7 +497,7 @@ class CommandTests(SynchronousTestCase):
         self.assertRaises(CommandError, Command, (("SEQ",),))
         self.assertEqual(command(("X1", "a b=c")).encode(), b"$SCCMD;X1=a b=c\r\n")
 
-    def test_maxLength(self) -> None:
+    def test_max_length(self) -> None:
         """
         A command of 255 characters (without CR LF) is accepted, 256 is not;
         a checksum that would push it over the limit is refused by
@@ -591,7 +591,7 @@ class ParseSccmdTests(SynchronousTestCase):
         ):
             self.assertEqual(parse_sccmd(data), ParsedCommand(expected, checksum_ok))
 
-    def test_documentedExample(self) -> None:
+    def test_documented_example(self) -> None:
         """
         The documented two-field command is read field by field.
         """
@@ -650,7 +650,7 @@ class ParseSccmdTests(SynchronousTestCase):
         ),
         st.booleans(),
     )
-    def test_roundTrip(self, fields: list[tuple[str, str]], checksum: bool) -> None:
+    def test_round_trip(self, fields: list[tuple[str, str]], checksum: bool) -> None:
         """
         Any valid command survives encode -> parse_sccmd, with its checksum
         verified when sent.
@@ -663,7 +663,7 @@ class ParseSccmdTests(SynchronousTestCase):
 
     @settings(deadline=None, max_examples=200)
     @given(st.binary(max_size=300))
-    def test_randomBytesNeverRaise(self, data: bytes) -> None:
+    def test_random_bytes_never_raise(self, data: bytes) -> None:
         """
         Any bytes, with or without a C{$SCCMD} prefix, give a value, never an
         exception.
