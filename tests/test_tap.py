@@ -1,64 +1,94 @@
 """
-Tests for L{daemon.tap}: the service tree's start and stop order.
+Tests for L{daemon.tap}: the service tree's phases, started and stopped in
+their declared order.
 """
 
 from __future__ import annotations
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from daemon.config import config_from_string
+from daemon.server.trigger import ListenerService
 from daemon.status.stats import Stats
-from daemon.tap import PlantdService
+from daemon.tap import (
+    START_ORDER,
+    STOP_ORDER,
+    ActionsService,
+    Phase,
+    PlantdService,
+    build_service,
+)
 
 
 class Recorder(Service):
     """
-    A child service whose stop the test completes.
+    A child service that logs its start and stop; the test completes its
+    stop when C{hold} is set.
     """
 
-    def __init__(self, label: str, log: list[str]) -> None:
+    def __init__(self, label: str, log: list[str], hold: bool = True) -> None:
         self.label = label
         self.log = log
+        self.hold = hold
         self.stopping: Deferred[None] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.log.append(f"start {self.label}")
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
         self.log.append(self.label)
-        self.stopping = Deferred()
+        self.stopping = Deferred() if self.hold else succeed(None)
         return self.stopping
 
 
-class Listener(Recorder):
-    pass
+class PhaseOrderTests(SynchronousTestCase):
+    """
+    The declared orders are the ones the issue names.
+    """
 
+    def test_stop_order(self) -> None:
+        """
+        Listeners, readers, actions, outboxes, status page.
+        """
+        self.assertEqual(
+            [p.value for p in STOP_ORDER],
+            ["listeners", "readers", "actions", "outboxes", "status"],
+        )
 
-class Actions(Recorder):
-    pass
-
-
-class Outbox(Recorder):
-    pass
+    def test_start_order(self) -> None:
+        """
+        Start is the stop order backwards, and every phase is in both.
+        """
+        self.assertEqual(START_ORDER, tuple(reversed(STOP_ORDER)))
+        self.assertEqual(set(START_ORDER), set(Phase))
 
 
 class StopOrderTests(SynchronousTestCase):
     """
-    PlantdService stops one kind of child after the other.
+    PlantdService stops one phase after the other, whatever the order the
+    children were added in.
     """
 
-    def test_sequential_reverse(self) -> None:
+    def test_sequential(self) -> None:
         """
         Listeners stop first (together), actions only once they are done,
         the outbox only once the actions are done.
         """
         log: list[str] = []
         top = PlantdService(config_from_string(""), Stats())
-        outbox, actions = Outbox("outbox", log), Actions("actions", log)
-        l1, l2 = Listener("l1", log), Listener("l2", log)
-        for child in (outbox, actions, l1, l2):
-            child.setServiceParent(top)
+        l1, l2 = Recorder("l1", log), Recorder("l2", log)
+        outbox, actions = Recorder("outbox", log), Recorder("actions", log)
+        top.add(l1, Phase.LISTENERS)
+        top.add(outbox, Phase.OUTBOXES)
+        top.add(l2, Phase.LISTENERS)
+        top.add(actions, Phase.ACTIONS)
         top.startService()
+        del log[:]
         stopped = top.stopService()
         self.assertEqual(log, ["l2", "l1"])
         assert l1.stopping is not None and l2.stopping is not None
@@ -73,3 +103,92 @@ class StopOrderTests(SynchronousTestCase):
         assert outbox.stopping is not None
         outbox.stopping.callback(None)
         self.successResultOf(stopped)
+
+    def test_every_phase(self) -> None:
+        """
+        One child per phase, added in a shuffled order, stops in
+        L{STOP_ORDER}.
+        """
+        log: list[str] = []
+        top = PlantdService(config_from_string(""), Stats())
+        for phase in (Phase.ACTIONS, Phase.STATUS, Phase.LISTENERS, Phase.READERS):
+            top.add(Recorder(phase.value, log, hold=False), phase)
+        top.add(Recorder("outboxes", log, hold=False), Phase.OUTBOXES)
+        top.startService()
+        del log[:]
+        self.successResultOf(top.stopService())
+        self.assertEqual(log, [p.value for p in STOP_ORDER])
+
+
+class StartOrderTests(SynchronousTestCase):
+    """
+    PlantdService starts the phases in L{START_ORDER}.
+    """
+
+    def test_every_phase(self) -> None:
+        """
+        One child per phase, added in a shuffled order, starts in
+        L{START_ORDER}; children of one phase in the order added.
+        """
+        log: list[str] = []
+        top = PlantdService(config_from_string(""), Stats())
+        top.add(Recorder("listeners", log), Phase.LISTENERS)
+        top.add(Recorder("readers", log), Phase.READERS)
+        top.add(Recorder("status", log), Phase.STATUS)
+        top.add(Recorder("listeners2", log), Phase.LISTENERS)
+        top.add(Recorder("actions", log), Phase.ACTIONS)
+        top.add(Recorder("outboxes", log), Phase.OUTBOXES)
+        top.startService()
+        self.assertEqual(
+            log,
+            [
+                "start status",
+                "start outboxes",
+                "start actions",
+                "start readers",
+                "start listeners",
+                "start listeners2",
+            ],
+        )
+
+    def test_undeclared_child_refused(self) -> None:
+        """
+        A child added without a phase is refused: no order by accident.
+        """
+        top = PlantdService(config_from_string(""), Stats())
+        with self.assertRaises(TypeError):
+            Recorder("x", []).setServiceParent(top)
+
+
+class BuildServiceTests(SynchronousTestCase):
+    """
+    L{build_service} puts each service in its phase.
+    """
+
+    def test_phases(self) -> None:
+        """
+        The status page, the outbox, the actions, a reader and a listener
+        each land in their phase.
+        """
+        config = config_from_string(
+            "[plantd]\nstatus = tcp:0:interface=127.0.0.1\n"
+            "[server:in]\nlisten = tcp:0:interface=127.0.0.1\nactions = out\n"
+            "[send:out]\ndestination = tcp:host=127.0.0.1:port=9\n"
+            "data = x\nqueue = memory\n"
+            "[reader:door]\nconnect = tcp:host=127.0.0.1:port=9\n"
+        )
+        top = build_service(config, MemoryReactorClock())
+        kinds = {
+            phase: [type(child).__name__ for child in top.phases[phase]]
+            for phase in START_ORDER
+        }
+        self.assertEqual(
+            kinds,
+            {
+                Phase.STATUS: ["StatusService"],
+                Phase.OUTBOXES: ["OutboxService"],
+                Phase.ACTIONS: [ActionsService.__name__],
+                Phase.READERS: ["ReaderService"],
+                Phase.LISTENERS: [ListenerService.__name__],
+            },
+        )
