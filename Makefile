@@ -42,9 +42,15 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check daemon tests twisted bench
 	$(BIN)/mypy
 
-## bench: throughput and memory figures (prints numbers and ratios; never a pass/fail test)
-bench: $(STAMP)
-	$(BIN)/python -m bench.run
+## bench: plantd beside bare Twisted and asyncio (prints a table of figures and
+## ratios, writes bench/results/*.json; never a pass/fail test). QUICK=1: one
+## short round; BENCH_ARGS: more options (python -m bench.run --help)
+bench: $(STAMP) bench/build/loadgen
+	$(BIN)/python -m bench.run $(if $(QUICK),--quick) $(BENCH_ARGS)
+
+bench/build/loadgen: bench/loadgen.c
+	@mkdir -p bench/build
+	$(CC) -O2 -Wall -o $@ bench/loadgen.c
 
 clean:
 	rm -rf $(VENV) _trial_temp* build *.egg-info twisted/plugins/dropin.cache

@@ -10,6 +10,8 @@ sent directly (``queue = none``, one link per job).
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import tempfile
 import time
 from collections.abc import Callable
@@ -56,11 +58,21 @@ def _event(n: int) -> Event:
 
 
 async def _one(
-    reactor: Any, queue: str, jobs: int, report: Callable[[str], None]
-) -> None:
+    reactor: Any,
+    queue: str,
+    jobs: int,
+    report: Callable[[str], None],
+    directory: str | None = None,
+) -> dict[str, Any]:
+    """
+    Store C{jobs} jobs through a send action with C{queue}, then deliver
+    them; return C{stored} and C{delivered} (jobs per second) and C{errors}.
+    The durable store lives in a fresh directory under C{directory}.
+    """
+    figures: dict[str, Any] = {"errors": 0}
     printer = PrinterSimulator(reactor, mode="refuse" if queue != "none" else "normal")
     port = await printer.listen(reactor, "tcp:0:interface=127.0.0.1")
-    with tempfile.TemporaryDirectory() as state_dir:
+    with tempfile.TemporaryDirectory(dir=directory) as state_dir:
         config = config_from_string(
             _config(state_dir, port.getHost().port, queue, jobs)  # type: ignore[attr-defined]
         )
@@ -74,21 +86,24 @@ async def _one(
             results = [action.run(_event(n)) for n in range(jobs)]
             await gatherResults([r for r in results if isinstance(r, Deferred)])
             stored = time.perf_counter() - start
+            figures["stored"] = jobs / stored
             if queue == "none":
                 report(
                     f"  {'none (direct)':16} sent      {jobs / stored:>10,.0f} jobs/s"
                 )
-                return
+                return figures
             printer.mode = "normal"
             start = time.perf_counter()
             await printer.waitForJobs(jobs)
             delivered = time.perf_counter() - start
+            figures["delivered"] = jobs / delivered
             report(
                 f"  {queue:16} stored    {jobs / stored:>10,.0f} jobs/s   "
                 f"delivered {jobs / delivered:>8,.0f} jobs/s"
             )
             data = [j.data for j in printer.jobs]
             if data != expected_jobs(jobs):
+                figures["errors"] += 1
                 report(
                     f"  !! {queue}: {len(printer.jobs)} jobs delivered, not"
                     f" {jobs} in the order stored"
@@ -99,6 +114,33 @@ async def _one(
                 await stopped
             await maybeDeferred(port.stopListening)
             await printer.disconnectAll()
+    return figures
+
+
+def sqlite_baseline(directory: str, jobs: int, seconds: float = 2.0) -> float:
+    """
+    The durable outbox's baseline: one C{INSERT} and one C{COMMIT} per job
+    in SQLite, WAL journal, C{synchronous = FULL}, in a fresh database under
+    C{directory} (use the state directory's disk).  Stops after C{jobs} jobs
+    or C{seconds}; returns jobs per second.
+    """
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        db = sqlite3.connect(os.path.join(tmp, "baseline.sqlite"))
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = FULL")
+            db.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY, data BLOB)")
+            db.commit()
+            data = f"0 {PAYLOAD}\r\n".encode()
+            start = time.perf_counter()
+            done = 0
+            while done < jobs and time.perf_counter() - start < seconds:
+                db.execute("INSERT INTO jobs (data) VALUES (?)", (data,))
+                db.commit()
+                done += 1
+            return done / (time.perf_counter() - start)
+        finally:
+            db.close()
 
 
 async def bench_outbox(reactor: Any, jobs: int, report: Callable[[str], None]) -> None:

@@ -1,57 +1,131 @@
 """
-``make bench``: throughput figures, printed as numbers and ratios.
+``make bench``: plantd against bare Twisted and bare asyncio, in the same run.
 
-Never a pass/fail test.  Everything runs on 127.0.0.1; each load is bounded
-in time.  Figures:
+Never a pass/fail test.  Everything runs on 127.0.0.1.  Each server (the
+real daemon, ``twistd -n plantd``, with every feature on; a bare Twisted
+server; a bare asyncio server: L{bench.servers}) is pinned to CPU 0 where
+``taskset`` exists, the C load generator (L{bench.loadgen}) to CPU 1.  Every
+reply is checked byte for byte; any error marks the scenario broken.
 
-1. Server trigger, line echo: plantd (``twistd -n plantd`` subprocess) beside
-   a bare Twisted ``LineReceiver`` echo (subprocess) driven by the same load
-   generator: 50 clients pipelining 16 messages each, and 200 clients that
-   each wait for one reply before sending the next.
-2. Outbox: jobs stored per second (durable SQLite vs memory) and delivered
-   per second to a fast sink (the printer simulator over loopback).
-3. Durable ACK latency p50/p99 through the real daemon, in a steady trickle,
-   while the printer is away, and while the backlog drains
-   (L{bench.ack}).
+Scenarios (64-byte lines):
+
+- A1: 1 client, 1 line in flight: p50 (and p99) latency
+- A2: 50 clients x 16 pipelined lines: messages per second
+- A3: 1000 clients x 1 line in flight: messages per second
+- B1, B32: a new connection per message, 1 or 32 at a time: connections/s
+- C: 5,000 idle connections: server RSS per connection (minus the RSS
+  before they opened)
+- R1, R16: relay, 1 or 16 clients x 1 in flight: for each line, a new TCP
+  connection to a device sink (in the generator), send, close, reply
+- D: the durable outbox: jobs stored per second (each acknowledged after its
+  commit) and delivered per second, beside one SQLite ``INSERT`` +
+  ``COMMIT`` per job (WAL, ``synchronous = FULL``) on the same disk
+
+Rounds are interleaved (plantd, twisted, asyncio, plantd, ...) and the
+table shows medians; the raw figures go to ``bench/results/*.json``.
+``--only outbox`` and ``--only ack`` run the older outbox report and the
+durable ACK latency benchmark (L{bench.ack}).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import os
+import platform
 import re
+import signal
+import socket
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer, protocol, task
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
-MESSAGE = b"x" * 63 + b"\n"
-BARE_SERVER = r"""
-import sys
-from twisted.internet import reactor, protocol
-from twisted.protocols.basic import LineReceiver
+from bench import loadgen
+from bench.servers import plantd_config, raise_fd_limit
 
-class Echo(LineReceiver):
-    delimiter = b"\n"
-    def lineReceived(self, line):
-        self.sendLine(line)
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+SERVER_CPU, LOAD_CPU = 0, 1
+SERVERS = ("plantd", "twisted", "asyncio")
 
-f = protocol.Factory.forProtocol(Echo)
-port = reactor.listenTCP(0, f, interface="127.0.0.1")
-print("listening on 127.0.0.1:%d" % port.getHost().port, flush=True)
-reactor.run()
-"""
-PLANTD_CONFIG = """
-[server:bench]
-listen = tcp:0:interface=127.0.0.1
-reply = echo
-max_connections = 1000
-max_pending = 64
-"""
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    label: str
+    args: tuple[str, ...]
+    port: str = "echo"  # or "relay"
+    metric: str = "rate"  # rate | p50 | rss
+    unit: str = "msg/s"
+    target: str = ""
+
+
+SCENARIOS = [
+    Scenario(
+        "C",
+        "C: 5,000 idle connections, RSS per connection",
+        ("--mode", "idle", "--clients", "5000"),
+        metric="rss",
+        unit="B/conn",
+        target="≤ 1.3× Twisted",
+    ),
+    Scenario(
+        "A1",
+        "A1: 1 client × 1 in flight, p50 latency",
+        ("--clients", "1", "--depth", "1"),
+        metric="p50",
+        unit="µs",
+        target="≤ 1.0× Twisted",
+    ),
+    Scenario(
+        "A2",
+        "A2: 50 clients × 16 pipelined, msg/s",
+        ("--clients", "50", "--depth", "16"),
+        target="≥ 1.3× Twisted (stretch 2×)",
+    ),
+    Scenario(
+        "A3",
+        "A3: 1000 clients × 1 in flight, msg/s",
+        ("--clients", "1000", "--depth", "1"),
+        target="≥ 1.5× Twisted, ≥ 0.8× asyncio",
+    ),
+    Scenario(
+        "B1",
+        "B1: connection per message, 1 at a time, conn/s",
+        ("--mode", "conn", "--clients", "1"),
+        unit="conn/s",
+        target="≥ 0.8× Twisted",
+    ),
+    Scenario(
+        "B32",
+        "B32: connection per message, 32 at a time, conn/s",
+        ("--mode", "conn", "--clients", "32"),
+        unit="conn/s",
+        target="≥ 0.7× Twisted",
+    ),
+    Scenario(
+        "R1",
+        "R1: relay, 1 client × 1 in flight, msg/s",
+        ("--clients", "1", "--depth", "1"),
+        port="relay",
+        target="≥ 1.0× Twisted, 0 misrouted",
+    ),
+    Scenario(
+        "R16",
+        "R16: relay, 16 clients × 1 in flight, msg/s",
+        ("--clients", "16", "--depth", "1"),
+        port="relay",
+        target="≥ 1.0× Twisted, 0 misrouted",
+    ),
+]
 
 
 class _Spawned(protocol.ProcessProtocol):
@@ -82,47 +156,6 @@ class _Spawned(protocol.ProcessProtocol):
         self.ended.callback(None)
 
 
-class _Client(protocol.Protocol):
-    """
-    Sends C{pipeline} messages, and one more for each reply, until told to
-    stop; counts replies.
-    """
-
-    def __init__(self, pipeline: int, counter: list[int]) -> None:
-        self.pipeline = pipeline
-        self.counter = counter
-        self.running = True
-        self.buffered = b""
-
-    def connectionMade(self) -> None:
-        self.transport.write(MESSAGE * self.pipeline)  # type: ignore[union-attr]
-
-    def dataReceived(self, data: bytes) -> None:
-        n = data.count(b"\n")
-        self.counter[0] += n
-        if self.running and n:
-            self.transport.write(MESSAGE * n)  # type: ignore[union-attr]
-
-
-async def _load(
-    reactor: Any, port: int, clients: int, pipeline: int, seconds: float
-) -> float:
-    counter = [0]
-    protocols: list[_Client] = []
-    for _ in range(clients):
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5)
-        protocols.append(await connectProtocol(endpoint, _Client(pipeline, counter)))
-    await task.deferLater(reactor, 0.5, lambda: None)  # warm up
-    start_count, start = counter[0], time.perf_counter()
-    await task.deferLater(reactor, seconds, lambda: None)
-    rate = (counter[0] - start_count) / (time.perf_counter() - start)
-    for p in protocols:
-        p.running = False
-        p.transport.loseConnection()  # type: ignore[union-attr]
-    await task.deferLater(reactor, 0.2, lambda: None)
-    return rate
-
-
 async def _serve(
     reactor: Any, argv: list[str], logfile: str | None
 ) -> tuple[_Spawned, int]:
@@ -139,76 +172,416 @@ async def _serve(
     return spawned, port
 
 
-async def bench_server(
-    reactor: Any, seconds: float, report: Callable[[str], None]
-) -> None:
+def free_ports(n: int) -> list[int]:
     """
-    Line echo: plantd against bare Twisted, same load generator.
+    C{n} distinct TCP ports that are free on 127.0.0.1 right now.
     """
-    with tempfile.TemporaryDirectory() as tmp:
-        config = os.path.join(tmp, "bench.ini")
-        with open(config, "w") as f:
-            f.write(PLANTD_CONFIG)
-        logfile = os.path.join(tmp, "plantd.log")
-        targets = {
-            "bare twisted LineReceiver": [sys.executable, "-c", BARE_SERVER],
-            "plantd server trigger": [
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@dataclass
+class Ports:
+    echo: int
+    relay: int
+    sink: int
+    status: int
+
+
+class Server:
+    """
+    One server process under load, pinned to the server CPU.
+    """
+
+    def __init__(self, kind: str, ports: Ports, workdir: str) -> None:
+        self.kind = kind
+        self.ports = ports
+        self.log = os.path.join(workdir, f"{kind}.log")
+        if kind == "plantd":
+            state = os.path.join(workdir, "state")
+            os.makedirs(state, exist_ok=True)
+            config = os.path.join(workdir, "bench.ini")
+            with open(config, "w") as f:
+                f.write(
+                    plantd_config(
+                        state, ports.echo, ports.relay, ports.sink, ports.status
+                    )
+                )
+            argv = [
                 sys.executable,
                 "-c",
                 "from twisted.scripts.twistd import run; run()",
                 "--pidfile=",
-                f"--logfile={logfile}",
                 "-n",
                 "plantd",
                 "--config",
                 config,
-            ],
-        }
-        loads = [
-            ("50 clients x 16 pipelined", 50, 16),
-            ("200 clients x 1 in flight", 200, 1),
-        ]
-        results: dict[tuple[str, str], float] = {}
-        for name, argv in targets.items():
-            log = logfile if name.startswith("plantd") else None
-            spawned, port = await _serve(reactor, argv, log)
+            ]
+        else:
+            argv = [
+                sys.executable,
+                "-m",
+                "bench.servers",
+                kind,
+                str(ports.echo),
+                str(ports.relay),
+                str(ports.sink),
+            ]
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [*loadgen.pinned(SERVER_CPU), *argv],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=os.path.dirname(HERE),
+                preexec_fn=raise_fd_limit,
+            )
+        self.pid = self.proc.pid
+
+    def wait_listening(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        for port in (self.ports.echo, self.ports.relay):
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.kind} exited: {self.tail()}")
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(
+                            f"{self.kind} not listening: {self.tail()}"
+                        ) from None
+                    time.sleep(0.05)
+        time.sleep(0.2)
+
+    def tail(self) -> str:
+        with open(self.log, "rb") as f:
+            return f.read()[-1500:].decode(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
             try:
-                for load, clients, pipeline in loads:
-                    rate = await _load(reactor, port, clients, pipeline, seconds)
-                    results[(name, load)] = rate
-                    report(f"  {name:28} {load:28} {rate:>10,.0f} msg/s")
-            finally:
-                spawned.transport.signalProcess("KILL")  # type: ignore[union-attr]
-                await spawned.ended
-        for load, _, _ in loads:
-            bare = results[("bare twisted LineReceiver", load)]
-            ours = results[("plantd server trigger", load)]
-            report(f"  ratio plantd / bare twisted, {load}: {ours / bare:.2f}")
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def run_scenario(
+    server: Server, scenario: Scenario, warmup: float, seconds: float
+) -> dict[str, Any]:
+    """
+    One scenario against one running server: the generator's report plus
+    C{value} (the scenario's figure) and C{broken}.
+    """
+    port = server.ports.relay if scenario.port == "relay" else server.ports.echo
+    args = [
+        "--port",
+        str(port),
+        "--warmup",
+        str(warmup),
+        "--seconds",
+        str(seconds),
+        *scenario.args,
+    ]
+    if "--mode" not in args:
+        args += ["--mode", "pipe"]
+    if scenario.port == "relay":
+        args += ["--sink", str(server.ports.sink)]
+    rss: dict[str, int] = {}
+    if scenario.metric == "rss":
+        time.sleep(0.3)
+        rss["before"] = loadgen.rss_bytes(server.pid)
+
+        def ready(report: dict[str, Any]) -> None:
+            time.sleep(0.5)  # let the server settle after the last reply
+            rss["after"] = loadgen.rss_bytes(server.pid)
+
+        report = loadgen.run(args, None, ready, cpu=LOAD_CPU)
+        up = report["connections_up"]
+        report["rss_before"] = rss["before"]
+        report["rss_after"] = rss.get("after", 0)
+        report["value"] = (rss.get("after", 0) - rss["before"]) / max(up, 1)
+    else:
+        report = loadgen.run(args, server.pid, cpu=LOAD_CPU)
+        report["value"] = (
+            report["p50_us"] if scenario.metric == "p50" else report["rate"]
+        )
+        wall = report.get("server_wall_s") or 0
+        report["server_cpu_share"] = report.get("server_cpu_s", 0) / wall if wall else 0
+        gw = report["gen_wall_s"]
+        report["gen_cpu_share"] = report["gen_cpu_s"] / gw if gw else 0
+    report["broken"] = bool(report["errors"]) or server.proc.poll() is not None
+    return report
+
+
+async def run_durable(
+    reactor: Any, jobs: int, directory: str, report: Callable[[str], None]
+) -> dict[str, Any]:
+    """
+    D: the durable outbox (stored per second, each acknowledged after its
+    commit; delivered per second) and the one-commit-per-job baseline, both
+    under C{directory}.
+    """
+    from bench.outbox import _one, sqlite_baseline
+
+    figures: dict[str, Any] = {}
+    try:
+        d = await _one(reactor, "durable", jobs, report, directory)
+        figures.update(d)
+    except Exception as e:  # the daemon's modules move under us: say so
+        figures["errors"] = 1
+        figures["error"] = repr(e)
+        report(f"  !! D: {e!r}")
+    figures["baseline"] = sqlite_baseline(directory, jobs)
+    figures["broken"] = bool(figures.get("errors"))
+    return figures
+
+
+def _fmt(value: float | None, metric: str) -> str:
+    if value is None:
+        return "—"
+    if metric == "p50":
+        return f"{value:.0f} µs"
+    if metric == "rss":
+        return f"{value / 1024:.1f} KiB"
+    if value >= 1000:
+        return f"{value / 1000:.3g} k"
+    return f"{value:.0f}"
+
+
+def _median(rows: list[dict[str, Any]], key: str = "value") -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def table(results: dict[str, Any]) -> str:
+    """
+    The Markdown tables: medians, ratios, targets, CPU shares, D, and the
+    errors of any broken scenario.
+    """
+    runs = results["runs"]
+    lines = [
+        "| scenario | plantd | bare Twisted | bare asyncio | plantd / Twisted"
+        " | plantd / asyncio | target |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    cpu = [
+        "| scenario | plantd: server / generator CPU | Twisted | asyncio |",
+        "|---|---|---|---|",
+    ]
+    problems: list[str] = []
+    for s in SCENARIOS:
+        cells, med, shares = [], {}, []
+        for kind in SERVERS:
+            rows = runs.get(kind, {}).get(s.name, [])
+            m = _median(rows)
+            med[kind] = m
+            cell = _fmt(m, s.metric)
+            if s.metric == "p50" and rows:
+                cell += f" (p99 {_median(rows, 'p99_us') or 0:.0f})"
+            if any(r.get("broken") for r in rows):
+                cell += " ⚠ broken"
+                for r in rows:
+                    for e in r.get("samples", []) + (
+                        [r["error"]] if "error" in r else []
+                    ):
+                        problems.append(f"- {s.name} {kind}: {e}")
+            cells.append(cell)
+            if s.metric == "rss":
+                shares.append("—")
+            else:
+                sc, gc = (
+                    _median(rows, "server_cpu_share"),
+                    _median(rows, "gen_cpu_share"),
+                )
+                shares.append(
+                    f"{sc * 100:.0f} % / {gc * 100:.0f} %"
+                    if sc is not None and gc is not None
+                    else "—"
+                )
+        ratios = []
+        for base in ("twisted", "asyncio"):
+            p, b = med["plantd"], med[base]
+            ratios.append(f"{p / b:.2f}×" if p is not None and b else "—")
+        lines.append(
+            f"| {s.label} | {' | '.join(cells)} | {' | '.join(ratios)} | {s.target} |"
+        )
+        if s.metric != "rss":
+            cpu.append(f"| {s.name} | {' | '.join(shares)} |")
+    out = "\n".join(lines)
+    d = results.get("durable", [])
+    if d:
+        stored, baseline = _median(d, "stored"), _median(d, "baseline")
+        delivered = _median(d, "delivered")
+        ratio = f"{stored / baseline:.1f}×" if stored and baseline else "—"
+        broken = " ⚠ broken" if any(r.get("broken") for r in d) else ""
+        for r in d:
+            if "error" in r:
+                problems.append(f"- D: {r['error']}")
+        out += (
+            "\n\n| D: durable outbox | plantd | one INSERT + COMMIT per job"
+            " (SQLite WAL, synchronous = FULL) | ratio | target |\n"
+            "|---|---|---|---|---|\n"
+            f"| jobs stored/s, each acknowledged after commit | {_fmt(stored, 'rate')}{broken}"
+            f" | {_fmt(baseline, 'rate')} | {ratio} | ≥ 20× |\n"
+            f"| jobs delivered/s (one connection per job) | {_fmt(delivered, 'rate')} | — | — | — |"
+        )
+    out += "\n\nCPU share in the measured window (medians):\n\n" + "\n".join(cpu)
+    if problems:
+        out += "\n\nErrors (scenario marked broken):\n" + "\n".join(problems[:30])
+    return out
+
+
+async def bench_all(
+    reactor: Any, args: argparse.Namespace, report: Callable[[str], None]
+) -> dict[str, Any]:
+    """
+    The interleaved rounds; returns everything measured.
+    """
+    loadgen.build()
+    only = set(args.scenarios.split(",")) if args.scenarios else None
+    scenarios = [s for s in SCENARIOS if only is None or s.name in only]
+    results: dict[str, Any] = {
+        "started": datetime.datetime.now(datetime.UTC).isoformat(),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "pinned": bool(loadgen.pinned(0)),
+            "loadavg_before": os.getloadavg(),
+        },
+        "settings": {
+            "rounds": args.rounds,
+            "seconds": args.seconds,
+            "warmup": args.warmup,
+            "jobs": args.jobs,
+        },
+        "runs": {kind: {} for kind in SERVERS},
+        "durable": [],
+    }
+    build = os.path.join(HERE, "build")
+    for rnd in range(args.rounds):
+        for kind in SERVERS if args.only != "d" else ():
+            with tempfile.TemporaryDirectory(dir=build) as workdir:
+                ports = Ports(*free_ports(4))
+                server = Server(kind, ports, workdir)
+                try:
+                    server.wait_listening()
+                    for s in scenarios:
+                        try:
+                            r = run_scenario(server, s, args.warmup, args.seconds)
+                        except Exception as e:
+                            r = {"broken": True, "error": repr(e), "value": None}
+                        r["round"] = rnd
+                        results["runs"][kind].setdefault(s.name, []).append(r)
+                        report(
+                            f"  round {rnd + 1} {kind:8} {s.name:4}"
+                            f" {_fmt(r['value'], s.metric):>10}"
+                            + (f"  errors {r.get('errors')}" if r["broken"] else "")
+                        )
+                except Exception as e:
+                    report(f"  round {rnd + 1} {kind}: {e}")
+                    for s in scenarios:
+                        results["runs"][kind].setdefault(s.name, []).append(
+                            {"broken": True, "error": repr(e), "value": None}
+                        )
+                finally:
+                    server.stop()
+        if args.only in (None, "d"):
+            d = await run_durable(reactor, args.jobs, build, lambda line: None)
+            d["round"] = rnd
+            results["durable"].append(d)
+            report(
+                f"  round {rnd + 1} D durable stored {_fmt(d.get('stored'), 'rate')}/s"
+                f" delivered {_fmt(d.get('delivered'), 'rate')}/s;"
+                f" INSERT+COMMIT {_fmt(d['baseline'], 'rate')}/s"
+            )
+    results["machine"]["loadavg_after"] = os.getloadavg()
+    return results
+
+
+def write_results(results: dict[str, Any], path: str | None) -> str:
+    if path is None:
+        os.makedirs(RESULTS, exist_ok=True)
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
+        path = os.path.join(RESULTS, f"bench-{stamp}.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=1)
+    if os.path.dirname(os.path.abspath(path)) == RESULTS:
+        latest = os.path.join(RESULTS, "latest.json")
+        with open(latest, "w") as f:
+            json.dump(results, f, indent=1)
+    return path
 
 
 async def main(reactor: Any, argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="make bench", description=__doc__)
-    parser.add_argument("--seconds", type=float, default=3.0, help="per load")
-    parser.add_argument("--jobs", type=int, default=2000, help="outbox jobs")
-    parser.add_argument("--only", choices=["server", "outbox", "ack"], default=None)
+    parser = argparse.ArgumentParser(
+        prog="make bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="1 short round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=2.0, help="per window")
+    parser.add_argument("--warmup", type=float, default=0.5)
+    parser.add_argument("--jobs", type=int, default=2000, help="outbox jobs (D)")
     parser.add_argument(
-        "--away", type=float, default=15.0, help="seconds the printer is away"
+        "--scenarios", default="", help="comma-separated subset, e.g. A1,A2"
+    )
+    parser.add_argument(
+        "--only",
+        choices=["server", "d", "outbox", "ack"],
+        default=None,
+        help="server: A, B, C, R; d: the durable outbox;"
+        " outbox: store/deliver per queue kind; ack: durable ACK latency",
+    )
+    parser.add_argument("--json", default=None, help="results file")
+    parser.add_argument(
+        "--away", type=float, default=15.0, help="ack: seconds the printer is away"
     )
     args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.seconds, args.warmup = 1, 1.0, 0.3
+        args.jobs = min(args.jobs, 500)
 
     def report(line: str) -> None:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
 
-    if args.only in (None, "server"):
-        report("server trigger, 64-byte line echo over loopback:")
-        await bench_server(reactor, args.seconds, report)
-    if args.only in (None, "outbox"):
+    if args.only in (None, "server", "d"):
+        report(
+            f"{args.rounds} interleaved round(s); servers on CPU {SERVER_CPU},"
+            f" load generator on CPU {LOAD_CPU}"
+            + ("" if loadgen.pinned(0) else " (not pinned: no taskset or 1 CPU)")
+        )
+        started = time.monotonic()
+        results = await bench_all(reactor, args, report)
+        results["elapsed_s"] = time.monotonic() - started
+        path = write_results(results, args.json)
+        report("")
+        report(table(results))
+        la = results["machine"]
+        report(
+            f"\nload average before/after: {la['loadavg_before'][0]:.2f} /"
+            f" {la['loadavg_after'][0]:.2f}; {results['elapsed_s']:.0f} s; {path}"
+        )
+    if args.only == "outbox":
         from bench.outbox import bench_outbox
 
         report(f"outbox, {args.jobs} jobs of 100 bytes:")
         await bench_outbox(reactor, args.jobs, report)
-    if args.only in (None, "ack"):
+    if args.only == "ack":
         from bench.ack import NEW_CONNECTIONS, PLC_RATE, PLCS, bench_ack
 
         report(

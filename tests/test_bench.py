@@ -8,7 +8,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from bench.outbox import _config
-from bench.run import PLANTD_CONFIG
+from bench.servers import plantd_config
 from daemon.config import config_from_string
 
 
@@ -19,10 +19,11 @@ class BenchConfigTests(SynchronousTestCase):
 
     def test_configs(self) -> None:
         """
-        The server echo config and the outbox config for every queue kind
+        The server echo and relay config and the outbox config for every queue kind
         load without error.
         """
-        config_from_string(PLANTD_CONFIG)
+        c = config_from_string(plantd_config("/tmp/x", 9001, 9002, 9003, 9004))
+        self.assertEqual(c.actions["device"].queue, "none")
         for queue in ("none", "memory", "durable"):
             c = config_from_string(_config("/tmp/x", 9, queue, 100))
             self.assertEqual(c.actions["bench"].queue, queue)
