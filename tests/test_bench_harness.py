@@ -1,0 +1,137 @@
+"""
+``make bench``'s load generator verifies every reply: a tiny run against the
+bare Twisted echo passes, and the same run expecting a different reply fails.
+No timing is asserted.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from bench import loadgen
+from bench.run import free_ports, table
+
+
+def _cc() -> None:
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        raise SkipTest("no C compiler")
+
+
+class LoadGeneratorTests(SynchronousTestCase):
+    """
+    The C generator against the bare Twisted echo and relay.
+    """
+
+    def setUp(self) -> None:
+        _cc()
+        self.binary = loadgen.build()
+        self.echo, self.relay, self.sink = free_ports(3)
+        self.server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.servers",
+                "twisted",
+                str(self.echo),
+                str(self.relay),
+                str(self.sink),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.addCleanup(self.server.wait)
+        self.addCleanup(self.server.kill)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.echo), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.server.poll() is not None:
+                    raise
+                time.sleep(0.05)
+
+    def run_load(self, *args: str) -> dict[str, Any]:
+        return loadgen.run(
+            ["--warmup", "0.05", "--seconds", "0.2", *args],
+            self.server.pid,
+            cpu=0,
+            timeout=30,
+        )
+
+    def test_echo_verified(self) -> None:
+        """
+        Pipelined lines to the echo come back as sent: replies, no errors,
+        and the server's CPU time was read around the window.
+        """
+        r = self.run_load("--port", str(self.echo), "--clients", "2", "--depth", "4")
+        self.assertEqual((r["errors"], r["samples"]), (0, []))
+        self.assertGreater(r["replies"], 0)
+        self.assertIn("server_cpu_s", r)
+
+    def test_wrong_reply_caught(self) -> None:
+        """
+        Expecting a prefix the echo does not send: every connection fails
+        its first reply, the errors are counted and described.
+        """
+        r = self.run_load(
+            "--port", str(self.echo), "--clients", "2", "--prefix", "ACK "
+        )
+        self.assertEqual(r["errors"], 2)
+        self.assertEqual(r["replies"], 0)
+        self.assertIn("wrong reply at byte 0", r["samples"][0])
+
+    def test_echo_is_not_a_relay(self) -> None:
+        """
+        In relay mode, a reply whose line never reached the device sink is
+        an error: the echo answers, but sends nothing to the sink.
+        """
+        r = self.run_load(
+            "--port", str(self.echo), "--clients", "1", "--sink", str(self.sink)
+        )
+        self.assertGreater(r["errors"], 0)
+        self.assertGreater(r["misrouted"], 0)
+
+    def test_relay_and_connections(self) -> None:
+        """
+        The bare relay delivers each line to the sink before replying, and a
+        connection per message and idle connections verify cleanly.
+        """
+        r = self.run_load(
+            "--port", str(self.relay), "--clients", "2", "--sink", str(self.sink)
+        )
+        self.assertEqual((r["errors"], r["misrouted"]), (0, 0))
+        self.assertGreater(r["sink_ok"], 0)
+        r = self.run_load("--port", str(self.echo), "--mode", "conn", "--clients", "2")
+        self.assertEqual(r["errors"], 0)
+        seen: list[int] = []
+        r = loadgen.run(
+            ["--port", str(self.echo), "--mode", "idle", "--clients", "20"],
+            None,
+            lambda report: seen.append(report["connections_up"]),
+            timeout=30,
+        )
+        self.assertEqual((seen, r["errors"]), ([20], 0))
+
+
+class TableTests(SynchronousTestCase):
+    """
+    The Markdown table marks a scenario with errors as broken.
+    """
+
+    def test_broken(self) -> None:
+        ok = {"value": 100.0, "server_cpu_share": 0.5, "gen_cpu_share": 0.1}
+        bad = dict(ok, broken=True, samples=["c000001 line 0: wrong reply"])
+        text = table(
+            {"runs": {"plantd": {"A2": [bad]}, "twisted": {"A2": [ok]}}, "durable": []}
+        )
+        self.assertIn("⚠ broken", text)
+        self.assertIn("A2 plantd: c000001 line 0: wrong reply", text)
+        self.assertIn("1.00×", text)
