@@ -7,6 +7,7 @@ C{startService}.  This is the only module that touches the global reactor.
 
 from __future__ import annotations
 
+import enum
 import sqlite3
 import sys
 from collections.abc import Iterator, Mapping
@@ -131,11 +132,59 @@ class ActionsService(Service):
         ).addCallback(lambda _: None)
 
 
+class Phase(enum.Enum):
+    """
+    A stage of the daemon's life.  The children of one phase start in the
+    order they were added and stop together.
+    """
+
+    STATUS = "status"
+    OUTBOXES = "outboxes"
+    ACTIONS = "actions"
+    READERS = "readers"
+    LISTENERS = "listeners"
+
+
+#: The order phases start in: the status page first, then the outboxes are
+#: recovered, then the actions and readers; nothing listens before that.
+START_ORDER: tuple[Phase, ...] = (
+    Phase.STATUS,
+    Phase.OUTBOXES,
+    Phase.ACTIONS,
+    Phase.READERS,
+    Phase.LISTENERS,
+)
+
+#: The order phases stop in, each only once the previous one has stopped:
+#: listeners first (clients get the replies already due), then readers, then
+#: actions (device links close cleanly), then the outboxes (which would
+#: otherwise cancel deliveries whose links are closing cleanly), then the
+#: status page.
+STOP_ORDER: tuple[Phase, ...] = (
+    Phase.LISTENERS,
+    Phase.READERS,
+    Phase.ACTIONS,
+    Phase.OUTBOXES,
+    Phase.STATUS,
+)
+
+
+class PhaseService(MultiService):
+    """
+    The children of one L{Phase}; stopping stops them all at once.
+    """
+
+    def __init__(self, phase: Phase) -> None:
+        super().__init__()
+        self.phase = phase
+        self.setName(phase.value)
+
+
 class PlantdService(MultiService):
     """
-    The whole daemon.  Children start in order (status, outboxes, actions,
-    readers, server triggers: nothing listens before the outbox is
-    recovered) and stop in reverse.
+    The whole daemon: one L{PhaseService} per L{Phase}, started in
+    L{START_ORDER} and stopped in L{STOP_ORDER}.  Add children with
+    L{add}, naming their phase.
     """
 
     def __init__(self, config: Config, stats: Stats) -> None:
@@ -144,27 +193,36 @@ class PlantdService(MultiService):
         self.stats = stats
         self.listeners: dict[str, ListenerService] = {}
         self.actions: dict[str, IAction] = {}
+        self.phases: dict[Phase, PhaseService] = {}
+        for phase in START_ORDER:
+            group = PhaseService(phase)
+            self.phases[phase] = group
+            group.setServiceParent(self)
+
+    def add(self, service: IService, phase: Phase) -> None:
+        """
+        Add C{service} as a child of C{phase}.
+        """
+        service.setServiceParent(self.phases[phase])
+
+    def addService(self, service: IService) -> None:
+        if not isinstance(service, PhaseService):
+            raise TypeError(
+                f"add {service!r} with PlantdService.add(service, phase), "
+                "so that its start and stop order is declared"
+            )
+        super().addService(service)
 
     def stopService(self) -> Deferred[None]:
         """
-        Stop the children in reverse start order, one kind after the other,
-        each kind only once the previous one has stopped: listeners first
-        (clients get the replies already due), then readers, then actions
-        (device links close cleanly), then the outboxes, then the status
-        page.  MultiService would stop them all in the same instant, and the
-        outbox would cancel deliveries whose links were closing cleanly.
+        Stop the phases in L{STOP_ORDER}, each once the previous one has
+        stopped (L{MultiService} would stop them all in the same instant).
         """
         Service.stopService(self)
-        groups: list[list[IService]] = []
-        for child in reversed(list(self)):
-            if groups and type(groups[-1][0]) is type(child):
-                groups[-1].append(child)
-            else:
-                groups.append([child])
 
         async def stop() -> None:
-            for group in groups:
-                await DeferredList([maybeDeferred(c.stopService) for c in group])
+            for phase in STOP_ORDER:
+                await self.phases[phase].stopService()
 
         return Deferred.fromCoroutine(stop())
 
@@ -184,7 +242,8 @@ def build_actions(
     config: Config, reactor: Any, stats: Stats, service: MultiService
 ) -> dict[str, IAction]:
     """
-    Build every ``[send:NAME]`` action (and its outbox, when queued).
+    Build every ``[send:NAME]`` action (and its outbox, when queued: added
+    to C{service}, the L{Phase.OUTBOXES} group).
     """
     if not config.sends:
         return {}
@@ -202,15 +261,15 @@ def build_service(config: Config, reactor: Any) -> PlantdService:
     if config.daemon.status is not None:
         from daemon.status.web import StatusService
 
-        StatusService(reactor, config.daemon.status, stats).setServiceParent(top)
-    actions = build_actions(config, reactor, stats, top)
+        top.add(StatusService(reactor, config.daemon.status, stats), Phase.STATUS)
+    actions = build_actions(config, reactor, stats, top.phases[Phase.OUTBOXES])
     top.actions = actions
-    ActionsService(actions).setServiceParent(top)
+    top.add(ActionsService(actions), Phase.ACTIONS)
     if config.readers:
         from daemon.reader.service import ReaderService
 
         for reader in config.readers:
-            ReaderService(
+            reader_service = ReaderService(
                 reader,
                 reactor,
                 chain=ActionChain([actions[n] for n in reader.actions]),
@@ -218,7 +277,8 @@ def build_service(config: Config, reactor: Any) -> PlantdService:
                 on_disconnect=ActionChain([actions[n] for n in reader.on_disconnect]),
                 variables=config.variables,
                 stats=stats,
-            ).setServiceParent(top)
+            )
+            top.add(reader_service, Phase.READERS)
     for server in config.servers:
         trigger = ServerTrigger(
             server,
@@ -228,7 +288,7 @@ def build_service(config: Config, reactor: Any) -> PlantdService:
             stats.server(server.name),
         )
         listener = ListenerService(reactor, server.listen, trigger)
-        listener.setServiceParent(top)
+        top.add(listener, Phase.LISTENERS)
         top.listeners[server.name] = listener
     return top
 

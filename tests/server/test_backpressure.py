@@ -38,7 +38,8 @@ from daemon.outbox.jobs import Job
 from daemon.outbox.memory import MemoryJobStore
 from daemon.outbox.outbox import Outbox
 from daemon.outbox.store import IJobStore, SqliteJobStore, outbox_path
-from daemon.send.action import SendAction, outbox_policy
+from daemon.outbox.service import outbox_policy
+from daemon.send.action import SendAction
 from daemon.send.destination import Destination
 from daemon.server.connection import ServerConnection
 from daemon.server.trigger import ServerTrigger
