@@ -34,10 +34,14 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from daemon.config import config_from_string
 from daemon.core.actions import ActionChain
-from daemon.outbox.jobs import Job
-from daemon.outbox.memory import MemoryJobStore
-from daemon.outbox.outbox import Outbox
-from daemon.outbox.store import IJobStore, SqliteJobStore, outbox_path
+from daemon.outbox.outbox import (
+    Job,
+    JobStore,
+    MemoryJobStore,
+    Outbox,
+    SqliteJobStore,
+    outbox_path,
+)
 from daemon.outbox.service import outbox_policy
 from daemon.send.action import SendAction
 from daemon.send.destination import Destination
@@ -136,7 +140,7 @@ class Rig:
         self,
         queue: str,
         when_full: str,
-        store: IJobStore,
+        store: JobStore,
         transport: StringTransportWithDisconnection | None = None,
     ) -> None:
         config = config_from_string(
