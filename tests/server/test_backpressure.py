@@ -34,15 +34,11 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from daemon.config import config_from_string
 from daemon.core.actions import ActionChain
-from daemon.outbox.outbox import (
-    Job,
-    JobStore,
-    MemoryJobStore,
-    Outbox,
-    SqliteJobStore,
-    outbox_path,
-)
+from daemon.outbox.jobs import Job
+from daemon.outbox.memory import MemoryJobStore
+from daemon.outbox.outbox import Outbox
 from daemon.outbox.service import outbox_policy
+from daemon.outbox.store import IJobStore, SqliteJobStore, outbox_path
 from daemon.send.action import SendAction
 from daemon.send.destination import Destination
 from daemon.server.connection import ServerConnection
@@ -140,7 +136,7 @@ class Rig:
         self,
         queue: str,
         when_full: str,
-        store: JobStore,
+        store: IJobStore,
         transport: StringTransportWithDisconnection | None = None,
     ) -> None:
         config = config_from_string(
