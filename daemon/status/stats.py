@@ -2,15 +2,92 @@
 Counters, kept in one place for the status page and /metrics.
 
 Counters are plain integer attributes that the hot path increments; the
-status code reads them when asked (no locks, no per-event allocation).
+status code reads them when asked (no locks, no per-event allocation).  Each
+is declared once, in the dataclass of the thing it counts, with its metric
+kind: C{counter()} (only goes up) or C{gauge()} (goes up and down).
+C{/metrics} reads the kind from there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Any, Protocol, TypeVar, overload
 
 Snapshot = dict[str, int | float | str | None]
+
+_T = TypeVar("_T")
+
+
+class MetricKind(enum.Enum):
+    """
+    How a counter is exposed to Prometheus.
+    """
+
+    #: Only goes up (restarts from 0 with the daemon): C{NAME_total}.
+    COUNTER = "counter"
+    #: Goes up and down (open connections, queued jobs).
+    GAUGE = "gauge"
+
+
+#: The C{dataclasses.field} metadata key that holds a field's L{MetricKind}.
+KIND = "metric_kind"
+
+
+def counter() -> int:
+    """
+    A dataclass field: an integer that only goes up, from 0.
+    """
+    value: int = field(default=0, metadata={KIND: MetricKind.COUNTER})
+    return value
+
+
+@overload
+def gauge() -> int: ...
+
+
+@overload
+def gauge(default: _T) -> _T: ...
+
+
+def gauge(default: Any = 0) -> Any:
+    """
+    A dataclass field: a value that goes up and down, from C{default}.
+    """
+    return field(default=default, metadata={KIND: MetricKind.GAUGE})
+
+
+def metric_kinds(cls: type) -> dict[str, MetricKind]:
+    """
+    The declared kind of every field of the dataclass C{cls}.
+
+    @raise TypeError: when C{cls} is not a dataclass, or a field was not
+        declared with L{counter} or L{gauge}.
+    """
+    if not is_dataclass(cls):
+        raise TypeError(f"{cls.__name__} is not a dataclass")
+    kinds = {}
+    for f in fields(cls):
+        kind = f.metadata.get(KIND)
+        if not isinstance(kind, MetricKind):
+            raise TypeError(
+                f"{cls.__name__}.{f.name} has no metric kind: "
+                "declare it with counter() or gauge()"
+            )
+        kinds[f.name] = kind
+    return kinds
+
+
+#: The gauges of sources that do not declare their kinds yet (the reader's
+#: C{ReaderStats}, the outbox snapshot of a send action).  Used only when
+#: such a source registers without kinds; to move next to their fields.
+UNDECLARED_GAUGES: Mapping[str, frozenset[str]] = {
+    "reader": frozenset({"connected"}),
+    "outbox": frozenset(
+        {"pending", "bytes", "dead_letters", "waiting_puts", "destinations"}
+    ),
+}
 
 
 @dataclass(slots=True)
@@ -19,31 +96,32 @@ class ServerStats:
     Counters of one server trigger.
     """
 
-    connections: int = 0
-    active: int = 0
-    frames: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
+    connections: int = counter()
+    #: connections open now
+    active: int = gauge()
+    frames: int = counter()
+    bytes_in: int = counter()
+    bytes_out: int = counter()
     #: reply messages handed to an open connection (one per event that
     #: had something to send back)
-    replies: int = 0
+    replies: int = counter()
     #: replies ready after their connection was gone (never sent)
-    replies_dropped: int = 0
-    errors: int = 0
-    rejected: int = 0
-    oversized: int = 0
-    parse_errors: int = 0
-    decode_errors: int = 0
-    action_errors: int = 0
-    idle_timeouts: int = 0
-    write_timeouts: int = 0
-    truncated: int = 0
-    discarded_bytes: int = 0
+    replies_dropped: int = counter()
+    errors: int = counter()
+    rejected: int = counter()
+    oversized: int = counter()
+    parse_errors: int = counter()
+    decode_errors: int = counter()
+    action_errors: int = counter()
+    idle_timeouts: int = counter()
+    write_timeouts: int = counter()
+    truncated: int = counter()
+    discarded_bytes: int = counter()
     #: empty messages (a bare line end) skipped, with empty_frames = skip
-    empty_frames: int = 0
+    empty_frames: int = counter()
     #: connections whose unterminated message waited PARTIAL_WARNING_DELAY
     #: seconds for its end (logged once per connection)
-    partial_waits: int = 0
+    partial_waits: int = counter()
 
     def snapshot(self) -> Snapshot:
         return dict(asdict(self))
@@ -55,16 +133,27 @@ class ActionStats:
     Counters of one action.
     """
 
-    runs: int = 0
-    ok: int = 0
-    failed: int = 0
-    bytes_out: int = 0
-    bytes_in: int = 0
+    runs: int = counter()
+    ok: int = counter()
+    failed: int = counter()
+    bytes_out: int = counter()
+    bytes_in: int = counter()
     #: sends with save_reply that ended with an empty reply
-    empty_replies: int = 0
+    empty_replies: int = counter()
 
     def snapshot(self) -> Snapshot:
         return dict(asdict(self))
+
+
+class Counters(Protocol):
+    """
+    A dataclass of L{counter} and L{gauge} fields that can snapshot itself.
+    """
+
+    def snapshot(self) -> Snapshot: ...
+
+
+_C = TypeVar("_C", bound=Counters)
 
 
 @dataclass
@@ -72,25 +161,50 @@ class Stats:
     """
     Every counter of the daemon, by kind and name.
 
-    Modules register an object with a C{snapshot()} method (or a callable
-    returning a snapshot) under a kind (``server``, ``action``, ``reader``,
-    ``outbox``) and a name.
+    A thing that counts registers its counters under a kind (``server``,
+    ``action``, ``reader``, ``outbox``) and a name: L{add} for a dataclass of
+    declared fields, L{register} for a callable returning a snapshot.
     """
 
     sources: dict[str, dict[str, Callable[[], Snapshot]]] = field(default_factory=dict)
+    #: The declared metric kind of each counter, by source kind.
+    kinds: dict[str, dict[str, MetricKind]] = field(default_factory=dict)
+
+    def add(self, kind: str, name: str, counters: _C) -> _C:
+        """
+        Register C{counters}, a dataclass whose fields are declared with
+        L{counter} or L{gauge}, and return it.
+        """
+        self.register(kind, name, counters.snapshot, metric_kinds(type(counters)))
+        return counters
 
     def server(self, name: str) -> ServerStats:
-        stats = ServerStats()
-        self.register("server", name, stats.snapshot)
-        return stats
+        return self.add("server", name, ServerStats())
 
     def action(self, name: str) -> ActionStats:
-        stats = ActionStats()
-        self.register("action", name, stats.snapshot)
-        return stats
+        return self.add("action", name, ActionStats())
 
-    def register(self, kind: str, name: str, snapshot: Callable[[], Snapshot]) -> None:
+    def register(
+        self,
+        kind: str,
+        name: str,
+        snapshot: Callable[[], Snapshot],
+        kinds: Mapping[str, MetricKind] | None = None,
+    ) -> None:
+        """
+        Register a source of counters; C{kinds} declares their metric kinds
+        (without it, L{UNDECLARED_GAUGES} says which of them are gauges).
+        """
         self.sources.setdefault(kind, {})[name] = snapshot
+        if kinds is None:
+            kinds = dict.fromkeys(UNDECLARED_GAUGES.get(kind, ()), MetricKind.GAUGE)
+        self.kinds.setdefault(kind, {}).update(kinds)
+
+    def metric_kind(self, kind: str, counter: str) -> MetricKind | None:
+        """
+        The declared kind of C{counter} in sources of C{kind}, if any.
+        """
+        return self.kinds.get(kind, {}).get(counter)
 
     def snapshot(self) -> dict[str, dict[str, Snapshot]]:
         """

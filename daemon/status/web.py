@@ -44,26 +44,7 @@ from twisted.web.server import Site
 
 from daemon.core import logs
 from daemon.core.listening import ListeningService
-from daemon.status.stats import Snapshot, Stats
-
-#: Counter names exposed as Prometheus gauges (they go down as well as up).
-#: Every other integer counter is a Prometheus counter; floats and booleans
-#: are always gauges.
-GAUGES: frozenset[str] = frozenset(
-    {
-        "active",
-        "connected",
-        "pending",
-        "bytes_pending",
-        "oldest_age",
-        "dead_letters",
-        "queued",
-        # outbox snapshot fields that go down as well as up
-        "bytes",
-        "waiting_puts",
-        "destinations",
-    }
-)
+from daemon.status.stats import MetricKind, Snapshot, Stats
 
 #: Prefix of every metric name.
 PREFIX = "plantd"
@@ -276,9 +257,9 @@ def metric_families(view: StatusView, snapshot: StatsSnapshot) -> Iterator[Metri
     The Prometheus metric families for C{snapshot}.
 
     One family per kind and counter, named C{plantd_KIND_COUNTER}, with one
-    sample per name labelled C{name="..."}.  A counter whose name is in
-    L{GAUGES}, or that has a float or boolean value, is a gauge; any other
-    integer is a counter (C{_total}).  Strings and C{None} are skipped, and
+    sample per name labelled C{name="..."}.  A counter declared a gauge
+    (L{Stats.metric_kind}), or that has a float or boolean value, is a gauge;
+    any other integer is a counter (C{_total}).  Strings and C{None} are skipped, and
     so is a family whose sample names would clash with one already written
     (two counters that differ only in characters Prometheus does not allow).
     Also C{plantd_uptime_seconds} and C{plantd_info{version="..."}}.
@@ -299,7 +280,7 @@ def metric_families(view: StatusView, snapshot: StatsSnapshot) -> Iterator[Metri
                     values.append((name, value))
             if not values:
                 continue
-            gauge = counter in GAUGES or any(
+            gauge = view.stats.metric_kind(kind, counter) is MetricKind.GAUGE or any(
                 isinstance(v, bool | float) for _, v in values
             )
             base = metric_name(PREFIX, kind, counter)
