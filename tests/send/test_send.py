@@ -173,7 +173,7 @@ class FakeEndpoint:
         self.attempts[index][1].errback(ConnectionRefusedError())
 
 
-def deviceCloses(protocol: Protocol) -> None:
+def device_closes(protocol: Protocol) -> None:
     """
     After our half-close, the device closes its side too: EOF, then the
     connection is gone.
@@ -187,7 +187,7 @@ def lost(protocol: Protocol, error: Exception) -> None:
     protocol.connectionLost(Failure(error))
 
 
-def sendConfig(**kwargs: Any) -> SendConfig:
+def send_config(**kwargs: Any) -> SendConfig:
     """
     A send action to [printer], data ``^XA[sku]^XZ``, with C{kwargs}.
     """
@@ -230,7 +230,7 @@ class PureHelperTests(SynchronousTestCase):
     Encoding, decoding, backoff and reply buffering.
     """
 
-    def test_encodeErrorNamesCharacterAndPosition(self) -> None:
+    def test_encode_error_names_character_and_position(self) -> None:
         """
         A character the codec cannot encode fails with the character, its
         position and the codec.
@@ -241,7 +241,7 @@ class PureHelperTests(SynchronousTestCase):
             str(e.exception), "cannot encode '\u20ac' at position 10 with latin-1"
         )
 
-    def test_encodeAuto(self) -> None:
+    def test_encode_auto(self) -> None:
         """
         ``auto`` is latin-1 when every character fits, else UTF-8.
         """
@@ -250,7 +250,7 @@ class PureHelperTests(SynchronousTestCase):
             encode_device_data("\u20ac\u00e9", "auto"), "\u20ac\u00e9".encode()
         )
 
-    def test_decodeReply(self) -> None:
+    def test_decode_reply(self) -> None:
         """
         Replies decode with the action's encoding; ``auto`` falls back to
         latin-1, other codecs replace bad bytes instead of failing.
@@ -278,14 +278,14 @@ class PureHelperTests(SynchronousTestCase):
         retry_initial, capped at retry_max, shortened by up to 20% of
         jitter (this replaces the old rule without jitter).
         """
-        action = SendAction(sendConfig(retry_initial=1.0, retry_max=5.0), Clock())
+        action = SendAction(send_config(retry_initial=1.0, retry_max=5.0), Clock())
         self.assertEqual(
             [action.backoff.delay(n, 0.0) for n in range(1, 6)],
             [1.0, 2.0, 4.0, 5.0, 5.0],
         )
         self.assertAlmostEqual(action.backoff.delay(3, 0.5), 3.6)
 
-    def test_replyDelimiterAcrossChunks(self) -> None:
+    def test_reply_delimiter_across_chunks(self) -> None:
         """
         A delimiter split across reads still completes the reply, which ends
         before the delimiter; bytes after it are ignored.
@@ -297,7 +297,7 @@ class PureHelperTests(SynchronousTestCase):
         self.assertEqual(buffer.value, b"OK 12")
         self.assertFalse(buffer.truncated)
 
-    def test_replyCount(self) -> None:
+    def test_reply_count(self) -> None:
         """
         ``bytes:N`` completes after exactly N bytes.
         """
@@ -306,7 +306,7 @@ class PureHelperTests(SynchronousTestCase):
         self.assertTrue(buffer.feed(b"\x06\x06\x06"))
         self.assertEqual(buffer.value, b"\x06\x06\x06")
 
-    def test_replyMaxWithoutUntil(self) -> None:
+    def test_reply_max_without_until(self) -> None:
         """
         Without reply_until, bytes past reply_max are dropped and the reply
         stays open (the delay decides).
@@ -316,7 +316,7 @@ class PureHelperTests(SynchronousTestCase):
         self.assertFalse(buffer.feed(b"defg"))
         self.assertEqual((buffer.value, buffer.truncated), (b"abcd", True))
 
-    def test_replyMaxWithUntil(self) -> None:
+    def test_reply_max_with_until(self) -> None:
         """
         With reply_until, reaching reply_max first completes the reply,
         truncated: there is nothing left to wait for.
@@ -331,7 +331,7 @@ class LinkLimitersTests(SynchronousTestCase):
     L{LinkLimiters}: per-destination FIFO limits.
     """
 
-    def test_fifoPerDestination(self) -> None:
+    def test_fifo_per_destination(self) -> None:
         """
         With limit 1 the second and third jobs for one destination wait and
         are let go in order; another destination is not held up; idle
@@ -355,7 +355,7 @@ class LinkLimitersTests(SynchronousTestCase):
         limiters.release("b")
         self.assertEqual(len(limiters), 0)
 
-    def test_limitAboveOne(self) -> None:
+    def test_limit_above_one(self) -> None:
         """
         With limit 2, two links open at once; the third waits.
         """
@@ -368,7 +368,7 @@ class LinkLimitersTests(SynchronousTestCase):
         limiters.release("a")
         self.successResultOf(grants[2])
 
-    def test_cancelWaiting(self) -> None:
+    def test_cancel_waiting(self) -> None:
         """
         Cancelling a waiting grant gives up its place; nothing is left.
         """
@@ -406,7 +406,7 @@ class LinkTests(SynchronousTestCase):
             self.gone.append,
         )
 
-    def test_plainSend(self) -> None:
+    def test_plain_send(self) -> None:
         """
         connecting -> sending -> closing (half-close) -> done: the data is
         written once, our side half-closes, and the link succeeds when the
@@ -423,13 +423,13 @@ class LinkTests(SynchronousTestCase):
         self.assertFalse(transport.disconnecting)
         self.assertIsNone(transport.producer)
         self.assertNoResult(d)
-        deviceCloses(protocol)
+        device_closes(protocol)
         self.assertTrue(transport.disconnecting)
         self.assertEqual(self.successResultOf(d), b"")
         self.assertIs(link.state, LinkState.DONE)
         self.assertEqual(self.gone, [link])
 
-    def test_connectRefused(self) -> None:
+    def test_connect_refused(self) -> None:
         """
         A refused connection fails with the destination and the reason.
         """
@@ -438,7 +438,7 @@ class LinkTests(SynchronousTestCase):
         failure = self.failureResultOf(d, ActionFailed)
         self.assertEqual(str(failure.value), f"{PRINTER}: connection refused")
 
-    def test_connectTimeout(self) -> None:
+    def test_connect_timeout(self) -> None:
         """
         A device that does not answer the SYN fails the link exactly at
         connect_timeout; the attempt is cancelled.
@@ -455,7 +455,7 @@ class LinkTests(SynchronousTestCase):
         self.assertEqual(self.endpoint.cancelled, 1)
         self.assertIs(link.state, LinkState.FAILED)
 
-    def test_endpointTimeout(self) -> None:
+    def test_endpoint_timeout(self) -> None:
         """
         An endpoint's own TimeoutError reads the same as ours.
         """
@@ -466,7 +466,7 @@ class LinkTests(SynchronousTestCase):
             str(failure.value), f"{PRINTER}: no answer within connect_timeout 2.5s"
         )
 
-    def test_writeTimeout(self) -> None:
+    def test_write_timeout(self) -> None:
         """
         A device that accepts but does not read: the transport keeps the
         link paused, and at write_timeout after connecting the link aborts
@@ -490,7 +490,7 @@ class LinkTests(SynchronousTestCase):
             f"{PRINTER}: device did not read the data within write_timeout 10s",
         )
 
-    def test_pausedThenResumed(self) -> None:
+    def test_paused_then_resumed(self) -> None:
         """
         A large write pauses the link; when the transport resumes it (its
         buffer drained) the data counts as written and the link closes.
@@ -504,10 +504,10 @@ class LinkTests(SynchronousTestCase):
         IPushProducer(protocol).resumeProducing()
         self.assertTrue(link.written)
         self.assertIs(link.state, LinkState.CLOSING)
-        deviceCloses(protocol)
+        device_closes(protocol)
         self.assertEqual(self.successResultOf(d), b"")
 
-    def test_deviceClosesBeforeDataWritten(self) -> None:
+    def test_device_closes_before_data_written(self) -> None:
         """
         A device that closes while the data is still being written fails
         the link.
@@ -525,7 +525,7 @@ class LinkTests(SynchronousTestCase):
             f"{PRINTER}: device closed the connection before all the data was written",
         )
 
-    def test_resetWhileClosing(self) -> None:
+    def test_reset_while_closing(self) -> None:
         """
         A reset instead of the device's clean close fails the link (what
         the refuse mode of a printer looks like).
@@ -538,7 +538,7 @@ class LinkTests(SynchronousTestCase):
             str(failure.value).startswith(f"{PRINTER}: connection reset by the device")
         )
 
-    def test_disconnectDelayExact(self) -> None:
+    def test_disconnect_delay_exact(self) -> None:
         """
         With disconnect_delay the link stays open exactly that long after
         the data was written, then half-closes.
@@ -554,10 +554,10 @@ class LinkTests(SynchronousTestCase):
         self.clock.advance(0.001)
         self.assertTrue(transport.write_closed)
         self.assertIs(link.state, LinkState.CLOSING)
-        deviceCloses(protocol)
+        device_closes(protocol)
         self.successResultOf(d)
 
-    def test_replyCaptured(self) -> None:
+    def test_reply_captured(self) -> None:
         """
         What the device sends during the delay, in any number of reads, is
         the reply; what it sends while the link closes is too.
@@ -569,10 +569,10 @@ class LinkTests(SynchronousTestCase):
         protocol.dataReceived(b"OK")
         self.clock.advance(0.5)
         protocol.dataReceived(b"!")
-        deviceCloses(protocol)
+        device_closes(protocol)
         self.assertEqual(self.successResultOf(d), b"PQ:OK!")
 
-    def test_replyUntilEndsWaitEarly(self) -> None:
+    def test_reply_until_ends_wait_early(self) -> None:
         """
         With reply_until the link closes (fully, at once) as soon as the
         reply is complete, long before the delay runs out.
@@ -593,7 +593,7 @@ class LinkTests(SynchronousTestCase):
         lost(protocol, ConnectionDone())
         self.assertEqual(self.successResultOf(d), b"OK")
 
-    def test_replyUntilBytes(self) -> None:
+    def test_reply_until_bytes(self) -> None:
         """
         ``bytes:N`` completes after N bytes, even without a delay (while
         the link waits for the device to close).
@@ -609,7 +609,7 @@ class LinkTests(SynchronousTestCase):
         lost(protocol, ConnectionDone())
         self.assertEqual(self.successResultOf(d), b"\x06\x06")
 
-    def test_replyBeforeDataWritten(self) -> None:
+    def test_reply_before_data_written(self) -> None:
         """
         A complete reply that arrives while the data is still being written
         closes the link as soon as the data is written.
@@ -630,7 +630,7 @@ class LinkTests(SynchronousTestCase):
         lost(protocol, ConnectionDone())
         self.assertEqual(self.successResultOf(d), b"!")
 
-    def test_deviceClosesDuringDelay(self) -> None:
+    def test_device_closes_during_delay(self) -> None:
         """
         A device that closes cleanly after the data was written ends the
         wait: success, with what it said.
@@ -644,7 +644,7 @@ class LinkTests(SynchronousTestCase):
         lost(protocol, ConnectionDone())
         self.assertEqual(self.successResultOf(d), b"bye")
 
-    def test_deviceClosesWhileOurDataFlushes(self) -> None:
+    def test_device_closes_while_our_data_flushes(self) -> None:
         """
         A device that closes while our half-close still waits for the data
         to go out: the link waits for the flush, then closes and succeeds;
@@ -664,7 +664,7 @@ class LinkTests(SynchronousTestCase):
         lost(protocol, ConnectionLost("Broken pipe"))
         self.failureResultOf(d, ActionFailed)
 
-    def test_resetDuringDelay(self) -> None:
+    def test_reset_during_delay(self) -> None:
         """
         A reset while waiting for the reply fails the link.
         """
@@ -673,7 +673,7 @@ class LinkTests(SynchronousTestCase):
         lost(protocol, ConnectionLost())
         self.failureResultOf(d, ActionFailed)
 
-    def test_closeTimeoutAfterFin(self) -> None:
+    def test_close_timeout_after_fin(self) -> None:
         """
         A device that never closes its side after our FIN went out: after
         the close timeout the link closes anyway, successfully.
@@ -689,7 +689,7 @@ class LinkTests(SynchronousTestCase):
         lost(protocol, ConnectionDone())
         self.successResultOf(d)
 
-    def test_closeTimeoutDataStuck(self) -> None:
+    def test_close_timeout_data_stuck(self) -> None:
         """
         When even our FIN could not go out (the data is still in the
         transport) by the close timeout, the link aborts and fails.
@@ -704,7 +704,7 @@ class LinkTests(SynchronousTestCase):
         failure = self.failureResultOf(d, ActionFailed)
         self.assertIn("device did not read the data", str(failure.value))
 
-    def test_tlsWaitsForHandshake(self) -> None:
+    def test_tls_waits_for_handshake(self) -> None:
         """
         Over TLS the data counts as written only after the handshake, and
         the link closes with a full close (close_notify), not a half-close.
@@ -719,7 +719,7 @@ class LinkTests(SynchronousTestCase):
         lost(protocol, ConnectionDone())
         self.successResultOf(d)
 
-    def tlsWritten(self, **options: Any) -> tuple[Link, Deferred[bytes], Any]:
+    def tls_written(self, **options: Any) -> tuple[Link, Deferred[bytes], Any]:
         """
         A TLS link whose handshake is done and whose data is written.
         """
@@ -729,13 +729,13 @@ class LinkTests(SynchronousTestCase):
         protocol.handshakeCompleted()  # type: ignore[attr-defined]
         return link, d, protocol
 
-    def test_tlsCloseTimeoutFails(self) -> None:
+    def test_tls_close_timeout_fails(self) -> None:
         """
         A TLS device that does not answer our close_notify within the close
         timeout (a slow reader: data may still sit in the TLS and TCP
         buffers) is aborted, and the link fails: delivery not confirmed.
         """
-        link, d, protocol = self.tlsWritten()
+        link, d, protocol = self.tls_written()
         transport = protocol.transport
         self.assertIs(link.state, LinkState.CLOSING)
         self.assertTrue(transport.disconnecting)
@@ -753,7 +753,7 @@ class LinkTests(SynchronousTestCase):
         )
         self.assertIs(link.state, LinkState.FAILED)
 
-    def test_tlsEndWithoutCloseNotifyFails(self) -> None:
+    def test_tls_end_without_close_notify_fails(self) -> None:
         """
         Over TLS, an end that is not clean -- a reset after our
         close_notify, or the TCP connection closed without the device's
@@ -764,35 +764,35 @@ class LinkTests(SynchronousTestCase):
             f"{PRINTER}: TLS session not closed cleanly by the device (no "
             f"close_notify, or a reset); delivery not confirmed"
         )
-        link, d, protocol = self.tlsWritten()
+        link, d, protocol = self.tls_written()
         self.assertIs(link.state, LinkState.CLOSING)
         lost(protocol, ConnectionLost("Connection reset by peer"))
         failure = self.failureResultOf(d, ActionFailed)
         self.assertEqual(str(failure.value), expected)
-        link, d, protocol = self.tlsWritten(disconnect_delay=5.0)
+        link, d, protocol = self.tls_written(disconnect_delay=5.0)
         self.assertIs(link.state, LinkState.WAITING_REPLY)
         lost(protocol, ConnectionLost())
         failure = self.failureResultOf(d, ActionFailed)
         self.assertEqual(str(failure.value), expected)
 
-    def test_tlsDeviceClosesCleanlyDuringDelay(self) -> None:
+    def test_tls_device_closes_cleanly_during_delay(self) -> None:
         """
         A TLS device that ends the session cleanly (its close_notify, which
         Twisted's TLS layer answers) while the link waits for a reply: a
         success, with what it said.
         """
-        link, d, protocol = self.tlsWritten(disconnect_delay=5.0, capture=True)
+        link, d, protocol = self.tls_written(disconnect_delay=5.0, capture=True)
         protocol.dataReceived(b"done")
         lost(protocol, ConnectionDone())
         self.assertEqual(self.successResultOf(d), b"done")
 
-    def test_tlsCloseTimeoutAfterReply(self) -> None:
+    def test_tls_close_timeout_after_reply(self) -> None:
         """
         Once a complete reply_until reply has arrived, a TLS device that
         does not answer close_notify is aborted at the close timeout, and
         the link still succeeds: the device answered, so it has the data.
         """
-        link, d, protocol = self.tlsWritten(
+        link, d, protocol = self.tls_written(
             disconnect_delay=5.0, capture=True, reply_until=ReplyUntil(count=2)
         )
         protocol.dataReceived(b"OK")
@@ -802,7 +802,7 @@ class LinkTests(SynchronousTestCase):
         lost(protocol, ConnectionLost())
         self.assertEqual(self.successResultOf(d), b"OK")
 
-    def test_closeTimeoutAfterReplyDataStuck(self) -> None:
+    def test_close_timeout_after_reply_data_stuck(self) -> None:
         """
         Over TCP too, a complete reply makes the link a success even when
         the rest of our data could not go out by the close timeout.
@@ -820,7 +820,7 @@ class LinkTests(SynchronousTestCase):
         lost(protocol, ConnectionAborted())
         self.assertEqual(self.successResultOf(d), b"!")
 
-    def test_tlsHandshakeNeverCompletes(self) -> None:
+    def test_tls_handshake_never_completes(self) -> None:
         """
         A TLS handshake that never finishes is bounded by write_timeout.
         """
@@ -832,7 +832,7 @@ class LinkTests(SynchronousTestCase):
         lost(protocol, ConnectionAborted())
         self.failureResultOf(d, ActionFailed)
 
-    def test_tlsVerificationFailure(self) -> None:
+    def test_tls_verification_failure(self) -> None:
         """
         A certificate that does not match the host name fails with the TLS
         reason.
@@ -849,7 +849,7 @@ class LinkTests(SynchronousTestCase):
             f"{PRINTER}: TLS: certificate does not match hostname 'printer1'",
         )
 
-    def test_describeSSLError(self) -> None:
+    def test_describe_ssl_error(self) -> None:
         """
         OpenSSL errors read as their reasons.
         """
@@ -859,7 +859,7 @@ class LinkTests(SynchronousTestCase):
         )
         self.assertIsNone(describe_tls_failure(Failure(ConnectionDone())))
 
-    def test_cancelWhileConnecting(self) -> None:
+    def test_cancel_while_connecting(self) -> None:
         """
         Cancelling the link's Deferred while connecting cancels the attempt.
         """
@@ -871,7 +871,7 @@ class LinkTests(SynchronousTestCase):
         self.assertIs(link.state, LinkState.FAILED)
         self.assertEqual(self.gone, [link])
 
-    def test_abortWhileOpen(self) -> None:
+    def test_abort_while_open(self) -> None:
         """
         L{Link.abort} aborts an open link; it fails with the reason once
         the connection is gone, and L{Link.when_gone} fires then.
@@ -889,14 +889,14 @@ class LinkTests(SynchronousTestCase):
         failure = self.failureResultOf(d, ActionFailed)
         self.assertEqual(str(failure.value), f"{PRINTER}: the daemon is stopping")
 
-    def test_emptyPayload(self) -> None:
+    def test_empty_payload(self) -> None:
         """
         Empty data still makes a (data-less) connection that closes cleanly.
         """
         d = self.link(payload=b"").start()
         protocol, transport = self.endpoint.accept()
         self.assertEqual(transport.value(), b"")
-        deviceCloses(protocol)
+        device_closes(protocol)
         self.successResultOf(d)
 
 
@@ -919,7 +919,7 @@ class SendActionTests(SynchronousTestCase):
 
     def action(self, **kwargs: Any) -> SendAction:
         return SendAction(
-            sendConfig(**kwargs),
+            send_config(**kwargs),
             self.clock,
             limiters=self.limiters,
             endpoint_factory=self.endpoint,  # type: ignore[arg-type]
@@ -929,7 +929,7 @@ class SendActionTests(SynchronousTestCase):
     def printer(self, key: str = PRINTER) -> FakeEndpoint:
         return self.endpoints[key]
 
-    def test_sendsRenderedData(self) -> None:
+    def test_sends_rendered_data(self) -> None:
         """
         The data template is rendered with the event's variables, encoded
         and sent to the rendered destination; the result is no variables.
@@ -939,11 +939,11 @@ class SendActionTests(SynchronousTestCase):
         assert isinstance(d, Deferred)
         protocol, transport = self.printer().accept()
         self.assertEqual(transport.value(), b"^XA\x805^XZ")
-        deviceCloses(protocol)
+        device_closes(protocol)
         self.assertIsNone(self.successResultOf(d))
         self.assertEqual(action.stats.bytes_out, 8)
 
-    def test_saveReply(self) -> None:
+    def test_save_reply(self) -> None:
         """
         With save_reply the result holds the decoded reply, or "" when the
         device said nothing, which counts as an empty reply.
@@ -954,7 +954,7 @@ class SendActionTests(SynchronousTestCase):
         protocol, _ = self.printer().accept()
         protocol.dataReceived(b"\xc3\xa9t\xc3\xa9")
         self.clock.advance(1.0)
-        deviceCloses(protocol)
+        device_closes(protocol)
         self.assertEqual(self.successResultOf(d), {"answer": "\u00e9t\u00e9"})
         self.assertEqual(action.stats.bytes_in, 5)
         d = action.run(event())
@@ -962,17 +962,17 @@ class SendActionTests(SynchronousTestCase):
         protocol, _ = self.printer().accept()
         self.clock.advance(1.0)
         self.assertEqual(action.stats.empty_replies, 0)
-        deviceCloses(protocol)
+        device_closes(protocol)
         self.assertEqual(self.successResultOf(d), {"answer": ""})
         self.assertEqual(action.stats.empty_replies, 1)
 
-    def test_replyToSender(self) -> None:
+    def test_reply_to_sender(self) -> None:
         """
         reply_to_sender appends the bytes to the event's reply, at once and
         without a Deferred, and counts them.
         """
         action = SendAction(
-            sendConfig(
+            send_config(
                 destination=None,
                 reply_to_sender=True,
                 data=Template.parse("OK [sku]\\r\\n"),
@@ -986,7 +986,7 @@ class SendActionTests(SynchronousTestCase):
         e.reply = None
         self.assertRaises(ActionFailed, action.run, e)
 
-    def test_encodeErrorSendsNothing(self) -> None:
+    def test_encode_error_sends_nothing(self) -> None:
         """
         A character the encoding cannot represent fails the action at once
         with the character and position; no connection is made.
@@ -999,7 +999,7 @@ class SendActionTests(SynchronousTestCase):
         )
         self.assertEqual(self.endpoints, {})
 
-    def test_badDestination(self) -> None:
+    def test_bad_destination(self) -> None:
         """
         A destination that renders to no address fails the action at once
         with a clear reason; so does a missing variable.
@@ -1020,7 +1020,7 @@ class SendActionTests(SynchronousTestCase):
         )
         self.assertEqual(self.endpoints, {})
 
-    def test_retriesWithBackoff(self) -> None:
+    def test_retries_with_backoff(self) -> None:
         """
         retries = 3: attempts at 0, +1 s, +2 s, +4 s (doubling from
         retry_initial, capped at retry_max); then the action fails naming
@@ -1063,7 +1063,7 @@ class SendActionTests(SynchronousTestCase):
         printer.refuse()
         self.failureResultOf(d, ActionFailed)
 
-    def test_retrySucceeds(self) -> None:
+    def test_retry_succeeds(self) -> None:
         """
         A retry that gets through succeeds the action.
         """
@@ -1073,10 +1073,10 @@ class SendActionTests(SynchronousTestCase):
         self.printer().refuse()
         self.clock.advance(0.5)
         protocol, _ = self.printer().accept()
-        deviceCloses(protocol)
+        device_closes(protocol)
         self.assertIsNone(self.successResultOf(d))
 
-    def test_serializedPerDestination(self) -> None:
+    def test_serialized_per_destination(self) -> None:
         """
         A second job for the same destination -- from the same action or
         another one -- connects only after the first link is gone; a job
@@ -1097,15 +1097,15 @@ class SendActionTests(SynchronousTestCase):
         protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(len(printer.attempts), 2)
         protocol, _ = printer.accept()
-        deviceCloses(protocol)
+        device_closes(protocol)
         protocol, _ = self.printer("10.0.0.41:9100").accept()
-        deviceCloses(protocol)
+        device_closes(protocol)
         for d in (d1, d2, d3):
             assert isinstance(d, Deferred)
             self.successResultOf(d)
         self.assertEqual(len(self.limiters), 0)
 
-    def test_maxParallel(self) -> None:
+    def test_max_parallel(self) -> None:
         """
         max_parallel = 2 lets two links to one destination open together.
         """
@@ -1115,11 +1115,11 @@ class SendActionTests(SynchronousTestCase):
         self.assertEqual(len(printer.attempts), 2)
         p1, _ = printer.accept(index=0)
         p2, _ = printer.accept(index=1)
-        deviceCloses(p1)
+        device_closes(p1)
         self.assertEqual(len(printer.attempts), 3)
-        deviceCloses(p2)
+        device_closes(p2)
         p3, _ = printer.accept()
-        deviceCloses(p3)
+        device_closes(p3)
         for d in ds:
             assert isinstance(d, Deferred)
             self.successResultOf(d)
@@ -1151,7 +1151,7 @@ class SendActionTests(SynchronousTestCase):
             self.assertIn("the daemon is stopping", str(failure.value))
         assert isinstance(open_, Deferred)
         self.assertNoResult(open_)
-        deviceCloses(protocol)
+        device_closes(protocol)
         self.assertFalse(transport.aborted)
         self.successResultOf(stopped)
         self.successResultOf(stopped_other)
@@ -1160,7 +1160,7 @@ class SendActionTests(SynchronousTestCase):
         self.assertEqual(len(self.limiters), 0)
         self.assertRaises(ActionFailed, action.run, event())
 
-    def test_stopAbortsUnwrittenLinks(self) -> None:
+    def test_stop_aborts_unwritten_links(self) -> None:
         """
         stop() aborts a link still connecting and a link still writing its
         data; both jobs fail with the reason, without a retry, and stop()
@@ -1186,7 +1186,7 @@ class SendActionTests(SynchronousTestCase):
         self.assertEqual(len(printer.attempts), 2)
         self.assertEqual(len(self.limiters), 0)
 
-    def test_stopBoundedByCloseTimeout(self) -> None:
+    def test_stop_bounded_by_close_timeout(self) -> None:
         """
         A written TLS link closed by stop() (close_notify) whose device
         never answers is aborted at CLOSE_TIMEOUT: the job fails (delivery
@@ -1211,7 +1211,7 @@ class SendActionTests(SynchronousTestCase):
         failure = self.failureResultOf(d, ActionFailed)
         self.assertIn("delivery not confirmed", str(failure.value))
 
-    def test_chainStopsAtFailure(self) -> None:
+    def test_chain_stops_at_failure(self) -> None:
         """
         In an action chain a failed send makes the outcome its reason and
         the actions after it do not run.
@@ -1229,7 +1229,7 @@ class SendActionTests(SynchronousTestCase):
         self.assertEqual(len(self.printer().attempts), 1)
         self.flushLoggedErrors()
 
-    def test_deliverIsOneAttempt(self) -> None:
+    def test_deliver_is_one_attempt(self) -> None:
         """
         deliver(job) for the outbox makes one attempt, whatever retries
         says, and succeeds only when the device took the data.
@@ -1244,7 +1244,7 @@ class SendActionTests(SynchronousTestCase):
         d = action.deliver(job)
         protocol, transport = self.printer().accept()
         self.assertEqual(transport.value(), b"data")
-        deviceCloses(protocol)
+        device_closes(protocol)
         self.successResultOf(d)
         self.assertEqual(len(self.printer().attempts), 2)
 
@@ -1257,7 +1257,7 @@ class OutboxStartTests(SynchronousTestCase):
 
     def action(self) -> tuple[SendAction, FakeOutbox]:
         action = SendAction(
-            sendConfig(queue="durable"),
+            send_config(queue="durable"),
             Clock(),
             endpoint_factory=lambda destination: FakeEndpoint(),  # type: ignore[arg-type,return-value]
         )
@@ -1265,7 +1265,7 @@ class OutboxStartTests(SynchronousTestCase):
         action.attach_outbox(outbox)  # type: ignore[arg-type]
         return action, outbox
 
-    def test_eventsWaitForStart(self) -> None:
+    def test_events_wait_for_start(self) -> None:
         """
         An event that comes while the outbox starts is stored once it has
         started; later events are stored at once.
@@ -1283,7 +1283,7 @@ class OutboxStartTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(later))
         self.assertEqual(outbox.puts, [(PRINTER, b"^XA1^XZ"), (PRINTER, b"^XA2^XZ")])
 
-    def test_startFailureIsRemembered(self) -> None:
+    def test_start_failure_is_remembered(self) -> None:
         """
         When the outbox cannot be opened, the event waiting for it fails
         with the reason, and so does every later event, at once instead of
@@ -1323,7 +1323,7 @@ class OutboxServiceTests(SynchronousTestCase):
 
     def service(self, state_dir: str) -> tuple[OutboxService, SendAction]:
         action = SendAction(
-            sendConfig(queue="durable"),
+            send_config(queue="durable"),
             Clock(),
             endpoint_factory=lambda destination: FakeEndpoint(),  # type: ignore[arg-type,return-value]
         )
@@ -1336,7 +1336,7 @@ class OutboxServiceTests(SynchronousTestCase):
         critical = [e for e in events if e["log_level"] is LogLevel.critical]
         self.assertEqual([formatEvent(e) for e in critical], [expected])
 
-    def test_stateDirCannotBeCreated(self) -> None:
+    def test_state_dir_cannot_be_created(self) -> None:
         """
         A state_dir that cannot be created (a file is in the way) raises
         the OSError, after one critical line naming the config file,
@@ -1357,7 +1357,7 @@ class OutboxServiceTests(SynchronousTestCase):
         )
         self.assertIsNone(action.outbox)
 
-    def test_outboxCannotBeOpened(self) -> None:
+    def test_outbox_cannot_be_opened(self) -> None:
         """
         A state_dir whose outbox database cannot be opened raises the
         sqlite3 error, after one critical line naming ``[plantd] state_dir``,
@@ -1385,13 +1385,13 @@ class EndpointFactoryTests(SynchronousTestCase):
     L{make_endpoint_factory}.
     """
 
-    def test_hostPort(self) -> None:
+    def test_host_port(self) -> None:
         """
         host:port (and [v6]:port) become a HostnameEndpoint, which connects
         with the configured timeout.
         """
         reactor = MemoryReactorClock()
-        make = make_endpoint_factory(reactor, sendConfig(connect_timeout=3.0), None)
+        make = make_endpoint_factory(reactor, send_config(connect_timeout=3.0), None)
         endpoint = make(parse_destination("[::1]:9100"))
         self.assertIsInstance(endpoint, HostnameEndpoint)
         d = endpoint.connect(Factory.forProtocol(Protocol))
@@ -1400,21 +1400,21 @@ class EndpointFactoryTests(SynchronousTestCase):
         d.cancel()
         self.failureResultOf(d)
 
-    def test_endpointString(self) -> None:
+    def test_endpoint_string(self) -> None:
         """
         A client endpoint description is used as it is.
         """
-        make = make_endpoint_factory(MemoryReactorClock(), sendConfig(), None)
+        make = make_endpoint_factory(MemoryReactorClock(), send_config(), None)
         endpoint = make(parse_destination("tcp:host=10.0.0.1:port=9100:timeout=2"))
         self.assertIsInstance(endpoint, TCP4ClientEndpoint)
 
-    def test_tlsEndpointStrings(self) -> None:
+    def test_tls_endpoint_strings(self) -> None:
         """
         With tls = yes an endpoint description must be tcp: and needs
         tls_hostname; a tls: description is refused with a reason.
         """
         tls = TLSSettings(trust_root=None)
-        make = make_endpoint_factory(MemoryReactorClock(), sendConfig(tls=True), tls)
+        make = make_endpoint_factory(MemoryReactorClock(), send_config(tls=True), tls)
         with self.assertRaises(ActionFailed) as e:
             make(parse_destination("tcp:host=10.0.0.1:port=9100"))
         self.assertIn("needs tls_hostname", str(e.exception))
@@ -1428,7 +1428,7 @@ class BuildSendActionsTests(SynchronousTestCase):
     L{build_send_actions} and the outbox wiring (memory queue).
     """
 
-    def test_buildAndQueue(self) -> None:
+    def test_build_and_queue(self) -> None:
         """
         Every [send:NAME] becomes an action with its counters; a queued one
         gets an outbox service: run() answers once the job is stored, and
@@ -1468,7 +1468,7 @@ actions = label, ack
         self.assertEqual(len(endpoint.attempts), 1)
         protocol, transport = endpoint.accept()
         self.assertEqual(transport.value(), b"^XAx^XZ")
-        deviceCloses(protocol)
+        device_closes(protocol)
         snapshot = stats.snapshot()
         self.assertEqual(snapshot["outbox"]["label"]["delivered"], 1)
         self.assertEqual(snapshot["action"]["label"]["bytes_out"], 7)
@@ -1478,17 +1478,17 @@ actions = label, ack
         self.successResultOf(actions_stopped)
         self.assertEqual(reactor.getDelayedCalls(), [])
 
-    def test_tlsFilesLoaded(self) -> None:
+    def test_tls_files_loaded(self) -> None:
         """
         A tls_ca file that holds no certificate is a start-up error naming
         the section and key.
         """
-        from daemon.config import ConfigError
+        from daemon.config import ConfigError, TLSConfig
 
         path = self.mktemp()
         with open(path, "w") as f:
             f.write("not a certificate\n")
-        config = replace(sendConfig(tls=True), tls_ca=path)
+        config = replace(send_config(), security=TLSConfig(enabled=True, ca=path))
         with self.assertRaises(ConfigError) as e:
             SendAction(config, Clock())
         self.assertIn("[send:label] tls_ca", str(e.exception))
@@ -1499,7 +1499,7 @@ class SaveReplyConfigTests(SynchronousTestCase):
     save_reply needs something that waits for the device's answer.
     """
 
-    def test_refusedWithoutWait(self) -> None:
+    def test_refused_without_wait(self) -> None:
         """
         save_reply without disconnect_delay or reply_until is refused at
         start-up with one line naming the keys to add; with either, it is

@@ -42,7 +42,7 @@ class WrapperTests(SynchronousTestCase):
     the interfaces it copies.
     """
 
-    def test_halfCloseReachesLink(self) -> None:
+    def test_half_close_reaches_link(self) -> None:
         """
         The wrapper around a link's protocol provides
         C{IHalfCloseableProtocol}, so the transport's C{writeConnectionLost}
@@ -102,7 +102,7 @@ class CloseTimeoutTests(SynchronousTestCase):
         protocol, transport = self.endpoint.accept(transport)
         return link, d, (protocol, transport)
 
-    def timesOut(self, queue: SendQueue | None) -> str:
+    def times_out(self, queue: SendQueue | None) -> str:
         """
         The link ends at the close timeout with C{queue}: aborted, and
         failed; the reason.
@@ -114,7 +114,7 @@ class CloseTimeoutTests(SynchronousTestCase):
         protocol.connectionLost(Failure(ConnectionAborted()))
         return str(self.failureResultOf(d, ActionFailed).value)
 
-    def test_finAcknowledgedIsDelivered(self) -> None:
+    def test_fin_acknowledged_is_delivered(self) -> None:
         """
         Every byte and our FIN acknowledged, the device silent: delivered
         at the close timeout with a plain close, even though the
@@ -131,46 +131,46 @@ class CloseTimeoutTests(SynchronousTestCase):
         protocol.connectionLost(Failure(ConnectionDone()))
         self.successResultOf(d)
 
-    def test_readNothing(self) -> None:
+    def test_read_nothing(self) -> None:
         """
         Nothing acknowledged after our FIN: the device read nothing.
         """
         self.assertEqual(
-            self.timesOut(SendQueue(TCP_FIN_WAIT1, 1, len(PAYLOAD) + 1)),
+            self.times_out(SendQueue(TCP_FIN_WAIT1, 1, len(PAYLOAD) + 1)),
             f"{PRINTER}: device read nothing: 12 bytes still unsent 2s after our FIN",
         )
 
-    def test_stoppedReading(self) -> None:
+    def test_stopped_reading(self) -> None:
         """
         Part of the data acknowledged: how much the device did not take.
         """
         self.assertEqual(
-            self.timesOut(SendQueue(TCP_FIN_WAIT1, 1 + 5, 8)),
+            self.times_out(SendQueue(TCP_FIN_WAIT1, 1 + 5, 8)),
             f"{PRINTER}: device stopped reading: 7 of 12 bytes still unsent 2s "
             f"after our FIN",
         )
 
-    def test_finNotSent(self) -> None:
+    def test_fin_not_sent(self) -> None:
         """
         Our FIN still waits behind data the device has not taken.
         """
         self.assertEqual(
-            self.timesOut(SendQueue(ESTABLISHED, 1, len(PAYLOAD))),
+            self.times_out(SendQueue(ESTABLISHED, 1, len(PAYLOAD))),
             f"{PRINTER}: device read nothing: 12 bytes still unsent 2s after "
             f"closing (our FIN waits behind them)",
         )
 
-    def test_finUnacknowledged(self) -> None:
+    def test_fin_unacknowledged(self) -> None:
         """
         The data acknowledged but not our FIN (both sides closing, or the
         device gone since): a failure that says so.
         """
         self.assertEqual(
-            self.timesOut(SendQueue(TCP_CLOSING, len(PAYLOAD) + 1, 1)),
+            self.times_out(SendQueue(TCP_CLOSING, len(PAYLOAD) + 1, 1)),
             f"{PRINTER}: device acknowledged the data but not our FIN within 2s",
         )
 
-    def test_noProbeFallsBackToCallback(self) -> None:
+    def test_no_probe_falls_back_to_callback(self) -> None:
         """
         Where the kernel cannot be asked, our FIN having gone out
         (C{writeConnectionLost}) is a delivery; without it, a failure.
@@ -182,11 +182,11 @@ class CloseTimeoutTests(SynchronousTestCase):
         protocol.connectionLost(Failure(ConnectionDone()))
         self.successResultOf(d)
         self.assertEqual(
-            self.timesOut(None),
+            self.times_out(None),
             f"{PRINTER}: device did not read the data (still unsent 2s after closing)",
         )
 
-    def test_tlsCloseNotifyUnanswered(self) -> None:
+    def test_tls_close_notify_unanswered(self) -> None:
         """
         TLS: our close_notify unanswered is a failure even when the device
         took every byte; the reason says which.
@@ -213,7 +213,7 @@ class CloseTimeoutTests(SynchronousTestCase):
                 f"{detail}; delivery not confirmed",
             )
 
-    def test_tlsResumeEndsHandshake(self) -> None:
+    def test_tls_resume_ends_handshake(self) -> None:
         """
         A TLS transport that paused us (our data buffered until the
         handshake) and resumes us has finished its handshake, even if
@@ -234,7 +234,7 @@ class ProbeTests(SynchronousTestCase):
     L{probe_send_queue} on things that are not TCP sockets.
     """
 
-    def test_notASocket(self) -> None:
+    def test_not_a_socket(self) -> None:
         """
         A fake transport, or one whose handle is not a TCP socket: None.
         """

@@ -66,7 +66,7 @@ DEVICE_PORT = 9100
 """The raw printing port, which nothing in the namespace listens on."""
 
 
-def sendAction(body: str) -> SendAction:
+def send_action(body: str) -> SendAction:
     """
     A send action on the real reactor from the body of a [send:label]
     section.
@@ -75,7 +75,7 @@ def sendAction(body: str) -> SendAction:
     return SendAction(config.actions["label"], reactor)
 
 
-async def sendFails(test: TestCase, action: SendAction, bound: float) -> str:
+async def send_fails(test: TestCase, action: SendAction, bound: float) -> str:
     """
     Run C{action} for one event; it must fail within C{bound} seconds.
 
@@ -92,7 +92,7 @@ async def sendFails(test: TestCase, action: SendAction, bound: float) -> str:
     test.fail("the send succeeded")
 
 
-def acceptQueue(listener: socket.socket) -> tuple[int, int]:
+def accept_queue(listener: socket.socket) -> tuple[int, int]:
     """
     The connections waiting in a Linux listening socket's accept queue, and
     its limit (C{tcpi_unacked} and C{tcpi_sacked} of C{TCP_INFO}, which a
@@ -141,14 +141,14 @@ class AcceptQueueOverflowTests(TestCase):
         @return: how many connections wait in the queue.
         """
         for _ in range(MAX_FILLERS):
-            queued, limit = acceptQueue(listener)
+            queued, limit = accept_queue(listener)
             if queued > limit:
                 return queued
             client = socket.create_connection(
                 ("127.0.0.1", port), timeout=FILLER_TIMEOUT
             )
             self.addCleanup(client.close)
-        queued, limit = acceptQueue(listener)
+        queued, limit = accept_queue(listener)
         if queued <= limit:
             self.fail(
                 f"{MAX_FILLERS} connections did not fill the accept queue "
@@ -156,7 +156,7 @@ class AcceptQueueOverflowTests(TestCase):
             )
         return queued
 
-    async def test_unansweredSynFailsAtConnectTimeout(self) -> None:
+    async def test_unanswered_syn_fails_at_connect_timeout(self) -> None:
         """
         The kernel drops the SYN to a listener whose accept queue is full:
         the action neither hangs nor succeeds, it fails with the
@@ -165,13 +165,13 @@ class AcceptQueueOverflowTests(TestCase):
         """
         listener, port = self.listener()
         queued = self.fill(listener, port)
-        action = sendAction(
+        action = send_action(
             f"destination = 127.0.0.1:{port}\ndata = ^XA[sku]^XZ\n"
             f"connect_timeout = {CONNECT_TIMEOUT}"
         )
         self.addCleanup(action.stop)
         started = time.monotonic()
-        reason = await sendFails(self, action, CONNECT_TIMEOUT + HANG)
+        reason = await send_fails(self, action, CONNECT_TIMEOUT + HANG)
         elapsed = time.monotonic() - started
         self.assertEqual(
             reason,
@@ -179,7 +179,7 @@ class AcceptQueueOverflowTests(TestCase):
         )
         self.assertGreaterEqual(elapsed, CONNECT_TIMEOUT - EARLY)
         self.assertLessEqual(elapsed, CONNECT_TIMEOUT + MARGIN)
-        self.assertEqual(acceptQueue(listener)[0], queued)
+        self.assertEqual(accept_queue(listener)[0], queued)
         self.assertEqual(action.stats.bytes_out, 0)
 
 
@@ -208,7 +208,7 @@ class VanishingDeviceTests(TestCase):
         )
         return [*net.inside, net.ip], net.ns_if, net.ns_ip
 
-    async def test_vanishedDeviceFailsAtDefaultConnectTimeout(self) -> None:
+    async def test_vanished_device_fails_at_default_connect_timeout(self) -> None:
         """
         While the link is up the device's kernel answers the SYN (refused,
         nothing listens); once its link is down the SYN vanishes, and the
@@ -216,17 +216,17 @@ class VanishingDeviceTests(TestCase):
         reason after the default 5 s (+ margin) instead of hanging.
         """
         ip_inside, ns_if, ns_ip = await self.network()
-        action = sendAction(f"destination = {ns_ip}:{DEVICE_PORT}\ndata = ^XA[sku]^XZ")
+        action = send_action(f"destination = {ns_ip}:{DEVICE_PORT}\ndata = ^XA[sku]^XZ")
         self.addCleanup(action.stop)
         destination = f"{ns_ip}:{DEVICE_PORT}"
 
-        reason = await sendFails(self, action, HANG)
+        reason = await send_fails(self, action, HANG)
         self.assertEqual(reason, f"{destination}: connection refused")
 
         code, out = await sh([*ip_inside, "link", "set", ns_if, "down"])
         self.assertEqual(code, 0, out)
         started = time.monotonic()
-        reason = await sendFails(self, action, DEFAULT_CONNECT_TIMEOUT + HANG)
+        reason = await send_fails(self, action, DEFAULT_CONNECT_TIMEOUT + HANG)
         elapsed = time.monotonic() - started
         self.assertEqual(
             reason,

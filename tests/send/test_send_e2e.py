@@ -54,7 +54,7 @@ from tests.support import NeverClosingDevice
 LARGE = 8 * 1024 * 1024
 
 
-def sendAction(body: str) -> SendAction:
+def send_action(body: str) -> SendAction:
     """
     A send action on the real reactor from the body of a [send:label]
     section.
@@ -63,7 +63,7 @@ def sendAction(body: str) -> SendAction:
     return SendAction(config.actions["label"], globalReactor)
 
 
-def writeCertificates(directory: str) -> dict[str, str]:
+def write_certificates(directory: str) -> dict[str, str]:
     """
     A throwaway CA and a server certificate it signed for ``localhost`` and
     127.0.0.1, as PEM files in C{directory}; their paths by role.
@@ -152,7 +152,7 @@ class SendEndToEndTests(TestCase):
 
     timeout = 30
 
-    async def startPrinter(
+    async def start_printer(
         self, description: str = "tcp:0:interface=127.0.0.1", **behaviour: Any
     ) -> tuple[PrinterSimulator, int]:
         """
@@ -173,7 +173,7 @@ class SendEndToEndTests(TestCase):
         """
         A send action to the printer on C{port}, stopped when the test ends.
         """
-        action = sendAction(f"destination = 127.0.0.1:{port}\ndata = {data}\n{extra}")
+        action = send_action(f"destination = 127.0.0.1:{port}\ndata = {data}\n{extra}")
         self.addCleanup(action.stop)
         return action
 
@@ -188,7 +188,7 @@ class SendEndToEndTests(TestCase):
             return await result
         return result
 
-    async def sendFails(self, action: SendAction, **variables: str) -> str:
+    async def send_fails(self, action: SendAction, **variables: str) -> str:
         """
         Run C{action}, which must fail; the reason.
         """
@@ -198,301 +198,235 @@ class SendEndToEndTests(TestCase):
             return str(e)
         self.fail("the send did not fail")
 
-    def test_jobArrivesIntact(self) -> Deferred[None]:
+    async def test_job_arrives_intact(self) -> None:
         """
         The rendered, encoded data arrives as one job, byte for byte, and
         the printer saw a clean close.
         """
+        sim, port = await self.start_printer()
+        action = self.action(port, "encoding = cp1252")
+        self.assertIsNone(await self.send(action, sku="\u20ac 5"))
+        jobs = await sim.waitForJobs(1)
+        self.assertEqual(jobs[0].data, b"^XA\x80 5^XZ")
+        self.assertEqual((sim.broken, sim.empty), (0, 0))
+        self.assertEqual(action.stats.bytes_out, len(jobs[0].data))
 
-        async def run() -> None:
-            sim, port = await self.startPrinter()
-            action = self.action(port, "encoding = cp1252")
-            self.assertIsNone(await self.send(action, sku="\u20ac 5"))
-            jobs = await sim.waitForJobs(1)
-            self.assertEqual(jobs[0].data, b"^XA\x80 5^XZ")
-            self.assertEqual((sim.broken, sim.empty), (0, 0))
-            self.assertEqual(action.stats.bytes_out, len(jobs[0].data))
-
-        return Deferred.fromCoroutine(run())
-
-    def test_ipv6Destination(self) -> Deferred[None]:
+    async def test_ipv6_destination(self) -> None:
         """
         A destination built from variables as ``[[host]]:[port]`` with an
         IPv6 host (``[::1]:PORT``) reaches a printer listening on ::1.
         """
+        try:
+            probe = socket.socket(socket.AF_INET6)
+            probe.bind(("::1", 0))
+            probe.close()
+        except OSError as e:
+            raise SkipTest(f"no IPv6 loopback here: {e}") from None
+        sim = PrinterSimulator(globalReactor)
+        port = await sim.listen(globalReactor, r"tcp6:0:interface=\:\:1")
+        self.addCleanup(sim.disconnectAll)
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port  # type: ignore[attr-defined]
+        action = send_action("destination = [[[host]]:[port]\ndata = ^XA[sku]^XZ\n")
+        self.addCleanup(action.stop)
+        self.assertIsNone(await self.send(action, host="::1", port=str(number)))
+        jobs = await sim.waitForJobs(1)
+        self.assertEqual(jobs[0].data, b"^XAA1^XZ")
+        self.assertTrue(jobs[0].peer.startswith("[::1]:"), jobs[0].peer)
 
-        async def run() -> None:
-            try:
-                probe = socket.socket(socket.AF_INET6)
-                probe.bind(("::1", 0))
-                probe.close()
-            except OSError as e:
-                raise SkipTest(f"no IPv6 loopback here: {e}") from None
-            sim = PrinterSimulator(globalReactor)
-            port = await sim.listen(globalReactor, r"tcp6:0:interface=\:\:1")
-            self.addCleanup(sim.disconnectAll)
-            self.addCleanup(port.stopListening)
-            number = port.getHost().port  # type: ignore[attr-defined]
-            action = sendAction("destination = [[[host]]:[port]\ndata = ^XA[sku]^XZ\n")
-            self.addCleanup(action.stop)
-            self.assertIsNone(await self.send(action, host="::1", port=str(number)))
-            jobs = await sim.waitForJobs(1)
-            self.assertEqual(jobs[0].data, b"^XAA1^XZ")
-            self.assertTrue(jobs[0].peer.startswith("[::1]:"), jobs[0].peer)
-
-        return Deferred.fromCoroutine(run())
-
-    def test_largeJobArrivesIntact(self) -> Deferred[None]:
+    async def test_large_job_arrives_intact(self) -> None:
         """
         Several megabytes (paused and resumed by the transport on the way)
         arrive whole.
         """
+        sim, port = await self.start_printer()
+        action = self.action(port, data="[blob]")
+        blob = "".join(chr(ord("a") + i % 26) for i in range(LARGE // 64)) * 64
+        await self.send(action, blob=blob)
+        jobs = await sim.waitForJobs(1)
+        self.assertEqual(jobs[0].data, blob.encode())
 
-        async def run() -> None:
-            sim, port = await self.startPrinter()
-            action = self.action(port, data="[blob]")
-            blob = "".join(chr(ord("a") + i % 26) for i in range(LARGE // 64)) * 64
-            await self.send(action, blob=blob)
-            jobs = await sim.waitForJobs(1)
-            self.assertEqual(jobs[0].data, blob.encode())
-
-        return Deferred.fromCoroutine(run())
-
-    def test_jobsOneAfterAnother(self) -> Deferred[None]:
+    async def test_jobs_one_after_another(self) -> None:
         """
         Several events for one printer at once: each job arrives whole and
         separately, in order -- their data never interleave.
         """
+        sim, port = await self.start_printer()
+        action = self.action(port, data="[sku]")
+        payloads = [str(i) * 200_000 for i in range(5)]
+        results = [
+            action.run(Event("server:line1", "x", {"sku": p}, [])) for p in payloads
+        ]
+        for result in results:
+            assert isinstance(result, Deferred)
+            await result
+        jobs = await sim.waitForJobs(5)
+        self.assertEqual([j.data.decode() for j in jobs], payloads)
 
-        async def run() -> None:
-            sim, port = await self.startPrinter()
-            action = self.action(port, data="[sku]")
-            payloads = [str(i) * 200_000 for i in range(5)]
-            results = [
-                action.run(Event("server:line1", "x", {"sku": p}, [])) for p in payloads
-            ]
-            for result in results:
-                assert isinstance(result, Deferred)
-                await result
-            jobs = await sim.waitForJobs(5)
-            self.assertEqual([j.data.decode() for j in jobs], payloads)
-
-        return Deferred.fromCoroutine(run())
-
-    def test_disconnectDelayHoldsLink(self) -> Deferred[None]:
+    async def test_disconnect_delay_holds_link(self) -> None:
         """
         With disconnect_delay the link stays open at least that long after
         the data went out before the printer sees the close.
         """
+        sim, port = await self.start_printer()
+        action = self.action(port, "disconnect_delay = 0.3")
+        await self.send(action)
+        jobs = await sim.waitForJobs(1)
+        self.assertGreaterEqual(jobs[0].finished - jobs[0].first_data, 0.29)
 
-        async def run() -> None:
-            sim, port = await self.startPrinter()
-            action = self.action(port, "disconnect_delay = 0.3")
-            await self.send(action)
-            jobs = await sim.waitForJobs(1)
-            self.assertGreaterEqual(jobs[0].finished - jobs[0].first_data, 0.29)
-
-        return Deferred.fromCoroutine(run())
-
-    def test_saveReply(self) -> Deferred[None]:
+    async def test_save_reply(self) -> None:
         """
         save_reply holds what the printer answered during the delay.
         """
+        _, port = await self.start_printer(reply=b"PQ OK\r\n", reply_delay=0.05)
+        action = self.action(port, "disconnect_delay = 0.5\nsave_reply = status")
+        self.assertEqual(await self.send(action), {"status": "PQ OK\r\n"})
 
-        async def run() -> None:
-            _, port = await self.startPrinter(reply=b"PQ OK\r\n", reply_delay=0.05)
-            action = self.action(port, "disconnect_delay = 0.5\nsave_reply = status")
-            self.assertEqual(await self.send(action), {"status": "PQ OK\r\n"})
-
-        return Deferred.fromCoroutine(run())
-
-    def test_saveReplyPrinterCloses(self) -> Deferred[None]:
+    async def test_save_reply_printer_closes(self) -> None:
         """
         A printer that answers and closes ends the wait early; the reply is
         kept.
         """
+        _, port = await self.start_printer(reply=b"\x06", close_after_reply=True)
+        action = self.action(port, "disconnect_delay = 20\nsave_reply = status")
+        started = time.monotonic()
+        self.assertEqual(await self.send(action), {"status": "\x06"})
+        self.assertLess(time.monotonic() - started, 10)
 
-        async def run() -> None:
-            _, port = await self.startPrinter(reply=b"\x06", close_after_reply=True)
-            action = self.action(port, "disconnect_delay = 20\nsave_reply = status")
-            started = time.monotonic()
-            self.assertEqual(await self.send(action), {"status": "\x06"})
-            self.assertLess(time.monotonic() - started, 10)
-
-        return Deferred.fromCoroutine(run())
-
-    def test_replyUntilEndsEarly(self) -> Deferred[None]:
+    async def test_reply_until_ends_early(self) -> None:
         """
         reply_until ends the wait as soon as the reply is complete: a 20 s
         delay does not hold the link, and the reply ends before the
         delimiter.
         """
+        sim, port = await self.start_printer(reply=b"OK\r\n", reply_delay=0.05)
+        action = self.action(
+            port, "disconnect_delay = 20\nsave_reply = status\nreply_until = \\r\\n"
+        )
+        started = time.monotonic()
+        self.assertEqual(await self.send(action), {"status": "OK"})
+        self.assertLess(time.monotonic() - started, 10)
+        await sim.waitForJobs(1)
 
-        async def run() -> None:
-            sim, port = await self.startPrinter(reply=b"OK\r\n", reply_delay=0.05)
-            action = self.action(
-                port, "disconnect_delay = 20\nsave_reply = status\nreply_until = \\r\\n"
-            )
-            started = time.monotonic()
-            self.assertEqual(await self.send(action), {"status": "OK"})
-            self.assertLess(time.monotonic() - started, 10)
-            await sim.waitForJobs(1)
-
-        return Deferred.fromCoroutine(run())
-
-    def test_refused(self) -> Deferred[None]:
+    async def test_refused(self) -> None:
         """
         A port where nothing listens: the action fails with "connection
         refused", naming the destination.
         """
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        action = self.action(port)
+        reason = await self.send_fails(action)
+        self.assertEqual(reason, f"127.0.0.1:{port}: connection refused")
 
-        async def run() -> None:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            action = self.action(port)
-            reason = await self.sendFails(action)
-            self.assertEqual(reason, f"127.0.0.1:{port}: connection refused")
-
-        return Deferred.fromCoroutine(run())
-
-    def test_refuseMode(self) -> Deferred[None]:
+    async def test_refuse_mode(self) -> None:
         """
         A printer that accepts and resets at once fails the action.
         """
+        sim, port = await self.start_printer(mode="refuse")
+        action = self.action(port)
+        reason = await self.send_fails(action)
+        self.assertTrue(reason.startswith(f"127.0.0.1:{port}: "), reason)
+        self.assertEqual((sim.refused, sim.jobs), (1, []))
 
-        async def run() -> None:
-            sim, port = await self.startPrinter(mode="refuse")
-            action = self.action(port)
-            reason = await self.sendFails(action)
-            self.assertTrue(reason.startswith(f"127.0.0.1:{port}: "), reason)
-            self.assertEqual((sim.refused, sim.jobs), (1, []))
-
-        return Deferred.fromCoroutine(run())
-
-    def test_closeEarly(self) -> Deferred[None]:
+    async def test_close_early(self) -> None:
         """
         A printer that closes after the first chunk of a large job fails the
         action: not all the data was written.
         """
+        sim, port = await self.start_printer(mode="close-early")
+        action = self.action(port, data="[blob]")
+        reason = await self.send_fails(action, blob="x" * LARGE)
+        self.assertIn("before all the data was written", reason)
+        self.assertEqual((sim.closed_early, sim.jobs), (1, []))
 
-        async def run() -> None:
-            sim, port = await self.startPrinter(mode="close-early")
-            action = self.action(port, data="[blob]")
-            reason = await self.sendFails(action, blob="x" * LARGE)
-            self.assertIn("before all the data was written", reason)
-            self.assertEqual((sim.closed_early, sim.jobs), (1, []))
-
-        return Deferred.fromCoroutine(run())
-
-    def test_noReadHitsWriteTimeout(self) -> Deferred[None]:
+    async def test_no_read_hits_write_timeout(self) -> None:
         """
         A printer that accepts but never reads: the action does not hang,
         it fails at write_timeout.
         """
+        sim, port = await self.start_printer(mode="no-read")
+        action = self.action(port, "write_timeout = 0.5", data="[blob]")
+        started = time.monotonic()
+        reason = await self.send_fails(action, blob="x" * LARGE)
+        self.assertEqual(
+            reason,
+            f"127.0.0.1:{port}: device did not read the data within write_timeout 0.5s",
+        )
+        self.assertGreaterEqual(time.monotonic() - started, 0.45)
+        self.assertEqual(sim.jobs, [])
 
-        async def run() -> None:
-            sim, port = await self.startPrinter(mode="no-read")
-            action = self.action(port, "write_timeout = 0.5", data="[blob]")
-            started = time.monotonic()
-            reason = await self.sendFails(action, blob="x" * LARGE)
-            self.assertEqual(
-                reason,
-                f"127.0.0.1:{port}: device did not read the data within "
-                f"write_timeout 0.5s",
-            )
-            self.assertGreaterEqual(time.monotonic() - started, 0.45)
-            self.assertEqual(sim.jobs, [])
-
-        return Deferred.fromCoroutine(run())
-
-    def test_retriesUntilPrinterListens(self) -> Deferred[None]:
+    async def test_retries_until_printer_listens(self) -> None:
         """
         With retries, a printer that refuses the first attempts and then
         takes the job gets it once.
         """
+        sim, port = await self.start_printer(mode="refuse")
+        action = self.action(port, "retries = 5\nretry_initial = 0.05")
+        result = action.run(Event("server:line1", "x", {"sku": "A1"}, []))
+        assert isinstance(result, Deferred)
+        await sim.waitForConnections(2)
+        sim.mode = "normal"
+        await result
+        jobs = await sim.waitForJobs(1)
+        self.assertEqual(jobs[0].data, b"^XAA1^XZ")
 
-        async def run() -> None:
-            sim, port = await self.startPrinter(mode="refuse")
-            action = self.action(port, "retries = 5\nretry_initial = 0.05")
-            result = action.run(Event("server:line1", "x", {"sku": "A1"}, []))
-            assert isinstance(result, Deferred)
-            await sim.waitForConnections(2)
-            sim.mode = "normal"
-            await result
-            jobs = await sim.waitForJobs(1)
-            self.assertEqual(jobs[0].data, b"^XAA1^XZ")
-
-        return Deferred.fromCoroutine(run())
-
-    async def startTLSPrinter(self) -> tuple[PrinterSimulator, int, dict[str, str]]:
+    async def start_tls_printer(self) -> tuple[PrinterSimulator, int, dict[str, str]]:
         directory = self.mktemp()
         os.makedirs(directory)
-        files = writeCertificates(directory)
-        sim, port = await self.startPrinter(
+        files = write_certificates(directory)
+        sim, port = await self.start_printer(
             f"ssl:0:interface=127.0.0.1:privateKey={files['key']}"
             f":certKey={files['cert']}"
         )
         return sim, port, files
 
-    def test_tls(self) -> Deferred[None]:
+    async def test_tls(self) -> None:
         """
         tls = yes with the CA: the certificate (for localhost and
         127.0.0.1) is verified, by IP or by tls_hostname, and the jobs
         arrive.
         """
+        sim, port, files = await self.start_tls_printer()
+        by_ip = self.action(port, f"tls = yes\ntls_ca = {files['ca']}")
+        await self.send(by_ip, sku="1")
+        by_name = self.action(
+            port, f"tls = yes\ntls_ca = {files['ca']}\ntls_hostname = localhost"
+        )
+        await self.send(by_name, sku="2")
+        jobs = await sim.waitForJobs(2)
+        self.assertEqual([j.data for j in jobs], [b"^XA1^XZ", b"^XA2^XZ"])
 
-        async def run() -> None:
-            sim, port, files = await self.startTLSPrinter()
-            by_ip = self.action(port, f"tls = yes\ntls_ca = {files['ca']}")
-            await self.send(by_ip, sku="1")
-            by_name = self.action(
-                port, f"tls = yes\ntls_ca = {files['ca']}\ntls_hostname = localhost"
-            )
-            await self.send(by_name, sku="2")
-            jobs = await sim.waitForJobs(2)
-            self.assertEqual([j.data for j in jobs], [b"^XA1^XZ", b"^XA2^XZ"])
-
-        return Deferred.fromCoroutine(run())
-
-    def test_tlsWrongHostname(self) -> Deferred[None]:
+    async def test_tls_wrong_hostname(self) -> None:
         """
         A certificate that does not carry tls_hostname fails the action with
         the reason; the printer gets no job.
         """
+        sim, port, files = await self.start_tls_printer()
+        action = self.action(
+            port, f"tls = yes\ntls_ca = {files['ca']}\ntls_hostname = printer1"
+        )
+        reason = await self.send_fails(action)
+        self.assertEqual(
+            reason,
+            f"127.0.0.1:{port}: TLS: certificate does not match hostname 'printer1'",
+        )
+        self.assertEqual(sim.jobs, [])
 
-        async def run() -> None:
-            sim, port, files = await self.startTLSPrinter()
-            action = self.action(
-                port, f"tls = yes\ntls_ca = {files['ca']}\ntls_hostname = printer1"
-            )
-            reason = await self.sendFails(action)
-            self.assertEqual(
-                reason,
-                f"127.0.0.1:{port}: TLS: certificate does not match hostname "
-                f"'printer1'",
-            )
-            self.assertEqual(sim.jobs, [])
-
-        return Deferred.fromCoroutine(run())
-
-    def test_tlsUntrusted(self) -> Deferred[None]:
+    async def test_tls_untrusted(self) -> None:
         """
         A certificate from a CA the action does not trust fails the action
         with OpenSSL's reason.
         """
-
-        async def run() -> None:
-            _, port, _ = await self.startTLSPrinter()
-            other = self.mktemp()
-            os.makedirs(other)
-            stranger = writeCertificates(other)
-            action = self.action(port, f"tls = yes\ntls_ca = {stranger['ca']}")
-            reason = await self.sendFails(action)
-            self.assertIn("TLS: ", reason)
-            self.assertIn("certificate verify failed", reason)
-
-        return Deferred.fromCoroutine(run())
+        _, port, _ = await self.start_tls_printer()
+        other = self.mktemp()
+        os.makedirs(other)
+        stranger = write_certificates(other)
+        action = self.action(port, f"tls = yes\ntls_ca = {stranger['ca']}")
+        reason = await self.send_fails(action)
+        self.assertIn("TLS: ", reason)
+        self.assertIn("certificate verify failed", reason)
 
 
 @implementer(IHandshakeListener)
@@ -534,7 +468,7 @@ class TLSCloseEndToEndTests(TestCase):
 
     timeout = 30
 
-    async def startDevice(self, stall: bool) -> tuple[list[_TLSDevice], int, str]:
+    async def start_device(self, stall: bool) -> tuple[list[_TLSDevice], int, str]:
         """
         A L{_TLSDevice} server with a throwaway CA's certificate, TLS 1.2 at
         most (the server's handshake ends before the client may send data),
@@ -542,7 +476,7 @@ class TLSCloseEndToEndTests(TestCase):
         """
         directory = self.mktemp()
         os.makedirs(directory)
-        files = writeCertificates(directory)
+        files = write_certificates(directory)
         with open(files["cert"], "rb") as f, open(files["key"], "rb") as k:
             pem = PrivateCertificate.loadPEM(f.read() + b"\n" + k.read())
         options = CertificateOptions(
@@ -577,62 +511,54 @@ class TLSCloseEndToEndTests(TestCase):
         assert isinstance(address, IPv4Address)
         return devices, address.port, files["ca"]
 
-    def test_closeNotifyUnanswered(self) -> Deferred[None]:
+    async def test_close_notify_unanswered(self) -> None:
         """
         A device that does not read after the handshake leaves our data and
         close_notify in the buffers: after the 2 s close timeout the link is
         aborted and the action fails -- delivery not confirmed -- instead of
         reporting a job the device never read as sent.
         """
+        devices, port, ca = await self.start_device(stall=True)
+        action = send_action(
+            f"destination = 127.0.0.1:{port}\ndata = ^XA[sku]^XZ\n"
+            f"tls = yes\ntls_ca = {ca}"
+        )
+        self.addCleanup(action.stop)
+        started = time.monotonic()
+        result = action.run(Event("server:line1", "x", {"sku": "A1"}, []))
+        assert isinstance(result, Deferred)
+        with self.assertRaises(ActionFailed) as e:
+            await result
+        self.assertEqual(
+            str(e.exception),
+            f"127.0.0.1:{port}: device did not answer close_notify within "
+            f"2s (every byte acknowledged, but the session left open); "
+            f"delivery not confirmed",
+        )
+        self.assertGreaterEqual(time.monotonic() - started, 2.0)
+        self.assertEqual([d.received for d in devices], [b""])
 
-        async def run() -> None:
-            devices, port, ca = await self.startDevice(stall=True)
-            action = sendAction(
-                f"destination = 127.0.0.1:{port}\ndata = ^XA[sku]^XZ\n"
-                f"tls = yes\ntls_ca = {ca}"
-            )
-            self.addCleanup(action.stop)
-            started = time.monotonic()
-            result = action.run(Event("server:line1", "x", {"sku": "A1"}, []))
-            assert isinstance(result, Deferred)
-            with self.assertRaises(ActionFailed) as e:
-                await result
-            self.assertEqual(
-                str(e.exception),
-                f"127.0.0.1:{port}: device did not answer close_notify within "
-                f"2s (every byte acknowledged, but the session left open); "
-                f"delivery not confirmed",
-            )
-            self.assertGreaterEqual(time.monotonic() - started, 2.0)
-            self.assertEqual([d.received for d in devices], [b""])
-
-        return Deferred.fromCoroutine(run())
-
-    def test_resetAfterCloseNotify(self) -> Deferred[None]:
+    async def test_reset_after_close_notify(self) -> None:
         """
         A device that resets the connection instead of answering our
         close_notify fails the action.
         """
-
-        async def run() -> None:
-            devices, port, ca = await self.startDevice(stall=False)
-            action = sendAction(
-                f"destination = 127.0.0.1:{port}\ndata = ^XA[sku]^XZ\n"
-                f"tls = yes\ntls_ca = {ca}"
-            )
-            self.addCleanup(action.stop)
-            result = action.run(Event("server:line1", "x", {"sku": "A1"}, []))
-            assert isinstance(result, Deferred)
-            with self.assertRaises(ActionFailed) as e:
-                await result
-            self.assertEqual(
-                str(e.exception),
-                f"127.0.0.1:{port}: TLS session not closed cleanly by the device "
-                f"(no close_notify, or a reset); delivery not confirmed",
-            )
-            self.assertEqual(len(devices), 1)
-
-        return Deferred.fromCoroutine(run())
+        devices, port, ca = await self.start_device(stall=False)
+        action = send_action(
+            f"destination = 127.0.0.1:{port}\ndata = ^XA[sku]^XZ\n"
+            f"tls = yes\ntls_ca = {ca}"
+        )
+        self.addCleanup(action.stop)
+        result = action.run(Event("server:line1", "x", {"sku": "A1"}, []))
+        assert isinstance(result, Deferred)
+        with self.assertRaises(ActionFailed) as e:
+            await result
+        self.assertEqual(
+            str(e.exception),
+            f"127.0.0.1:{port}: TLS session not closed cleanly by the device "
+            f"(no close_notify, or a reset); delivery not confirmed",
+        )
+        self.assertEqual(len(devices), 1)
 
 
 class _Client(Protocol):
@@ -666,46 +592,40 @@ class ReplyToSenderEndToEndTests(TestCase):
 
     timeout = 30
 
-    def test_clientGetsData(self) -> Deferred[None]:
+    async def test_client_gets_data(self) -> None:
         """
         A client's message runs the action, and the rendered data goes back
         to that client on its own connection, before the trigger's reply.
         """
-
-        async def run() -> None:
-            config = config_from_string(
-                "[send:ack]\nreply_to_sender = yes\ndata = OK [data]\\r\\n\n"
-            )
-            action = SendAction(config.actions["ack"], globalReactor)
-            server = ServerConfig(
-                name="line1", listen="tcp:0", actions=("ack",), reply="echo"
-            )
-            trigger = ServerTrigger(
-                server, ActionChain([action]), {}, globalReactor, ServerStats()
-            )
-            port: IListeningPort = await serverFromString(
-                globalReactor, "tcp:0:interface=127.0.0.1"
-            ).listen(trigger)
-            self.addCleanup(port.stopListening)
-            address = port.getHost()
-            assert isinstance(address, IPv4Address)
-            client = _Client(b"A1\n", len(b"OK A1\r\nA1\r\n"))
-            await connectProtocol(
-                clientFromString(
-                    globalReactor, f"tcp:host=127.0.0.1:port={address.port}"
-                ),
-                client,
-            )
-            answer = await client.answered
-            self.assertEqual(answer, b"OK A1\r\nA1\r\n")
-            self.assertEqual(action.stats.bytes_out, 7)
-            client.transport.loseConnection()  # type: ignore[union-attr]
-            await client.lost
-            waits = [c.closed() for c in list(trigger.connections)]
-            for w in waits:
-                await w
-
-        return Deferred.fromCoroutine(run())
+        config = config_from_string(
+            "[send:ack]\nreply_to_sender = yes\ndata = OK [data]\\r\\n\n"
+        )
+        action = SendAction(config.actions["ack"], globalReactor)
+        server = ServerConfig(
+            name="line1", listen="tcp:0", actions=("ack",), reply="echo"
+        )
+        trigger = ServerTrigger(
+            server, ActionChain([action]), {}, globalReactor, ServerStats()
+        )
+        port: IListeningPort = await serverFromString(
+            globalReactor, "tcp:0:interface=127.0.0.1"
+        ).listen(trigger)
+        self.addCleanup(port.stopListening)
+        address = port.getHost()
+        assert isinstance(address, IPv4Address)
+        client = _Client(b"A1\n", len(b"OK A1\r\nA1\r\n"))
+        await connectProtocol(
+            clientFromString(globalReactor, f"tcp:host=127.0.0.1:port={address.port}"),
+            client,
+        )
+        answer = await client.answered
+        self.assertEqual(answer, b"OK A1\r\nA1\r\n")
+        self.assertEqual(action.stats.bytes_out, 7)
+        client.transport.loseConnection()  # type: ignore[union-attr]
+        await client.lost
+        waits = [c.closed() for c in list(trigger.connections)]
+        for w in waits:
+            await w
 
 
 class OutboxEndToEndTests(TestCase):
@@ -716,52 +636,46 @@ class OutboxEndToEndTests(TestCase):
 
     timeout = 30
 
-    def test_durableQueueDeliversInOrder(self) -> Deferred[None]:
+    async def test_durable_queue_delivers_in_order(self) -> None:
         """
         The missing state directory is created at start-up; events are
         answered once their jobs are stored, even while the printer
         refuses; when it comes back the jobs arrive, each once, in order;
         stopping closes everything.
         """
-
-        async def run() -> None:
-            sim = PrinterSimulator(globalReactor, mode="refuse")
-            port = await sim.listen(globalReactor, "tcp:0:interface=127.0.0.1")
-            self.addCleanup(sim.disconnectAll)
-            self.addCleanup(port.stopListening)
-            address = port.getHost()
-            assert isinstance(address, IPv4Address)
-            state = os.path.join(os.path.abspath(self.mktemp()), "var", "plantd")
-            config = config_from_string(
-                f"[plantd]\nstate_dir = {state}\n"
-                f"[send:label]\ndestination = 127.0.0.1:{address.port}\n"
-                f"data = ^XA[sku]^XZ\nqueue = durable\n"
-                f"retry_initial = 0.05\nretry_max = 0.1\n"
-            )
-            stats = Stats()
-            top = MultiService()
-            actions = build_send_actions(config, globalReactor, stats, top)
-            action = actions["label"]
-            self.assertFalse(os.path.exists(state))
-            top.privilegedStartService()
-            self.assertTrue(os.path.isdir(state))
-            top.startService()
-            self.addCleanup(top.stopService)
-            self.addCleanup(action.stop)
-            for sku in "123":
-                result = action.run(Event("server:line1", "x", {"sku": sku}, []))
-                assert isinstance(result, Deferred)
-                self.assertIsNone(await result)
-            await sim.waitForConnections(2)
-            self.assertEqual(sim.jobs, [])
-            sim.mode = "normal"
-            jobs = await sim.waitForJobs(3)
-            self.assertEqual(
-                [j.data for j in jobs], [b"^XA1^XZ", b"^XA2^XZ", b"^XA3^XZ"]
-            )
-            self.assertTrue(os.path.exists(os.path.join(state, "outbox.sqlite3")))
-
-        return Deferred.fromCoroutine(run())
+        sim = PrinterSimulator(globalReactor, mode="refuse")
+        port = await sim.listen(globalReactor, "tcp:0:interface=127.0.0.1")
+        self.addCleanup(sim.disconnectAll)
+        self.addCleanup(port.stopListening)
+        address = port.getHost()
+        assert isinstance(address, IPv4Address)
+        state = os.path.join(os.path.abspath(self.mktemp()), "var", "plantd")
+        config = config_from_string(
+            f"[plantd]\nstate_dir = {state}\n"
+            f"[send:label]\ndestination = 127.0.0.1:{address.port}\n"
+            f"data = ^XA[sku]^XZ\nqueue = durable\n"
+            f"retry_initial = 0.05\nretry_max = 0.1\n"
+        )
+        stats = Stats()
+        top = MultiService()
+        actions = build_send_actions(config, globalReactor, stats, top)
+        action = actions["label"]
+        self.assertFalse(os.path.exists(state))
+        top.privilegedStartService()
+        self.assertTrue(os.path.isdir(state))
+        top.startService()
+        self.addCleanup(top.stopService)
+        self.addCleanup(action.stop)
+        for sku in "123":
+            result = action.run(Event("server:line1", "x", {"sku": sku}, []))
+            assert isinstance(result, Deferred)
+            self.assertIsNone(await result)
+        await sim.waitForConnections(2)
+        self.assertEqual(sim.jobs, [])
+        sim.mode = "normal"
+        jobs = await sim.waitForJobs(3)
+        self.assertEqual([j.data for j in jobs], [b"^XA1^XZ", b"^XA2^XZ", b"^XA3^XZ"])
+        self.assertTrue(os.path.exists(os.path.join(state, "outbox.sqlite3")))
 
 
 class NeverClosingDeviceTests(TestCase):
@@ -790,7 +704,7 @@ class NeverClosingDeviceTests(TestCase):
         if tls:
             directory = self.mktemp()
             os.makedirs(directory)
-            files = writeCertificates(directory)
+            files = write_certificates(directory)
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(files["cert"], files["key"])
             extra = f"tls = yes\ntls_ca = {files['ca']}\n"
@@ -819,7 +733,7 @@ class NeverClosingDeviceTests(TestCase):
     async def pause(self, seconds: float) -> None:
         await deferLater(globalReactor, seconds, lambda: None)
 
-    async def oneDelivery(self, queue: str, tls: bool) -> None:
+    async def one_delivery(self, queue: str, tls: bool) -> None:
         """
         One event to a device that never closes: exactly one job arrives,
         the send (or the outbox) counts it delivered, and no retry sends it
@@ -852,47 +766,43 @@ class NeverClosingDeviceTests(TestCase):
         await self.pause(self.close_timeout + 0.5)
         self.assertEqual(device.jobs, [b"^XAA1^XZ"])
 
-    def test_plainNone(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(self.oneDelivery("none", tls=False))
+    async def test_plain_none(self) -> None:
+        await self.one_delivery("none", tls=False)
 
-    def test_plainMemory(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(self.oneDelivery("memory", tls=False))
+    async def test_plain_memory(self) -> None:
+        await self.one_delivery("memory", tls=False)
 
-    def test_plainDurable(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(self.oneDelivery("durable", tls=False))
+    async def test_plain_durable(self) -> None:
+        await self.one_delivery("durable", tls=False)
 
-    def test_tlsNone(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(self.oneDelivery("none", tls=True))
+    async def test_tls_none(self) -> None:
+        await self.one_delivery("none", tls=True)
 
-    def test_tlsMemory(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(self.oneDelivery("memory", tls=True))
+    async def test_tls_memory(self) -> None:
+        await self.one_delivery("memory", tls=True)
 
-    def test_tlsDurable(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(self.oneDelivery("durable", tls=True))
+    async def test_tls_durable(self) -> None:
+        await self.one_delivery("durable", tls=True)
 
-    def test_tlsCloseNotifyNeverAnswered(self) -> Deferred[None]:
+    async def test_tls_close_notify_never_answered(self) -> None:
         """
         A TLS device that reads every byte (and our close_notify) but never
         answers it nor closes: the send fails, saying the device took every
         byte but kept the session open; with retries each attempt delivers
         the job again (what the README warns of).
         """
-
-        async def run() -> None:
-            device, extra = self.device(tls=True, answer=False)
-            action, _ = self.build(
-                f"destination = 127.0.0.1:{device.port}\ndata = ^XA[sku]^XZ\n{extra}"
-            )
-            result = action.run(Event("server:line1", "x", {"sku": "A1"}, []))
-            assert isinstance(result, Deferred)
-            with self.assertRaises(ActionFailed) as e:
-                await result
-            self.assertEqual(
-                str(e.exception),
-                f"127.0.0.1:{device.port}: device did not answer close_notify "
-                f"within 0.5s (every byte acknowledged, but the session left "
-                f"open); delivery not confirmed",
-            )
-            self.assertEqual(await device.waitForJobs(1), [b"^XAA1^XZ"])
-
-        return Deferred.fromCoroutine(run())
+        device, extra = self.device(tls=True, answer=False)
+        action, _ = self.build(
+            f"destination = 127.0.0.1:{device.port}\ndata = ^XA[sku]^XZ\n{extra}"
+        )
+        result = action.run(Event("server:line1", "x", {"sku": "A1"}, []))
+        assert isinstance(result, Deferred)
+        with self.assertRaises(ActionFailed) as e:
+            await result
+        self.assertEqual(
+            str(e.exception),
+            f"127.0.0.1:{device.port}: device did not answer close_notify "
+            f"within 0.5s (every byte acknowledged, but the session left "
+            f"open); delivery not confirmed",
+        )
+        self.assertEqual(await device.waitForJobs(1), [b"^XAA1^XZ"])
