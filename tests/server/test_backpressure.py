@@ -386,16 +386,13 @@ class DurableReplyTests(TestCase):
 
     timeout = 30
 
-    def test_reply_after_commit(self) -> Deferred[None]:
+    async def test_reply_after_commit(self) -> None:
         """
         While the commit holding job 1 is held back, nothing is written to
         the sender and no other connection sees the row.  After the commit,
         ACK 1, 2 and 3 go out in order, and when each is written its job is
         already committed (as seen from another connection).
         """
-        return Deferred.fromCoroutine(self._reply_after_commit())
-
-    async def _reply_after_commit(self) -> None:
         state = os.path.abspath(self.mktemp())
         os.makedirs(state)
         path = outbox_path(state)

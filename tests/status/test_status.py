@@ -6,7 +6,7 @@ Prometheus C{/metrics} and the service that serves them.
 import json
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as installedVersion
+from importlib.metadata import version as installed_version
 from typing import Any, cast
 
 from hypothesis import given, settings
@@ -46,7 +46,7 @@ PEER = IPv4Address("TCP", "127.0.0.1", 50000)
 Families = dict[str, Any]
 
 
-def makeView(
+def make_view(
     stats: Stats | None = None, started: float = 1000.0, now: float = 1000.0
 ) -> tuple[StatusView, Clock]:
     """
@@ -125,7 +125,7 @@ class FormattingTests(SynchronousTestCase):
     The small pure helpers.
     """
 
-    def test_formatDuration(self) -> None:
+    def test_format_duration(self) -> None:
         """
         Durations are C{HH:MM:SS}, with days in front once there are any,
         and negative durations read as zero.
@@ -136,7 +136,7 @@ class FormattingTests(SynchronousTestCase):
         self.assertEqual(format_duration(2 * 86400 + 61), "2d 00:01:01")
         self.assertEqual(format_duration(-5), "00:00:00")
 
-    def test_metricName(self) -> None:
+    def test_metric_name(self) -> None:
         """
         Metric names are joined with C{_}; characters Prometheus does not
         allow become C{_} and a leading digit gets a C{_} in front.
@@ -151,20 +151,20 @@ class FormattingTests(SynchronousTestCase):
         """
         Uptime is the clock's time since the start, and never negative.
         """
-        view, clock = makeView(started=1000.0, now=1000.0)
+        view, clock = make_view(started=1000.0, now=1000.0)
         self.assertEqual(view.uptime(), 0.0)
         clock.advance(12.5)
         self.assertEqual(view.uptime(), 12.5)
-        early, _ = makeView(started=2000.0, now=1000.0)
+        early, _ = make_view(started=2000.0, now=1000.0)
         self.assertEqual(early.uptime(), 0.0)
 
-    def test_versionInstalled(self) -> None:
+    def test_version_installed(self) -> None:
         """
         The version is the installed distribution's.
         """
-        self.assertEqual(daemon_version(), installedVersion("plantd"))
+        self.assertEqual(daemon_version(), installed_version("plantd"))
 
-    def test_versionNotInstalled(self) -> None:
+    def test_version_not_installed(self) -> None:
         """
         Run from a source tree that is not installed, the version reads
         C{unknown} instead of failing.
@@ -192,7 +192,7 @@ class StatusPageTests(SynchronousTestCase):
         stats.server("line1").frames = 42
         stats.register("reader", "gate", constant({"connected": 1, "badge": None}))
         stats.register("reader", "door", constant({"connected": 0, "last": "ok"}))
-        view, clock = makeView(stats, started=1000.0, now=1000.0)
+        view, clock = make_view(stats, started=1000.0, now=1000.0)
         clock.advance(86400 + 3600 + 1)
         request = get(make_root(view), b"/")
         self.assertEqual(request.responseCode, None)  # 200 by default
@@ -229,7 +229,7 @@ class StatusPageTests(SynchronousTestCase):
             "reader", evil, constant({"last_badge": evil, "<b>counter</b>": 1})
         )
         stats.register("<i>kind</i>", "n", constant({"v": 1}))
-        view, _ = makeView(stats)
+        view, _ = make_view(stats)
         view = StatusView(stats, view.clock, view.started, "<v>")
         page = body(get(make_root(view), b"/")).decode("utf-8")
         self.assertNotIn("<script", page)
@@ -243,13 +243,13 @@ class StatusPageTests(SynchronousTestCase):
         self.assertIn("<h2>&lt;i&gt;kind&lt;/i&gt;</h2>", page)
         self.assertIn("<dd>&lt;v&gt;</dd>", page)
 
-    def test_selfContained(self) -> None:
+    def test_self_contained(self) -> None:
         """
         The page has no scripts and loads nothing from elsewhere.
         """
         stats = Stats()
         stats.server("line1")
-        view, _ = makeView(stats)
+        view, _ = make_view(stats)
         page = body(get(make_root(view), b"/")).decode("utf-8").lower()
         self.assertNotIn("<script", page)
         self.assertNotIn("src=", page)
@@ -260,7 +260,7 @@ class StatusPageTests(SynchronousTestCase):
         """
         With no counters registered the page says so and has no tables.
         """
-        view, _ = makeView()
+        view, _ = make_view()
         page = body(get(make_root(view), b"/")).decode("utf-8")
         self.assertIn("No counters yet.", page)
         self.assertNotIn("<table>", page)
@@ -271,7 +271,7 @@ class StatusPageTests(SynchronousTestCase):
         """
         stats = Stats()
         counters = stats.server("line1")
-        root = make_root(makeView(stats)[0])
+        root = make_root(make_view(stats)[0])
         counters.frames = 7
         self.assertIn(b'<td class="n">7</td>', body(get(root, b"/")))
         counters.frames = 8
@@ -292,7 +292,7 @@ class StatusJSONTests(SynchronousTestCase):
         stats.server("line1").frames = 3
         stats.action("label").ok = 2
         stats.register("outbox", "label", constant({"pending": 1, "state": "up"}))
-        view, clock = makeView(stats, started=1000.0, now=1000.0)
+        view, clock = make_view(stats, started=1000.0, now=1000.0)
         clock.advance(30)
         request = get(make_root(view), b"/status.json")
         self.assertEqual(header(request, b"content-type"), b"application/json")
@@ -318,7 +318,7 @@ class StatusJSONTests(SynchronousTestCase):
             "q",
             constant({"a": float("nan"), "b": float("inf"), "c": 1.5, "d": None}),
         )
-        raw = body(get(make_root(makeView(stats)[0]), b"/status.json"))
+        raw = body(get(make_root(make_view(stats)[0]), b"/status.json"))
 
         def refuse(constant: str) -> None:
             raise ValueError(constant)
@@ -360,7 +360,7 @@ class MetricsTests(SynchronousTestCase):
                 }
             ),
         )
-        text = scrape(makeView(stats)[0])
+        text = scrape(make_view(stats)[0])
         found = families(text)
         frames = found["plantd_server_frames"]
         self.assertEqual(frames.type, "counter")
@@ -385,7 +385,7 @@ class MetricsTests(SynchronousTestCase):
         self.assertNotIn("plantd_outbox_last_error", found)
         self.assertNotIn("retrying", text)
 
-    def test_gaugeNames(self) -> None:
+    def test_gauge_names(self) -> None:
         """
         Every counter declared a gauge is exported as a gauge even with an
         integer value; the same integer under another name is a counter.
@@ -397,22 +397,22 @@ class MetricsTests(SynchronousTestCase):
             constant({"level": 1, "sent": 1}),
             {"level": MetricKind.GAUGE, "sent": MetricKind.COUNTER},
         )
-        found = families(scrape(makeView(stats)[0]))
+        found = families(scrape(make_view(stats)[0]))
         self.assertEqual(found["plantd_q_level"].type, "gauge")
         self.assertEqual(found["plantd_q_sent"].type, "counter")
 
-    def test_uptimeAndInfo(self) -> None:
+    def test_uptime_and_info(self) -> None:
         """
         The exposition has the uptime in seconds and the version as
         C{plantd_info{version="..."} 1}.
         """
-        view, clock = makeView(started=1000.0, now=1000.0)
+        view, clock = make_view(started=1000.0, now=1000.0)
         clock.advance(90)
         values = samples(scrape(view))
         self.assertEqual(values[("plantd_uptime_seconds", ())], 90.0)
         self.assertEqual(values[("plantd_info", (("version", "9.8.7"),))], 1.0)
 
-    def test_labelEscaping(self) -> None:
+    def test_label_escaping(self) -> None:
         """
         Names with quotes, backslashes, newlines and non-ASCII text come back
         unchanged from a Prometheus parser.
@@ -420,7 +420,7 @@ class MetricsTests(SynchronousTestCase):
         odd = 'a"b\\c\nd é'
         stats = Stats()
         stats.server(odd).frames = 1
-        values = samples(scrape(makeView(stats)[0]))
+        values = samples(scrape(make_view(stats)[0]))
         self.assertEqual(values[("plantd_server_frames_total", (("name", odd),))], 1.0)
 
     def test_clash(self) -> None:
@@ -433,7 +433,7 @@ class MetricsTests(SynchronousTestCase):
         stats.register(
             "outbox", "q", constant({"x_total": 1, "x": 2, "a.b": 3, "a_b": 4})
         )
-        text = scrape(makeView(stats)[0])
+        text = scrape(make_view(stats)[0])
         values = samples(text)
         self.assertEqual(values[("plantd_outbox_x_total", (("name", "q"),))], 1.0)
         self.assertEqual(values[("plantd_outbox_a_b_total", (("name", "q"),))], 3.0)
@@ -442,11 +442,11 @@ class MetricsTests(SynchronousTestCase):
             ["plantd_outbox_x", "plantd_outbox_a_b"],
         )
 
-    def test_contentType(self) -> None:
+    def test_content_type(self) -> None:
         """
         C{/metrics} is served as the Prometheus text format 0.0.4.
         """
-        request = get(make_root(makeView()[0]), b"/metrics")
+        request = get(make_root(make_view()[0]), b"/metrics")
         self.assertEqual(
             header(request, b"content-type"),
             b"text/plain; version=0.0.4; charset=utf-8",
@@ -458,7 +458,7 @@ class MetricsTests(SynchronousTestCase):
         """
         stats = Stats()
         counters = stats.server("line1")
-        view, _ = makeView(stats)
+        view, _ = make_view(stats)
         root = make_root(view)
         key = ("plantd_server_frames_total", (("name", "line1"),))
         counters.frames = 1
@@ -466,14 +466,14 @@ class MetricsTests(SynchronousTestCase):
         counters.frames = 2
         self.assertEqual(samples(body(get(root, b"/metrics")).decode())[key], 2.0)
 
-    def test_ownRegistry(self) -> None:
+    def test_own_registry(self) -> None:
         """
         Nothing is added to C{prometheus_client}'s global registry.
         """
         stats = Stats()
         stats.server("line1")
-        make_root(makeView(stats)[0])
-        scrape(makeView(stats)[0])
+        make_root(make_view(stats)[0])
+        scrape(make_view(stats)[0])
         self.assertIsNone(REGISTRY.get_sample_value("plantd_uptime_seconds"))
 
     @settings(deadline=None, max_examples=60)
@@ -495,7 +495,7 @@ class MetricsTests(SynchronousTestCase):
             max_size=4,
         )
     )
-    def test_everyNumber(self, snapshot: dict[str, dict[str, Snapshot]]) -> None:
+    def test_every_number(self, snapshot: dict[str, dict[str, Snapshot]]) -> None:
         """
         For any snapshot, the exposition parses and holds exactly one sample
         per numeric value, with the name as its label, besides the uptime and
@@ -505,7 +505,7 @@ class MetricsTests(SynchronousTestCase):
         for kind, named in snapshot.items():
             for name, counters in named.items():
                 stats.register(kind, name, constant(counters))
-        found = samples(scrape(makeView(stats)[0]))
+        found = samples(scrape(make_view(stats)[0]))
         expected: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {
             ("plantd_uptime_seconds", ()): 0.0
         }
@@ -536,7 +536,7 @@ class RoutingTests(SynchronousTestCase):
     def setUp(self) -> None:
         stats = Stats()
         stats.server("line1").frames = 1
-        self.view, _ = makeView(stats)
+        self.view, _ = make_view(stats)
         self.reactor = MemoryReactorClock()
         self.site = StatusSite(make_root(self.view), self.reactor)
 
@@ -581,7 +581,7 @@ class RoutingTests(SynchronousTestCase):
             self.assertTrue(response.startswith(b"HTTP/1.1 200 "), path)
             self.assertIn(b"\r\nContent-Type: " + kind, response)
 
-    def test_notFound(self) -> None:
+    def test_not_found(self) -> None:
         """
         Any other path is a 404, including paths below the pages.
         """
@@ -589,7 +589,7 @@ class RoutingTests(SynchronousTestCase):
             response = self.request(b"GET", path)
             self.assertTrue(response.startswith(b"HTTP/1.1 404 "), (path, response))
 
-    def test_methodNotAllowed(self) -> None:
+    def test_method_not_allowed(self) -> None:
         """
         POST is refused with 405 and an C{Allow} header naming GET and HEAD;
         methods Twisted does not know at all (PUT, DELETE) get its 501.
@@ -605,7 +605,7 @@ class RoutingTests(SynchronousTestCase):
             self.assertTrue(response.startswith(b"HTTP/1.1 501 "), response)
             self.assertNotIn(b"plantd_", response)
 
-    def test_methodNotAllowedResource(self) -> None:
+    def test_method_not_allowed_resource(self) -> None:
         """
         The pages themselves raise L{UnsupportedMethod} for POST.
         """
@@ -634,7 +634,7 @@ class RoutingTests(SynchronousTestCase):
             self.assertIn(b"\r\nContent-Length: %d" % (len(getBody),), getHead)
         self.assertEqual([e for e in events if e["log_level"] > LogLevel.debug], [])
 
-    def test_accessLogQuiet(self) -> None:
+    def test_access_log_quiet(self) -> None:
         """
         A request logs nothing above debug level: scrapes do not fill the
         daemon's log.  The access line is there at debug level.
@@ -650,7 +650,7 @@ class RoutingTests(SynchronousTestCase):
         self.assertEqual(access[0]["log_level"], LogLevel.debug)
         self.assertEqual(access[0]["code"], 200)
 
-    def test_connectionCap(self) -> None:
+    def test_connection_cap(self) -> None:
         """
         At most L{MAX_CONNECTIONS} connections are open at once; the next
         one is refused until one closes.
@@ -663,7 +663,7 @@ class RoutingTests(SynchronousTestCase):
         for channel, _ in open_:
             channel.connectionLost(Failure(ConnectionDone()))
 
-    def test_idleTimeout(self) -> None:
+    def test_idle_timeout(self) -> None:
         """
         A connection idle for L{IDLE_TIMEOUT} seconds is closed.
         """
@@ -724,7 +724,7 @@ class StatusServiceTests(SynchronousTestCase):
         self.assertIs(factory, service.site)
         self.assertIsNotNone(service.port)
 
-    def test_startWithoutPrivileged(self) -> None:
+    def test_start_without_privileged(self) -> None:
         """
         C{startService} alone also listens (once).
         """
@@ -733,7 +733,7 @@ class StatusServiceTests(SynchronousTestCase):
         service.startService()
         self.assertEqual(len(reactor.tcpServers), 1)
 
-    def test_cannotListen(self) -> None:
+    def test_cannot_listen(self) -> None:
         """
         A failure to listen is raised from C{privilegedStartService} and
         names the status endpoint.
@@ -744,7 +744,7 @@ class StatusServiceTests(SynchronousTestCase):
         self.assertIn("Address already in use", str(error))
         self.flushLoggedErrors()
 
-    def test_uptimeFromStart(self) -> None:
+    def test_uptime_from_start(self) -> None:
         """
         Uptime counts from when the service started, on the injected clock.
         """
