@@ -24,7 +24,7 @@ from daemon.config import ServerConfig
 from daemon.core import logs
 from daemon.core.actions import ActionChain
 from daemon.core.listening import ListeningService
-from daemon.core.peers import host_port
+from daemon.core.peers import host_port, join_host_port
 from daemon.server.connection import ServerConnection
 from daemon.server.framing import ETX, STX
 from daemon.status.stats import ServerStats
@@ -121,9 +121,10 @@ class ServerTrigger(Factory):
                 return
         self._refused_logged[key] = now
         self.log.warn(
-            "[{trigger}] refused {peer_host}:{peer_port}: {reason} "
+            "[{trigger}] refused {peer}: {reason} "
             "(logged once per peer every {interval:.0f}s; see the 'rejected' counter)",
             trigger=self.section,
+            peer=join_host_port(host, port),
             peer_host=host,
             peer_port=port,
             reason=reason,

@@ -479,6 +479,27 @@ class LimitTests(SynchronousTestCase):
         self.assertIsNone(trigger.buildProtocol(IPv6Address("TCP", "::1", 1)))
         self.assertEqual(trigger.stats.rejected, 2)
 
+    def test_refusal_names_peer(self) -> None:
+        """
+        A refusal is logged with the peer written as everywhere else:
+        C{host:port}, and C{[v6]:port} for IPv6.
+        """
+        trigger, _ = make("allow = 10.1.0.0/16")
+        with capturedLogs() as events:
+            trigger.buildProtocol(IPv4Address("TCP", "10.2.0.1", 5))
+            trigger.buildProtocol(IPv6Address("TCP", "::1", 6))
+        lines = [formatEvent(e) for e in events]
+        self.assertTrue(
+            lines[0].startswith(
+                "[server:t] refused 10.2.0.1:5: not in the allow list (logged"
+            ),
+            lines[0],
+        )
+        self.assertTrue(
+            lines[1].startswith("[server:t] refused [::1]:6: not in the allow list"),
+            lines[1],
+        )
+
     def test_idle_timeout(self) -> None:
         """
         A silent connection is aborted after idle_timeout; data resets it.
