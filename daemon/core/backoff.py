@@ -65,7 +65,7 @@ class Backoff:
     def policy(self, random: Callable[[], float]) -> Callable[[int], float]:
         """
         This backoff as a L{ClientService
-        <twisted.application.internet.ClientService>} C{retryPolicy}, which
-        counts failed attempts from 0.
+        <twisted.application.internet.ClientService>} C{retryPolicy}: it is
+        called with the number of failed attempts so far, 1 for the first.
         """
-        return lambda attempt: self.delay(attempt + 1, random())
+        return lambda failures: self.delay(failures, random())

@@ -298,8 +298,7 @@ class ReaderService(Service):
         anything counted as failed attempts (a reader busy with another
         client is not hammered every C{retry_initial} seconds).
         """
-        # ClientService counts failed attempts from 1; the policy from 0.
-        return self._backoff(attempt - 1 + self._empty_sessions)
+        return self._backoff(attempt + self._empty_sessions)
 
     def _attempted(self) -> None:
         self._attempts += 1

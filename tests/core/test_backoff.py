@@ -32,12 +32,43 @@ class BackoffTests(SynchronousTestCase):
         backoff = Backoff(1.0, 10.0)
         self.assertAlmostEqual(backoff.delay(10, 0.999999), 10 * (1 - JITTER), 4)
 
-    def test_policy_counts_from_zero(self) -> None:
+    def test_policy_counts_from_one(self) -> None:
         """
-        As a ClientService retryPolicy, attempt 0 is the first failure.
+        As a ClientService retryPolicy, called with C{failedAttempts} (1 after
+        the first failure), the first retry waits C{initial}.
         """
         policy = Backoff(0.5, 30.0).policy(lambda: 0.0)
-        self.assertEqual([policy(0), policy(1), policy(2)], [0.5, 1.0, 2.0])
+        self.assertEqual([policy(1), policy(2), policy(3)], [0.5, 1.0, 2.0])
+
+    def test_policy_with_client_service(self) -> None:
+        """
+        A real L{ClientService} whose connects fail retries after C{initial},
+        then twice that.
+        """
+        from twisted.application.internet import ClientService
+        from twisted.internet.defer import fail
+        from twisted.internet.protocol import Factory, Protocol
+        from twisted.internet.task import Clock
+
+        attempts: list[float] = []
+        clock = Clock()
+
+        class Failing:
+            def connect(self, factory: object) -> object:
+                attempts.append(clock.seconds())
+                return fail(ConnectionError("refused"))
+
+        service = ClientService(
+            Failing(),  # type: ignore[arg-type]
+            Factory.forProtocol(Protocol),
+            retryPolicy=Backoff(0.5, 30.0).policy(lambda: 0.0),
+            clock=clock,
+        )
+        service.startService()
+        clock.advance(0.5)
+        clock.advance(1.0)
+        self.assertEqual(attempts, [0.0, 0.5, 1.5])
+        service.stopService()
 
     def test_bad_values(self) -> None:
         """
