@@ -34,21 +34,15 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any, TypeVar
 
-from twisted.internet.defer import (
-    CancelledError,
-    Deferred,
-    fail,
-    maybeDeferred,
-    succeed,
-)
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from daemon.core import logs
+from daemon.outbox.dispatch import SHOWN, Dispatcher, IDispatchHost
 from daemon.outbox.jobs import (
-    MAX_ERROR_LENGTH,
     DestinationStats,
     Job,
     OutboxFull,
@@ -79,39 +73,29 @@ class _State(Enum):
     STOPPED = "stopped"
 
 
-class DeliveryState(Enum):
-    """
-    What a destination's dispatcher is doing.
-    """
-
-    IDLE = "idle"
-    LOADING = "loading"
-    DELIVERING = "delivering"
-    BACKOFF = "backoff"
-
-
 class _Destination:
     """
     The outbox's bookkeeping for one destination (mutable, internal).
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, dispatcher: Dispatcher) -> None:
         self.name = name
+        self.dispatcher = dispatcher
         self.jobs = 0
         self.bytes = 0
         self.oldest_created: float | None = None
         self.head_attempts = 0
         self.last_error: str | None = None
-        self.state = DeliveryState.IDLE
-        self.next_retry_at: float | None = None
-        # a dispatcher runs (set before its coroutine starts, which may
-        # re-enter _kick before Deferred.fromCoroutine returns)
-        self.active = False
-        self.task: Deferred[None] | None = None
-        self.wake = False
         # consecutive failed attempts (any job), for throttled logging
         self.failures = 0
         self.logged_error: str | None = None
+
+    @property
+    def active(self) -> bool:
+        """
+        Does its dispatcher hold the destination?
+        """
+        return self.dispatcher.active
 
 
 @dataclass
@@ -121,24 +105,11 @@ class _Waiting:
     deferred: Deferred[Job]
 
 
-def _shielded(d: Deferred[None]) -> Deferred[None]:
-    """
-    A L{Deferred} that fires when C{d} does; cancelling it does not cancel
-    C{d}.
-    """
-    shield: Deferred[None] = Deferred()
-    d.addBoth(lambda _: None if shield.called else shield.callback(None))
-    return shield
-
-
-def _describe(error: BaseException) -> str:
-    text = str(error) or type(error).__name__
-    return text[:MAX_ERROR_LENGTH]
-
-
+@implementer(IDispatchHost)
 class Outbox:
     """
-    The outbox of one send action.
+    The outbox of one send action; the host of its destinations'
+    L{Dispatcher}s.
 
     @ivar stored: jobs stored.
     @ivar delivered: jobs delivered (and removed).
@@ -239,8 +210,7 @@ class Outbox:
                 w.deferred.errback(OutboxNotRunning(f"outbox {self.action!r} stopped"))
             self._fire_room()
             for dest in list(self._dests.values()):
-                if dest.task is not None:
-                    dest.task.cancel()
+                dest.dispatcher.stop()
         self._check_idle()
         return d
 
@@ -376,7 +346,8 @@ class Outbox:
     def _dest(self, name: str) -> _Destination:
         dest = self._dests.get(name)
         if dest is None:
-            dest = self._dests[name] = _Destination(name)
+            dispatcher = Dispatcher(name, self, self._clock)
+            dest = self._dests[name] = _Destination(name, dispatcher)
         return dest
 
     def _adjust(self, dest: _Destination, jobs: int, size: int) -> None:
@@ -426,9 +397,6 @@ class Outbox:
         if any(dest.active for dest in self._dests.values()):
             return
         self._state = _State.STOPPED
-        for dest in self._dests.values():
-            dest.state = DeliveryState.IDLE
-            dest.next_retry_at = None
         waiters, self._stop_waiters = self._stop_waiters, []
         for d in waiters:
             d.callback(None)
@@ -525,131 +493,81 @@ class Outbox:
         """
         if self._state is not _State.RUNNING:
             return
-        dest = self._dest(name)
-        if dest.active:
-            dest.wake = True
-            return
-        dest.active = True
-        task = Deferred.fromCoroutine(self._dispatch(dest))
-        dest.task = task  # before addBoth: the task may be over already
-        task.addBoth(self._dispatcher_done, dest)
+        self._dest(name).dispatcher.kick()
 
-    def _dispatcher_done(self, result: None | Failure, dest: _Destination) -> None:
-        dest.task = None
-        dest.active = False
-        dest.state = DeliveryState.IDLE
-        dest.next_retry_at = None
-        if isinstance(result, Failure) and not (
-            self._state is _State.STOPPING and result.check(CancelledError)
-        ):
+    # IDispatchHost
+
+    def load_jobs(self, destination: str, after_id: int) -> Deferred[list[Job]]:
+        """
+        The next page of C{destination}'s jobs after C{after_id}.
+        """
+        return self._store.load(self.action, destination, after_id, self._page_size)
+
+    def deliver_job(self, destination: str, job: Job) -> Deferred[object]:
+        """
+        One attempt of C{job}, through the C{deliver} callback.
+        """
+        dest = self._dests[destination]
+        dest.oldest_created = job.created
+        dest.head_attempts = job.attempts
+        return maybeDeferred(self._deliver, job)
+
+    def job_failed(
+        self, destination: str, job: Job, reason: str
+    ) -> tuple[Job, float | None]:
+        """
+        Count and record a failed attempt; dead-letter the job if the policy
+        gives up on it, else pick the delay before the next attempt.
+        """
+        dest = self._dests[destination]
+        now = self._clock.seconds()
+        job = replace(
+            job, attempts=job.attempts + 1, last_attempt=now, last_error=reason
+        )
+        dest.head_attempts = job.attempts
+        dest.last_error = reason
+        self.failed_attempts += 1
+        self._fire_and_forget(
+            self._store.record_failure(job.id, reason, now),
+            "record a failure of",
+            job,
+        )
+        give_up = self._give_up(job, now)
+        if give_up is not None:
+            self._dead_letter(dest, job, give_up, now)
+            return job, None
+        delay = self.policy.backoff(job.attempts, self._random())
+        self._log_failure(dest, job, reason, delay)
+        return job, delay
+
+    def load_failed(self, destination: str, failure: Failure) -> float:
+        """
+        Log that C{destination}'s jobs could not be read; read again after
+        C{retry_max}.
+        """
+        self.log.failure(
+            "outbox {action}: could not read jobs for {destination}",
+            failure,
+            action=self.action,
+            destination=destination,
+        )
+        return self.policy.retry_max
+
+    def dispatcher_finished(self, destination: str, failure: Failure | None) -> None:
+        """
+        C{destination}'s dispatcher went idle or stopped.
+        """
+        if failure is not None:
             self.log.failure(
                 "outbox {action}: dispatcher for {destination} stopped",
-                result,
+                failure,
                 action=self.action,
-                destination=dest.name,
+                destination=destination,
             )
-        self._forget_if_empty(dest)
+        dest = self._dests.get(destination)
+        if dest is not None:
+            self._forget_if_empty(dest)
         self._check_idle()
-
-    async def _dispatch(self, dest: _Destination) -> None:
-        """
-        Deliver C{dest}'s jobs, oldest first, one at a time, a page of jobs
-        read from the store at a time; return when the queue is empty.
-        """
-        after_id = 0
-        page: deque[Job] = deque()
-        while True:
-            if not page:
-                dest.wake = False
-                dest.state = DeliveryState.LOADING
-                try:
-                    jobs = await self._guard(
-                        self._store.load(
-                            self.action, dest.name, after_id, self._page_size
-                        )
-                    )
-                except CancelledError:
-                    raise
-                except Exception:
-                    self.log.failure(
-                        "outbox {action}: could not read jobs for {destination}",
-                        action=self.action,
-                        destination=dest.name,
-                    )
-                    await self._sleep(dest, self.policy.retry_max)
-                    continue
-                if not jobs:
-                    if dest.wake:
-                        continue
-                    return
-                page.extend(jobs)
-            job = page.popleft()
-            after_id = job.id
-            await self._deliver_job(dest, job)
-
-    async def _deliver_job(self, dest: _Destination, job: Job) -> None:
-        """
-        Attempt C{job} until it is delivered or dead-lettered.
-        """
-        while True:
-            self._check_running()
-            dest.state = DeliveryState.DELIVERING
-            dest.next_retry_at = None
-            dest.oldest_created = job.created
-            dest.head_attempts = job.attempts
-            try:
-                await self._guard(maybeDeferred(self._deliver, job))
-            except CancelledError as e:
-                if self._state is not _State.RUNNING:
-                    raise
-                reason = _describe(e)
-            except Exception as e:
-                reason = _describe(e)
-            else:
-                removed = self._delivered(dest, job)
-                # The next job goes out once this one is removed for good,
-                # so a crash repeats at most the job in flight.
-                await self._guard(_shielded(removed))
-                return
-            now = self._clock.seconds()
-            job = replace(
-                job, attempts=job.attempts + 1, last_attempt=now, last_error=reason
-            )
-            dest.head_attempts = job.attempts
-            dest.last_error = reason
-            self.failed_attempts += 1
-            self._fire_and_forget(
-                self._store.record_failure(job.id, reason, now),
-                "record a failure of",
-                job,
-            )
-            give_up = self._give_up(job, now)
-            if give_up is not None:
-                self._dead_letter(dest, job, give_up, now)
-                return
-            delay = self.policy.backoff(job.attempts, self._random())
-            self._log_failure(dest, job, reason, delay)
-            await self._sleep(dest, delay)
-
-    async def _sleep(self, dest: _Destination, delay: float) -> None:
-        dest.state = DeliveryState.BACKOFF
-        dest.next_retry_at = self._clock.seconds() + delay
-        await self._guard(deferLater(self._clock, delay))
-
-    def _guard(self, d: Deferred[_T]) -> Deferred[_T]:
-        """
-        Cancel C{d}, which a dispatcher is about to wait on, if the outbox
-        was stopped meanwhile: L{stop} may run while the dispatcher is not
-        waiting on anything (from inside C{deliver}, say), when cancelling
-        its task cannot reach it.
-        """
-        if self._state is not _State.RUNNING:
-            d.cancel()
-        return d
-
-    def _check_running(self) -> None:
-        if self._state is not _State.RUNNING:
-            raise CancelledError()
 
     def _give_up(self, job: Job, now: float) -> str | None:
         policy = self.policy
@@ -662,11 +580,12 @@ class Outbox:
             )
         return None
 
-    def _delivered(self, dest: _Destination, job: Job) -> Deferred[None]:
+    def job_delivered(self, destination: str, job: Job) -> Deferred[None]:
         """
         Count C{job} as delivered and remove it; fires once it is removed
         (or its removal failed, logged).
         """
+        dest = self._dests[destination]
         self.delivered += 1
         if dest.failures:
             self.log.info(
@@ -754,11 +673,11 @@ class Outbox:
                     head_attempts=dest.head_attempts,
                     next_retry_in=(
                         None
-                        if dest.next_retry_at is None
-                        else max(0.0, dest.next_retry_at - now)
+                        if dest.dispatcher.next_retry_at is None
+                        else max(0.0, dest.dispatcher.next_retry_at - now)
                     ),
                     last_error=dest.last_error,
-                    state=dest.state.value,
+                    state=SHOWN[dest.dispatcher.state],
                 )
             )
         return OutboxStats(
