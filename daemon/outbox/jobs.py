@@ -9,8 +9,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-#: Backoff stops doubling after this many attempts (2**60 s is forever anyway).
-MAX_BACKOFF_EXPONENT = 60
+from daemon.core.backoff import Backoff
+
 #: Error texts kept with a job are cut to this many characters.
 MAX_ERROR_LENGTH = 500
 
@@ -26,8 +26,9 @@ class OutboxPolicy:
         served; C{"reject"}: C{put} fails at once with L{OutboxFull}.
     @ivar retry_initial: seconds before the first retry; doubles per attempt.
     @ivar retry_max: the cap on the delay between attempts.
-    @ivar jitter: each delay is scaled by a random factor in
-        M{[1 - jitter, 1 + jitter]} (and still capped at C{retry_max}).
+    @ivar jitter: the largest share of a delay taken off at random (the
+        one L{Backoff} rule: jitter only shortens, no delay exceeds
+        C{retry_max}).
     @ivar max_attempts: attempts after which a job is dead-lettered; L{None}
         retries forever.
     @ivar max_age: seconds after its creation after which a job that fails is
@@ -70,20 +71,13 @@ class OutboxPolicy:
         if self.max_age is not None and not self.max_age > 0:
             raise ValueError(f"max_age must be positive, not {self.max_age}")
 
-    def backoff(self, attempts: int, random: float) -> float:
+    @property
+    def backoff(self) -> Backoff:
         """
-        Seconds to wait after the C{attempts}-th failed attempt.
-
-        M{min(retry_max, retry_initial * 2 ** (attempts - 1))}, scaled by
-        M{1 + jitter * (2 * random - 1)} and capped again at C{retry_max}, so
-        C{random = 0.5} gives the plain exponential delay.
-
-        @param random: a number in M{[0, 1)}.
+        The wait between delivery attempts: C{backoff.delay(attempts,
+        random)} after the C{attempts}-th failed attempt.
         """
-        exponent = min(max(attempts - 1, 0), MAX_BACKOFF_EXPONENT)
-        delay = min(self.retry_max, self.retry_initial * 2.0**exponent)
-        delay *= 1.0 + self.jitter * (2.0 * random - 1.0)
-        return min(self.retry_max, delay)
+        return Backoff(self.retry_initial, self.retry_max, self.jitter)
 
 
 @dataclass(frozen=True)

@@ -227,7 +227,7 @@ class Outbox:
             or self._bytes >= self.policy.max_bytes
         )
 
-    def whenRoom(self) -> Deferred[None]:
+    def when_room(self) -> Deferred[None]:
         """
         Fires once the outbox is not L{full} (at once if it is not), or when
         it stops.
@@ -536,7 +536,7 @@ class Outbox:
         if give_up is not None:
             self._dead_letter(dest, job, give_up, now)
             return job, None
-        delay = self.policy.backoff(job.attempts, self._random())
+        delay = self.policy.backoff.delay(job.attempts, self._random())
         self._log_failure(dest, job, reason, delay)
         return job, delay
 

@@ -125,11 +125,12 @@ def make(
     policy: OutboxPolicy | None = None,
     store: MemoryJobStore | None = None,
     deliver: Callable[[Job], Deferred[object]] | None = None,
-    random: float = 0.5,
+    random: float = 0.0,
     rescan_interval: float | None = None,
 ) -> tuple[Outbox, MemoryJobStore, FakeDevice, Clock]:
     """
-    A started outbox for action C{label} over a memory store.
+    A started outbox for action C{label} over a memory store; the random
+    source gives C{random} (0: no jitter, delays are exact).
     """
     store = MemoryJobStore() if store is None else store
     device = FakeDevice()
@@ -149,36 +150,39 @@ def make(
 
 class OutboxPolicyTests(SynchronousTestCase):
     """
-    L{OutboxPolicy}: validation and the backoff formula.
+    L{OutboxPolicy}: validation and its backoff, the one L{Backoff} rule
+    (jitter only shortens; before the reorganization it scaled delays by
+    up to +-jitter).
     """
 
     def test_backoff_doubles_then_caps(self) -> None:
         """
-        With the jitter centred (random 0.5) the delays are exactly
+        With no jitter drawn (random 0) the delays are exactly
         retry_initial * 2**(attempts - 1), capped at retry_max.
         """
         policy = OutboxPolicy(retry_initial=1.0, retry_max=60.0, jitter=0.2)
         self.assertEqual(
-            [policy.backoff(n, 0.5) for n in range(1, 10)],
+            [policy.backoff.delay(n, 0.0) for n in range(1, 10)],
             [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0],
         )
 
-    def test_backoff_jitter_bounds(self) -> None:
+    def test_backoff_jitter_only_shortens(self) -> None:
         """
-        The jitter scales a delay by up to +-jitter, and never beyond
-        retry_max.
+        The jitter takes up to jitter of a delay off, and never adds: no
+        delay exceeds retry_max.
         """
         policy = OutboxPolicy(retry_initial=2.0, retry_max=10.0, jitter=0.25)
-        self.assertEqual(policy.backoff(1, 0.0), 1.5)
-        self.assertEqual(policy.backoff(2, 0.0), 3.0)
-        self.assertAlmostEqual(policy.backoff(2, 0.999999), 5.0, places=4)
-        self.assertEqual(policy.backoff(10, 0.999999), 10.0)
+        self.assertEqual(policy.backoff.delay(1, 0.0), 2.0)
+        self.assertEqual(policy.backoff.delay(1, 0.5), 1.75)
+        self.assertAlmostEqual(policy.backoff.delay(2, 0.999999), 3.0, places=4)
+        self.assertEqual(policy.backoff.delay(10, 0.0), 10.0)
+        self.assertAlmostEqual(policy.backoff.delay(10, 0.999999), 7.5, places=4)
 
     def test_backoff_huge_attempts(self) -> None:
         """
         A job that failed for weeks does not overflow the formula.
         """
-        self.assertEqual(OutboxPolicy(retry_max=30.0).backoff(10**9, 0.5), 30.0)
+        self.assertEqual(OutboxPolicy(retry_max=30.0).backoff.delay(10**9, 0.0), 30.0)
 
     @settings(deadline=None, max_examples=200)
     @given(
@@ -192,14 +196,15 @@ class OutboxPolicyTests(SynchronousTestCase):
         self, attempts: int, r: float, initial: float, extra: float, jitter: float
     ) -> None:
         """
-        Every delay lies between (1 - jitter) times the uncapped-by-jitter
-        delay and retry_max.
+        Every delay lies between (1 - jitter) times the capped exponential
+        delay and that delay itself, so never above retry_max.
         """
         policy = OutboxPolicy(
             retry_initial=initial, retry_max=initial + extra, jitter=jitter
         )
-        delay = policy.backoff(attempts, r)
+        delay = policy.backoff.delay(attempts, r)
         base = min(policy.retry_max, initial * 2.0 ** min(attempts - 1, 60))
+        self.assertLessEqual(delay, base)
         self.assertLessEqual(delay, policy.retry_max)
         self.assertGreaterEqual(delay, base * (1 - jitter) * (1 - 1e-9))
 
@@ -279,7 +284,7 @@ class OutboxDeliveryTests(SynchronousTestCase):
     def test_backoff_delays_exact_and_capped(self) -> None:
         """
         Retries come exactly retry_initial * 2**(n-1) seconds after the n-th
-        failure (jitter centred), capped at retry_max.
+        failure (no jitter drawn), capped at retry_max.
         """
         policy = OutboxPolicy(retry_initial=1.0, retry_max=4.0)
         outbox, store, device, clock = make(self, policy)
@@ -299,13 +304,14 @@ class OutboxDeliveryTests(SynchronousTestCase):
 
     def test_jitter_comes_from_random(self) -> None:
         """
-        The random source scales the delay by up to +-jitter.
+        The random source shortens the delay by up to jitter of itself
+        (the one Backoff rule; it used to scale it by up to +-jitter).
         """
         policy = OutboxPolicy(retry_initial=2.0, jitter=0.5)
-        outbox, store, device, clock = make(self, policy, random=0.0)
+        outbox, store, device, clock = make(self, policy, random=0.5)
         self.successResultOf(outbox.put("printer", b"x"))
         device.refuse()
-        clock.advance(0.999)
+        clock.advance(1.499)
         self.assertEqual(device.pending(), [])
         clock.advance(0.001)
         self.assertEqual(len(device.pending()), 1)
@@ -548,7 +554,7 @@ class OutboxLimitTests(SynchronousTestCase):
     def test_block_waits_fifo(self) -> None:
         """
         In block mode puts beyond the limit wait, first come first served,
-        and are stored as delivered jobs free room; whenRoom fires when the
+        and are stored as delivered jobs free room; when_room fires when the
         outbox is no longer full.
         """
         outbox, store, device, clock = make(self, OutboxPolicy(max_jobs=2))
@@ -558,7 +564,7 @@ class OutboxLimitTests(SynchronousTestCase):
         d = outbox.put("other", b"d")
         self.assertNoResult(c)
         self.assertNoResult(d)
-        room = outbox.whenRoom()
+        room = outbox.when_room()
         self.assertNoResult(room)
         self.assertEqual(outbox.snapshot().waiting_puts, 2)
         device.accept("printer")
@@ -690,12 +696,12 @@ class OutboxLifecycleTests(SynchronousTestCase):
     def test_stop_fails_waiting_puts(self) -> None:
         """
         Puts still waiting for room when the outbox stops fail, and
-        whenRoom waiters are released.
+        when_room waiters are released.
         """
         outbox, store, device, clock = make(self, OutboxPolicy(max_jobs=1))
         self.successResultOf(outbox.put("printer", b"a"))
         waiting = outbox.put("printer", b"b")
-        room = outbox.whenRoom()
+        room = outbox.when_room()
         self.successResultOf(outbox.stop())
         self.failureResultOf(waiting, OutboxNotRunning)
         self.successResultOf(room)
@@ -919,15 +925,12 @@ class SqliteJobStoreTests(TestCase):
         self.addCleanup(store.close)
         return store
 
-    def test_put_fires_after_commit(self) -> Deferred[None]:
+    async def test_put_fires_after_commit(self) -> None:
         """
         Outbox.put fires only after the job is committed: while the commit
         is held back the put has not fired and another connection cannot see
         the row; after it, both.
         """
-        return Deferred.fromCoroutine(self._put_fires_after_commit())
-
-    async def _put_fires_after_commit(self) -> None:
         store = self.open()
         device = FakeDevice()
         outbox = Outbox(
@@ -950,15 +953,12 @@ class SqliteJobStoreTests(TestCase):
         self.assertEqual([j.id for j in device.cancelled], [job.id])
         self.assertEqual(_count_rows(store.path), 1)
 
-    def test_group_commit(self) -> Deferred[None]:
+    async def test_group_commit(self) -> None:
         """
         Operations made while a transaction runs are committed together in
         the next one, each acknowledged in order; an operation that fails is
         rolled back alone.
         """
-        return Deferred.fromCoroutine(self._group_commit())
-
-    async def _group_commit(self) -> None:
         store = self.open()
         gate = HeldCommit()
         store.commit_hook = gate
@@ -984,14 +984,11 @@ class SqliteJobStoreTests(TestCase):
         self.assertEqual(acks, sorted(acks))
         self.assertEqual(_count_rows(store.path), 52)
 
-    def test_dead_letters_and_requeue(self) -> Deferred[None]:
+    async def test_dead_letters_and_requeue(self) -> None:
         """
         A dead-lettered job leaves the queue; requeued, it goes to the end of
         its destination's queue with a new id.
         """
-        return Deferred.fromCoroutine(self._dead_letters_and_requeue())
-
-    async def _dead_letters_and_requeue(self) -> None:
         store = self.open()
         first = await store.add("label", "p", b"1", 0.0)
         await store.add("label", "p", b"2", 0.0)
@@ -1015,14 +1012,11 @@ class SqliteJobStoreTests(TestCase):
         self.assertTrue(await store.drop(job.id))
         self.assertFalse(await store.drop(job.id))
 
-    def test_close(self) -> Deferred[None]:
+    async def test_close(self) -> None:
         """
         close() finishes queued work, stops the worker thread, and later
         operations fail.
         """
-        return Deferred.fromCoroutine(self._close())
-
-    async def _close(self) -> None:
         store = self.open()
         add = store.add("label", "p", b"x", 0.0)
         closed = store.close()
@@ -1034,15 +1028,12 @@ class SqliteJobStoreTests(TestCase):
             await store.add("label", "p", b"y", 0.0)
         await store.close()
 
-    def test_recovery_after_sigkill(self) -> Deferred[None]:
+    async def test_recovery_after_sigkill(self) -> None:
         """
         A process that stores jobs and is killed with SIGKILL while
         transactions are in flight loses none it acknowledged: a new store
         finds them all, and an outbox over it delivers them in order.
         """
-        return Deferred.fromCoroutine(self._recovery_after_sigkill())
-
-    async def _recovery_after_sigkill(self) -> None:
         path = outbox_path(os.path.abspath(self.mktemp()))
         os.makedirs(os.path.dirname(path))
         env = dict(os.environ, PYTHONPATH=REPO)

@@ -10,7 +10,6 @@ import os
 import sqlite3
 
 from twisted.internet import reactor as _reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
@@ -59,15 +58,12 @@ class CheckpointTests(TestCase):
         assert checkpointer is not None
         return store, checkpointer, clock
 
-    def test_commits_do_not_checkpoint(self) -> Deferred[None]:
+    async def test_commits_do_not_checkpoint(self) -> None:
         """
         Commits leave their pages in the WAL, even well past SQLite's 1000
         pages, until the checkpointer's timer is due; then one checkpoint
         copies them into the database.
         """
-        return Deferred.fromCoroutine(self._commits_do_not_checkpoint())
-
-    async def _commits_do_not_checkpoint(self) -> None:
         store, checkpointer, clock = self.open()
         payload = b"x" * 3000  # about a page per job
         for n in range(1200):
@@ -83,15 +79,12 @@ class CheckpointTests(TestCase):
         self.assertEqual(checkpointer.checkpoints, 1)
         self.assertEqual(_checkpointed_rows(store.path), 1200)
 
-    def test_one_checkpoint_per_interval(self) -> Deferred[None]:
+    async def test_one_checkpoint_per_interval(self) -> None:
         """
         Many commits within an interval make one checkpoint; none is made
         without commits; commits while a checkpoint runs make one more after
         it.
         """
-        return Deferred.fromCoroutine(self._one_checkpoint_per_interval())
-
-    async def _one_checkpoint_per_interval(self) -> None:
         store, checkpointer, clock = self.open()
         for n in range(10):
             await store.add("label", "p", b"job", float(n))
@@ -112,14 +105,11 @@ class CheckpointTests(TestCase):
         clock.advance(10 * CHECKPOINT_INTERVAL)
         self.assertEqual(checkpointer.checkpoints, 2)
 
-    def test_close_cancels_timer(self) -> Deferred[None]:
+    async def test_close_cancels_timer(self) -> None:
         """
         Closing the store cancels a pending checkpoint; the database is
         complete afterwards (the last connection's close checkpoints it).
         """
-        return Deferred.fromCoroutine(self._close_cancels_timer())
-
-    async def _close_cancels_timer(self) -> None:
         store, checkpointer, clock = self.open()
         await store.add("label", "p", b"job", 0.0)
         self.assertEqual(len(clock.getDelayedCalls()), 1)
@@ -129,13 +119,10 @@ class CheckpointTests(TestCase):
         self.assertEqual(_checkpointed_rows(store.path), 1)
         self.assertFalse(os.path.exists(store.path + "-wal"))
 
-    def test_close_while_checkpointing(self) -> Deferred[None]:
+    async def test_close_while_checkpointing(self) -> None:
         """
         Closing while a checkpoint runs waits for it.
         """
-        return Deferred.fromCoroutine(self._close_while_checkpointing())
-
-    async def _close_while_checkpointing(self) -> None:
         store, checkpointer, clock = self.open()
         await store.add("label", "p", b"job", 0.0)
         clock.advance(CHECKPOINT_INTERVAL)
@@ -164,15 +151,12 @@ class CommitPathTests(TestCase):
 
     timeout = 60
 
-    def test_savepoints_only_after_a_failure(self) -> Deferred[None]:
+    async def test_savepoints_only_after_a_failure(self) -> None:
         """
         A batch whose operations all succeed runs without savepoints; a
         batch with a failing operation is run again with one savepoint per
         operation, and only the failing one is undone.
         """
-        return Deferred.fromCoroutine(self._savepoints())
-
-    async def _savepoints(self) -> None:
         path = outbox_path(os.path.abspath(self.mktemp()))
         os.makedirs(os.path.dirname(path))
         store = SqliteJobStore(path, reactor, checkpoint_interval=None)

@@ -11,7 +11,6 @@ import sys
 from typing import cast
 
 from twisted.internet import reactor as _reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -218,13 +217,10 @@ class BesideTheDaemonTests(TestCase):
 
     timeout = 30
 
-    def test_retry_while_store_open(self) -> Deferred[None]:
+    async def test_retry_while_store_open(self) -> None:
         """
         A dead letter requeued by the command is seen by the open store.
         """
-        return Deferred.fromCoroutine(self._retry_while_store_open())
-
-    async def _retry_while_store_open(self) -> None:
         state_dir = os.path.abspath(self.mktemp())
         os.makedirs(state_dir)
         store = SqliteJobStore(
