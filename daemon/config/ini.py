@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import codecs
 import configparser
-import ipaddress
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -43,6 +42,7 @@ from daemon.config.model import (
     ServerConfig,
     TLSConfig,
 )
+from daemon.core.networks import parse_networks
 from daemon.core.template import (
     Template,
     TemplateError,
@@ -641,15 +641,10 @@ def _networks(s: _Section, key: str) -> tuple[Network, ...]:
     value = s.optional(key)
     if value is None:
         return ()
-    result = []
-    for item in value.replace(",", " ").split():
-        try:
-            result.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise s.error(
-                key, f"expected addresses or CIDR blocks (10.1.0.0/16); got {item!r}"
-            ) from None
-    return tuple(result)
+    try:
+        return parse_networks(value)
+    except ValueError as e:
+        raise s.error(key, str(e)) from None
 
 
 def _reply_until(s: _Section) -> ReplyUntil | None:

@@ -11,7 +11,6 @@ clients take their last replies before closing them.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +23,7 @@ from daemon.config import ServerConfig
 from daemon.core import logs
 from daemon.core.actions import ActionChain
 from daemon.core.listening import ListeningService
+from daemon.core.networks import host_allowed
 from daemon.core.peers import host_port, join_host_port
 from daemon.server.connection import ServerConnection
 from daemon.server.framing import ETX, STX
@@ -86,20 +86,11 @@ class ServerTrigger(Factory):
 
     def _refusal(self, host: str) -> str | None:
         config = self.config
-        if config.allow and not self._allowed(host):
+        if config.allow and not host_allowed(host, config.allow):
             return "not in the allow list"
         if len(self.connections) >= config.max_connections:
             return f"max_connections ({config.max_connections}) reached"
         return None
-
-    def _allowed(self, host: str) -> bool:
-        try:
-            address = ipaddress.ip_address(host.partition("%")[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        return any(address in network for network in self.config.allow)
 
     def _log_refusal(self, host: str, port: str, reason: str) -> None:
         """
