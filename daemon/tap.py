@@ -98,7 +98,7 @@ def summary(config: Config) -> Iterator[str]:
         extra = f", save_reply [{a.save_reply}]" if a.save_reply else ""
         yield (
             f"[send:{a.name}] to {target}, encoding {a.encoding}, "
-            f"queue {a.queue}, disconnect_delay {a.disconnect_delay}s{extra}"
+            f"queue {a.queue.mode}, disconnect_delay {a.disconnect_delay}s{extra}"
         )
     for r in config.readers:
         if r.allow_list:

@@ -23,10 +23,10 @@ class BenchConfigTests(SynchronousTestCase):
         load without error.
         """
         c = config_from_string(plantd_config("/tmp/x", 9001, 9002, 9003, 9004))
-        self.assertEqual(c.actions["device"].queue, "none")
+        self.assertEqual(c.actions["device"].queue.mode, "none")
         for queue in ("none", "memory", "durable"):
             c = config_from_string(_config("/tmp/x", 9, queue, 100))
-            self.assertEqual(c.actions["bench"].queue, queue)
+            self.assertEqual(c.actions["bench"].queue.mode, queue)
 
 
 class AckBenchTests(SynchronousTestCase):
@@ -41,7 +41,7 @@ class AckBenchTests(SynchronousTestCase):
         from bench.ack import CONFIG
 
         c = config_from_string(CONFIG.format(state="/tmp/x", printer=9))
-        self.assertEqual(c.actions["label"].queue, "durable")
+        self.assertEqual(c.actions["label"].queue.mode, "durable")
 
     def test_order_check(self) -> None:
         """

@@ -680,8 +680,8 @@ def _send(s: _Section, name: str) -> SendConfig:
     save_reply = s.optional("save_reply")
     if save_reply is not None and not is_variable_name(save_reply):
         raise s.error("save_reply", f"expected a variable name; got {save_reply!r}")
-    queue = s.choice("queue", "none", ("none", "memory", "durable"))
-    if queue != "none":
+    mode = s.choice("queue", "none", ("none", "memory", "durable"))
+    if mode != "none":
         if save_reply is not None:
             raise s.error(
                 "save_reply",
@@ -689,7 +689,7 @@ def _send(s: _Section, name: str) -> SendConfig:
             )
         if reply_to_sender:
             raise s.error("queue", "reply_to_sender actions cannot be queued")
-    if queue == "none":
+    if mode == "none":
         for key in ("max_attempts", "max_age", "max_jobs", "max_bytes", "when_full"):
             if s.has(key):
                 raise s.error(key, "only used with queue = memory or durable")
@@ -703,15 +703,15 @@ def _send(s: _Section, name: str) -> SendConfig:
             "needs disconnect_delay or reply_until, else the device's answer is "
             "never waited for",
         )
-    tls = s.boolean("tls", False)
+    tls_enabled = s.boolean("tls", False)
     # Read in this order so that, of several mistakes, the same one is
     # reported first as before the nesting.
     encoding = s.codec("encoding", "utf-8")
     connect_timeout = s.seconds("connect_timeout", 5.0, positive=True)
     write_timeout = s.seconds("write_timeout", 10.0, positive=True)
     reply_max = s.integer("reply_max", 65536, minimum=1)
-    security = TLSConfig(
-        enabled=tls,
+    tls = TLSConfig(
+        enabled=tls_enabled,
         ca=s.readable_file("tls_ca"),
         cert=s.readable_file("tls_cert"),
         key=s.readable_file("tls_key"),
@@ -720,8 +720,8 @@ def _send(s: _Section, name: str) -> SendConfig:
     max_parallel = s.integer("max_parallel", 1, minimum=1)
     retries = s.integer("retries", 0, minimum=0)
     retry = _retry(s, SendConfig.retry)
-    outbox = _queue(s, queue)
-    _check_tls(s, security)
+    queue = _queue(s, mode)
+    _check_tls(s, tls)
     _check_retry(s, retry)
     return SendConfig(
         name=name,
@@ -738,22 +738,22 @@ def _send(s: _Section, name: str) -> SendConfig:
         max_parallel=max_parallel,
         retries=retries,
         retry=retry,
-        security=security,
-        outbox=outbox,
+        tls=tls,
+        queue=queue,
     )
 
 
-def _check_tls(s: _Section, security: TLSConfig) -> None:
-    if not security.enabled:
+def _check_tls(s: _Section, tls: TLSConfig) -> None:
+    if not tls.enabled:
         for key, value in (
-            ("tls_ca", security.ca),
-            ("tls_cert", security.cert),
-            ("tls_key", security.key),
-            ("tls_hostname", security.hostname),
+            ("tls_ca", tls.ca),
+            ("tls_cert", tls.cert),
+            ("tls_key", tls.key),
+            ("tls_hostname", tls.hostname),
         ):
             if value is not None:
                 raise s.error(key, "only used with tls = yes")
-    if (security.cert is None) != (security.key is None):
+    if (tls.cert is None) != (tls.key is None):
         raise s.error("tls_cert", "tls_cert and tls_key go together")
 
 

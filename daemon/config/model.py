@@ -9,13 +9,12 @@ as before.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
 from daemon.core.backoff import Backoff
 from daemon.core.template import Template
@@ -181,148 +180,16 @@ class QueueConfig:
     max_age: float | None = None
 
 
-# -- flat names, kept until the callers move ---------------------------------
-#
-# Before the nested objects existed, SendConfig and ReaderConfig were flat
-# (config.retry_initial, config.tls_ca, config.max_jobs...).  The readers of
-# those fields in send/, outbox/, reader/ and tap.py still use the flat names,
-# and tests build configs with flat keywords.  The mixins below give the flat
-# names back as read-only properties; L{_flat_keywords} lets the constructor
-# take them.  Remove a name when no caller uses it any more.
-
-C = TypeVar("C")
-
-_SEND_FLAT: Mapping[str, tuple[str, str]] = MappingProxyType(
-    {
-        "retry_initial": ("retry", "initial"),
-        "retry_max": ("retry", "maximum"),
-        "tls": ("security", "enabled"),
-        "tls_ca": ("security", "ca"),
-        "tls_cert": ("security", "cert"),
-        "tls_key": ("security", "key"),
-        "tls_hostname": ("security", "hostname"),
-        "queue": ("outbox", "mode"),
-        "max_jobs": ("outbox", "max_jobs"),
-        "max_bytes": ("outbox", "max_bytes"),
-        "when_full": ("outbox", "when_full"),
-        "max_attempts": ("outbox", "max_attempts"),
-        "max_age": ("outbox", "max_age"),
-    }
-)
-_READER_FLAT: Mapping[str, tuple[str, str]] = MappingProxyType(
-    {"retry_initial": ("retry", "initial"), "retry_max": ("retry", "maximum")}
-)
-
-
-def _flat_keywords(
-    table: Mapping[str, tuple[str, str]],
-) -> Callable[[type[C]], type[C]]:
-    """
-    Let a config dataclass's constructor also take the flat keywords of
-    C{table}, folding each into its nested object.  Kept until the callers
-    move.
-    """
-
-    def decorate(cls: type[C]) -> type[C]:
-        defaults = {f.name: f.default for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        nested_init = cls.__init__
-
-        def __init__(self: C, *args: Any, **kwargs: Any) -> None:
-            changes: dict[str, dict[str, Any]] = {}
-            for flat in [k for k in kwargs if k in table]:
-                outer, inner = table[flat]
-                changes.setdefault(outer, {})[inner] = kwargs.pop(flat)
-            for outer, values in changes.items():
-                base = kwargs.get(outer, defaults[outer])
-                kwargs[outer] = dataclasses.replace(base, **values)
-            nested_init(self, *args, **kwargs)
-
-        cls.__init__ = __init__  # type: ignore[assignment,method-assign]
-        return cls
-
-    return decorate
-
-
-class _FlatRetryNames:
-    """
-    C{retry_initial} and C{retry_max}; kept until the callers move.
-    """
-
-    retry: RetryConfig
-
-    @property
-    def retry_initial(self) -> float:
-        return self.retry.initial
-
-    @property
-    def retry_max(self) -> float:
-        return self.retry.maximum
-
-
-class _FlatSendNames(_FlatRetryNames):
-    """
-    A send action's flat TLS and queue names; kept until the callers move.
-    """
-
-    security: TLSConfig
-    outbox: QueueConfig
-
-    @property
-    def tls(self) -> bool:
-        return self.security.enabled
-
-    @property
-    def tls_ca(self) -> str | None:
-        return self.security.ca
-
-    @property
-    def tls_cert(self) -> str | None:
-        return self.security.cert
-
-    @property
-    def tls_key(self) -> str | None:
-        return self.security.key
-
-    @property
-    def tls_hostname(self) -> str | None:
-        return self.security.hostname
-
-    @property
-    def queue(self) -> Literal["none", "memory", "durable"]:
-        return self.outbox.mode
-
-    @property
-    def max_jobs(self) -> int:
-        return self.outbox.max_jobs
-
-    @property
-    def max_bytes(self) -> int:
-        return self.outbox.max_bytes
-
-    @property
-    def when_full(self) -> Literal["block", "reject"]:
-        return self.outbox.when_full
-
-    @property
-    def max_attempts(self) -> int | None:
-        return self.outbox.max_attempts
-
-    @property
-    def max_age(self) -> float | None:
-        return self.outbox.max_age
-
-
-@_flat_keywords(_SEND_FLAT)
 @dataclass(frozen=True)
-class SendConfig(_FlatSendNames):
+class SendConfig:
     """
     ``[send:NAME]``: the "Send Data to TCP/IP Port" action.
 
-    @ivar retries: immediate retries when C{outbox.mode} is ``none`` (an
-        outbox retries on its own, bounded by C{outbox}).
+    @ivar retries: immediate retries when C{queue.mode} is ``none`` (an
+        outbox retries on its own, bounded by C{queue}).
     @ivar retry: the wait between tries, immediate or from the outbox.
-    @ivar security: TLS towards the device.
-    @ivar outbox: whether and how jobs are queued.
+    @ivar tls: TLS towards the device (C{tls.enabled} is ``tls = yes``).
+    @ivar queue: whether and how jobs are queued (``queue`` is C{queue.mode}).
     """
 
     name: str
@@ -339,8 +206,8 @@ class SendConfig(_FlatSendNames):
     max_parallel: int = 1
     retries: int = 0
     retry: RetryConfig = RetryConfig(1.0, 60.0)
-    security: TLSConfig = TLSConfig()
-    outbox: QueueConfig = QueueConfig()
+    tls: TLSConfig = TLSConfig()
+    queue: QueueConfig = QueueConfig()
 
     @property
     def defines(self) -> frozenset[str]:
@@ -360,9 +227,8 @@ class AcceptRule:
     pattern: re.Pattern[str]
 
 
-@_flat_keywords(_READER_FLAT)
 @dataclass(frozen=True)
-class ReaderConfig(_FlatRetryNames):
+class ReaderConfig:
     """
     ``[reader:NAME]``: a SpringCore reader in $SCRDR-over-TCP mode.
 

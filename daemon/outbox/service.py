@@ -27,14 +27,15 @@ def outbox_policy(config: SendConfig) -> OutboxPolicy:
     """
     The outbox policy of a queued action.
     """
+    queue = config.queue
     return OutboxPolicy(
-        max_jobs=config.max_jobs,
-        max_bytes=config.max_bytes,
-        when_full=config.when_full,
-        retry_initial=config.retry_initial,
-        retry_max=config.retry_max,
-        max_attempts=config.max_attempts,
-        max_age=config.max_age,
+        max_jobs=queue.max_jobs,
+        max_bytes=queue.max_bytes,
+        when_full=queue.when_full,
+        retry_initial=config.retry.initial,
+        retry_max=config.retry.maximum,
+        max_attempts=queue.max_attempts,
+        max_age=queue.max_age,
     )
 
 
@@ -78,7 +79,7 @@ class OutboxService(Service):
             return
         self._opened = True
         durable: IJobStore | None = None
-        if any(a.config.queue == "durable" for a in self.actions):
+        if any(a.config.queue.mode == "durable" for a in self.actions):
             state_dir = self.state_dir
             try:
                 os.makedirs(state_dir, exist_ok=True)
@@ -105,7 +106,7 @@ class OutboxService(Service):
             self._stores.append(durable)
         for action in self.actions:
             store: IJobStore
-            if action.config.queue == "durable":
+            if action.config.queue.mode == "durable":
                 assert durable is not None
                 store = durable
             else:

@@ -50,7 +50,6 @@ from zope.interface import implementer
 from daemon.config import ReaderConfig
 from daemon.core import logs
 from daemon.core.actions import ActionChain, Event, Outcome, timestamp
-from daemon.core.backoff import Backoff
 from daemon.core.replies import Slot
 from daemon.reader.decide import Decider, Verdict
 from daemon.reader.scrdr import ProtocolError, ScrdrMessage, parse_scrdr
@@ -237,7 +236,7 @@ class ReaderService(Service):
         observed = _ObservedEndpoint(
             endpoint, config.connect, self._attempted, self._attempt_failed
         )
-        self._backoff = Backoff(config.retry_initial, config.retry_max).policy(random)
+        self._backoff = config.retry.backoff().policy(random)
         self._client = _QuietClientService(
             observed, SessionFactory(self), retryPolicy=self._retry_delay, clock=reactor
         )
@@ -319,8 +318,8 @@ class ReaderService(Service):
                 section=self.section,
                 connect=self.config.connect,
                 error=self._last_error,
-                initial=self.config.retry_initial,
-                maximum=self.config.retry_max,
+                initial=self.config.retry.initial,
+                maximum=self.config.retry.maximum,
             )
         elif now - self._last_warning >= FAILURE_SUMMARY_INTERVAL:
             self._last_warning = now

@@ -32,7 +32,6 @@ from zope.interface import implementer
 from daemon.config import Config, SendConfig
 from daemon.core import logs
 from daemon.core.actions import ActionFailed, ActionResult, Event, IAction
-from daemon.core.backoff import Backoff
 from daemon.core.codecs import decode_device_reply, encode_device_data
 from daemon.core.template import MissingVariable
 from daemon.send.destination import Destination, parse_destination
@@ -203,10 +202,10 @@ class SendAction:
         self.clock: IReactorTime = reactor
         self.limiters = limiters if limiters is not None else LinkLimiters()
         self.options = LinkOptions.from_config(config)
-        self.backoff = Backoff(config.retry_initial, config.retry_max)
+        self.backoff = config.retry.backoff()
         self.random = random
         if endpoint_factory is None:
-            tls = load_tls(config, path) if config.tls else None
+            tls = load_tls(config, path) if config.tls.enabled else None
             endpoint_factory = make_endpoint_factory(reactor, config, tls)
         self.endpoint_factory = endpoint_factory
         self.outbox: Outbox | None = None
@@ -239,7 +238,7 @@ class SendAction:
             self.stats.bytes_out += len(payload)
             return None
         destination = self.destination(event)
-        if config.queue != "none":
+        if config.queue.mode != "none":
             return self._enqueue(destination, payload)
         sending = Sending(self, destination, payload, event)
         self._sendings.add(sending)
@@ -463,7 +462,7 @@ def build_send_actions(
             path=config.path,
         )
         actions[send.name] = action
-        if send.queue != "none":
+        if send.queue.mode != "none":
             queued.append(action)
             stats.register("outbox", send.name, action.outbox_snapshot)
     if queued:

@@ -51,10 +51,11 @@ def load_tls(config: SendConfig, path: str = "<config>") -> TLSSettings:
     @raise ConfigError: naming the key whose file is not usable.
     """
     section = f"send:{config.name}"
+    tls = config.tls
     trust_root: Any
-    if config.tls_ca is not None:
+    if tls.ca is not None:
         try:
-            with open(config.tls_ca, "rb") as f:
+            with open(tls.ca, "rb") as f:
                 blocks = _PEM_CERTIFICATE.findall(f.read())
             if not blocks:
                 raise ValueError("no PEM certificate in it")
@@ -63,16 +64,16 @@ def load_tls(config: SendConfig, path: str = "<config>") -> TLSSettings:
             )
         except (OSError, ValueError, SSL.Error, crypto.Error) as e:
             raise ConfigError(
-                path, section, "tls_ca", f"cannot load {config.tls_ca!r}: {e}"
+                path, section, "tls_ca", f"cannot load {tls.ca!r}: {e}"
             ) from None
     else:
         trust_root = platformTrust()
     client = None
-    if config.tls_cert is not None and config.tls_key is not None:
+    if tls.cert is not None and tls.key is not None:
         try:
-            with open(config.tls_cert, "rb") as f:
+            with open(tls.cert, "rb") as f:
                 cert = f.read()
-            with open(config.tls_key, "rb") as f:
+            with open(tls.key, "rb") as f:
                 key = f.read()
             client = PrivateCertificate.loadPEM(cert + b"\n" + key)
         except (OSError, ValueError, SSL.Error, crypto.Error) as e:
@@ -80,9 +81,9 @@ def load_tls(config: SendConfig, path: str = "<config>") -> TLSSettings:
                 path,
                 section,
                 "tls_cert",
-                f"cannot load {config.tls_cert!r} with {config.tls_key!r}: {e}",
+                f"cannot load {tls.cert!r} with {tls.key!r}: {e}",
             ) from None
-    return TLSSettings(trust_root, client, config.tls_hostname)
+    return TLSSettings(trust_root, client, tls.hostname)
 
 
 def describe_tls_failure(failure: Failure) -> str | None:

@@ -494,12 +494,12 @@ class NestedConfigTests(SynchronousTestCase):
 
     def test_send_nested(self) -> None:
         """
-        The queue and retry keys land in C{outbox} and C{retry}.
+        The queue and retry keys land in C{queue} and C{retry}.
         """
         [send] = config_from_string(QUEUED).sends
         self.assertEqual(send.retry, RetryConfig(initial=2.0, maximum=20.0))
         self.assertEqual(
-            send.outbox,
+            send.queue,
             QueueConfig(
                 mode="durable",
                 max_jobs=50,
@@ -509,11 +509,11 @@ class NestedConfigTests(SynchronousTestCase):
                 max_age=600.0,
             ),
         )
-        self.assertEqual(send.security, TLSConfig())
+        self.assertEqual(send.tls, TLSConfig())
 
     def test_tls_nested(self) -> None:
         """
-        The TLS keys land in C{security}.
+        The TLS keys land in C{tls}, C{tls = yes} as C{tls.enabled}.
         """
         ca = self.mktemp()
         with open(ca, "w") as f:
@@ -524,7 +524,7 @@ class NestedConfigTests(SynchronousTestCase):
         )
         [send] = config_from_string(text).sends
         self.assertEqual(
-            send.security, TLSConfig(enabled=True, ca=ca, hostname="printer.example")
+            send.tls, TLSConfig(enabled=True, ca=ca, hostname="printer.example")
         )
 
     def test_defaults(self) -> None:
@@ -538,8 +538,8 @@ class NestedConfigTests(SynchronousTestCase):
         )
         config = config_from_string(text)
         self.assertEqual(config.sends[0].retry, RetryConfig(1.0, 60.0))
-        self.assertEqual(config.sends[0].outbox, QueueConfig())
-        self.assertFalse(config.sends[0].security.enabled)
+        self.assertEqual(config.sends[0].queue, QueueConfig())
+        self.assertFalse(config.sends[0].tls.enabled)
         self.assertEqual(config.readers[0].retry, RetryConfig(1.0, 30.0))
 
     def test_retry_order(self) -> None:
@@ -564,72 +564,60 @@ class NestedConfigTests(SynchronousTestCase):
         self.assertEqual(RetryConfig(2.0, 20.0).backoff(), Backoff(2.0, 20.0))
 
 
-class FlatNamesTests(SynchronousTestCase):
+class NestedOnlyTests(SynchronousTestCase):
     """
-    The flat names (kept until the callers move) read through to the nested
-    objects, and the constructors still take them.
+    The nested objects are the only way in: the flat names and keywords of
+    before the nesting are gone, and nothing can be assigned.
     """
 
-    def test_send_properties(self) -> None:
+    def test_no_flat_names(self) -> None:
         """
-        Every flat name of a send action reads its nested value.
+        A send action and a reader have no flat retry, TLS or queue
+        attribute any more; C{tls} and C{queue} are the nested objects.
         """
         [send] = config_from_string(QUEUED).sends
-        self.assertEqual(
-            (
-                send.retry_initial,
-                send.retry_max,
-                send.queue,
-                send.max_jobs,
-                send.max_bytes,
-                send.when_full,
-                send.max_attempts,
-                send.max_age,
-                send.tls,
-                send.tls_ca,
-                send.tls_cert,
-                send.tls_key,
-                send.tls_hostname,
-            ),
-            (2.0, 20.0, "durable", 50, 4096, "reject", 7, 600.0)
-            + (False, None, None, None, None),
+        for name in (
+            "retry_initial",
+            "retry_max",
+            "tls_ca",
+            "tls_cert",
+            "tls_key",
+            "tls_hostname",
+            "max_jobs",
+            "max_bytes",
+            "when_full",
+            "max_attempts",
+            "max_age",
+        ):
+            self.assertFalse(hasattr(send, name), name)
+        self.assertIsInstance(send.tls, TLSConfig)
+        self.assertIsInstance(send.queue, QueueConfig)
+        reader = ReaderConfig(name="r", connect="tcp:host=h:port=1")
+        self.assertFalse(hasattr(reader, "retry_initial"))
+
+    def test_no_flat_keywords(self) -> None:
+        """
+        The constructors take only the nested objects.
+        """
+        values: dict[str, Any] = {
+            "name": "a",
+            "data": Template.parse("x"),
+            "retry_max": 9.0,
+        }
+        self.assertRaises(TypeError, SendConfig, **values)
+        self.assertRaises(
+            TypeError, ReaderConfig, name="r", connect="tcp:h:1", retry_initial=0.5
         )
 
     def test_read_only(self) -> None:
         """
-        A flat name cannot be assigned.
+        Neither a config nor its nested objects can be assigned.
         """
         [send] = config_from_string(QUEUED).sends
         with self.assertRaises(AttributeError):
-            send.max_jobs = 1  # type: ignore[misc]
-
-    def test_flat_keywords(self) -> None:
-        """
-        Building a config with flat keywords (as the tests of other packages
-        still do, from a dict) fills the nested objects, on top of a nested
-        object given as well.
-        """
-        send_values: dict[str, Any] = {
-            "name": "a",
-            "data": Template.parse("x"),
-            "retry_max": 9.0,
-            "queue": "memory",
-            "tls": True,
-            "tls_hostname": "h",
-            "outbox": QueueConfig(max_jobs=3),
-        }
-        send = SendConfig(**send_values)
-        self.assertEqual(send.retry, RetryConfig(1.0, 9.0))
-        self.assertEqual(send.outbox, QueueConfig(mode="memory", max_jobs=3))
-        self.assertEqual(send.security, TLSConfig(enabled=True, hostname="h"))
-        reader_values: dict[str, Any] = {
-            "name": "r",
-            "connect": "tcp:host=h:port=1",
-            "retry_initial": 0.5,
-        }
-        reader = ReaderConfig(**reader_values)
-        self.assertEqual(reader.retry, RetryConfig(0.5, 30.0))
-        self.assertEqual(reader.retry_initial, 0.5)
+            send.queue = QueueConfig()  # type: ignore[misc]
+        with self.assertRaises(AttributeError):
+            send.queue.max_jobs = 1  # type: ignore[misc]
 
 
 class EventCatalogueTests(SynchronousTestCase):

@@ -152,10 +152,6 @@ def make_config(**overrides: Any) -> ReaderConfig:
         "retry": RetryConfig(1.0, 8.0),
         "keepalive": 0.0,
     }
-    if "retry_initial" in overrides or "retry_max" in overrides:
-        values["retry"] = RetryConfig(
-            overrides.pop("retry_initial", 1.0), overrides.pop("retry_max", 8.0)
-        )
     values.update(overrides)
     return ReaderConfig(**values)
 
@@ -1429,7 +1425,7 @@ class RetryDelayTests(SynchronousTestCase):
         counts failed attempts from 1.
         """
         service = ReaderService(
-            make_config(retry_initial=initial, retry_max=maximum),
+            make_config(retry=RetryConfig(initial, maximum)),
             Clock(),
             chain=ActionChain([]),
             on_connect=ActionChain([]),
@@ -1525,7 +1521,7 @@ class ReconnectTests(SynchronousTestCase):
         them; never above retry_max.
         """
         for random, factor in [(0.0, 1.0), (1 - 2**-53, 1 - JITTER)]:
-            h = Harness(make_config(retry_initial=0.5, retry_max=3.0))
+            h = Harness(make_config(retry=RetryConfig(0.5, 3.0)))
             h.random = random
             h.service.startService()
             delays = []
@@ -1650,7 +1646,7 @@ class ReconnectTests(SynchronousTestCase):
         reconnection one info line with the attempts and the time.
         Twisted's own per-retry line goes out at debug level.
         """
-        h = Harness(make_config(retry_initial=1.0, retry_max=8.0))
+        h = Harness(make_config(retry=RetryConfig(1.0, 8.0)))
         c = h.start()
         c.receive(build_greeting())
         with capturedLogs() as events:

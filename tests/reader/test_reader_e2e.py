@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from daemon.config import ReaderConfig
+from daemon.config import ReaderConfig, RetryConfig
 from daemon.core.actions import ActionChain, ActionResult, Event, IAction
 from daemon.reader.scrdr import ParsedCommand
 from daemon.reader.service import ReaderService
@@ -121,8 +121,7 @@ class Harness:
         values: dict[str, Any] = {
             "name": "door",
             "connect": connect,
-            "retry_initial": RETRY_INITIAL,
-            "retry_max": RETRY_MAX,
+            "retry": RetryConfig(RETRY_INITIAL, RETRY_MAX),
             "keepalive": 30.0,
         }
         values.update(overrides)

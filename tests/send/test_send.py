@@ -38,7 +38,15 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from daemon.config import ConfigError, ReplyUntil, SendConfig, config_from_string
+from daemon.config import (
+    ConfigError,
+    QueueConfig,
+    ReplyUntil,
+    RetryConfig,
+    SendConfig,
+    TLSConfig,
+    config_from_string,
+)
 from daemon.core.actions import ActionChain, ActionFailed, Event
 from daemon.core.codecs import (
     decode_device_reply,
@@ -278,7 +286,7 @@ class PureHelperTests(SynchronousTestCase):
         retry_initial, capped at retry_max, shortened by up to 20% of
         jitter (this replaces the old rule without jitter).
         """
-        action = SendAction(send_config(retry_initial=1.0, retry_max=5.0), Clock())
+        action = SendAction(send_config(retry=RetryConfig(1.0, 5.0)), Clock())
         self.assertEqual(
             [action.backoff.delay(n, 0.0) for n in range(1, 6)],
             [1.0, 2.0, 4.0, 5.0, 5.0],
@@ -1026,7 +1034,7 @@ class SendActionTests(SynchronousTestCase):
         retry_initial, capped at retry_max); then the action fails naming
         the attempts.
         """
-        action = self.action(retries=3, retry_initial=1.0, retry_max=3.0)
+        action = self.action(retries=3, retry=RetryConfig(1.0, 3.0))
         d = action.run(event())
         assert isinstance(d, Deferred)
         printer = self.printer()
@@ -1051,7 +1059,7 @@ class SendActionTests(SynchronousTestCase):
         later: 1 s shortened by 0.5 * 20% is 0.9 s.
         """
         self.jitter = 0.5
-        action = self.action(retries=1, retry_initial=1.0)
+        action = self.action(retries=1, retry=RetryConfig(1.0, 60.0))
         d = action.run(event())
         assert isinstance(d, Deferred)
         printer = self.printer()
@@ -1067,7 +1075,7 @@ class SendActionTests(SynchronousTestCase):
         """
         A retry that gets through succeeds the action.
         """
-        action = self.action(retries=1, retry_initial=0.5)
+        action = self.action(retries=1, retry=RetryConfig(0.5, 60.0))
         d = action.run(event())
         assert isinstance(d, Deferred)
         self.printer().refuse()
@@ -1257,7 +1265,7 @@ class OutboxStartTests(SynchronousTestCase):
 
     def action(self) -> tuple[SendAction, FakeOutbox]:
         action = SendAction(
-            send_config(queue="durable"),
+            send_config(queue=QueueConfig(mode="durable")),
             Clock(),
             endpoint_factory=lambda destination: FakeEndpoint(),  # type: ignore[arg-type,return-value]
         )
@@ -1323,7 +1331,7 @@ class OutboxServiceTests(SynchronousTestCase):
 
     def service(self, state_dir: str) -> tuple[OutboxService, SendAction]:
         action = SendAction(
-            send_config(queue="durable"),
+            send_config(queue=QueueConfig(mode="durable")),
             Clock(),
             endpoint_factory=lambda destination: FakeEndpoint(),  # type: ignore[arg-type,return-value]
         )
@@ -1414,7 +1422,9 @@ class EndpointFactoryTests(SynchronousTestCase):
         tls_hostname; a tls: description is refused with a reason.
         """
         tls = TLSSettings(trust_root=None)
-        make = make_endpoint_factory(MemoryReactorClock(), send_config(tls=True), tls)
+        make = make_endpoint_factory(
+            MemoryReactorClock(), send_config(tls=TLSConfig(enabled=True)), tls
+        )
         with self.assertRaises(ActionFailed) as e:
             make(parse_destination("tcp:host=10.0.0.1:port=9100"))
         self.assertIn("needs tls_hostname", str(e.exception))
@@ -1483,12 +1493,10 @@ actions = label, ack
         A tls_ca file that holds no certificate is a start-up error naming
         the section and key.
         """
-        from daemon.config import ConfigError, TLSConfig
-
         path = self.mktemp()
         with open(path, "w") as f:
             f.write("not a certificate\n")
-        config = replace(send_config(), security=TLSConfig(enabled=True, ca=path))
+        config = replace(send_config(), tls=TLSConfig(enabled=True, ca=path))
         with self.assertRaises(ConfigError) as e:
             SendAction(config, Clock())
         self.assertIn("[send:label] tls_ca", str(e.exception))
