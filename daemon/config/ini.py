@@ -51,6 +51,7 @@ from daemon.core.template import (
 )
 from daemon.send.destination import parse_destination
 from daemon.server.framing import FRAME_MODES
+from daemon.server.tls import load_client_ca
 
 T = TypeVar("T")
 
@@ -80,6 +81,7 @@ KEYS: Mapping[str, frozenset[str]] = MappingProxyType(
                 "max_pending",
                 "log_frames",
                 "empty_frames",
+                "tls_client_ca",
             }
         ),
         "send": frozenset(
@@ -606,7 +608,26 @@ def _server(s: _Section, name: str) -> ServerConfig:
         max_pending=s.integer("max_pending", 64, minimum=1),
         log_frames=s.boolean("log_frames", False),
         empty_frames=empty_frames,
+        tls_client_ca=_client_ca(s, listen),
     )
+
+
+def _client_ca(s: _Section, listen: str) -> str | None:
+    """
+    C{tls_client_ca}: only on an ``ssl:`` listener; the path is relative to
+    the INI file's directory, and the file must hold PEM certificates.
+    """
+    value = s.optional("tls_client_ca")
+    if value is None:
+        return None
+    if listen.partition(":")[0].strip().lower() != "ssl":
+        raise s.error("tls_client_ca", "only used with an ssl: listen endpoint")
+    path = os.path.join(os.path.dirname(s.path), value)
+    try:
+        load_client_ca(path)
+    except ValueError as e:
+        raise s.error("tls_client_ca", str(e)) from None
+    return path
 
 
 def _parse_spec(s: _Section) -> ParseSpec | None:

@@ -109,6 +109,10 @@ class ServerConfig:
     max_pending: int = 64
     log_frames: bool = False
     empty_frames: Literal["skip", "event"] = "skip"
+    #: C{tls_client_ca}: the PEM file (resolved against the INI file's
+    #: directory) of the CAs whose client certificates an ``ssl:`` listener
+    #: requires; C{None}: no client certificate asked for.
+    tls_client_ca: str | None = None
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from types import MappingProxyType
 DATA = "data"
 PEER_HOST = "peer_host"
 PEER_PORT = "peer_port"
+PEER_CERT = "peer_cert"
 TRIGGER = "trigger"
 SEQ = "seq"
 TIMESTAMP = "timestamp"
@@ -48,6 +49,8 @@ SERVER_EVENT: Mapping[str, str] = MappingProxyType(
         DATA: "the message, decoded with the trigger's encoding",
         PEER_HOST: "the client's address",
         PEER_PORT: "the client's port",
+        PEER_CERT: "the subject of the client's certificate (CN=plc-7) on an "
+        "ssl: listener with tls_client_ca; empty otherwise",
         TRIGGER: "the trigger's NAME from [server:NAME]",
         SEQ: "the message's number on its connection, from 1",
         TIMESTAMP: "when the message arrived, ISO 8601 local time",

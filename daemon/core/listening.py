@@ -9,13 +9,15 @@ closes the open connections (L{ListeningService.close_connections}).
 
 TLS listeners (``ssl:``) give a protocol that provides
 C{IHalfCloseableProtocol} the half-close that plain TCP gives it; see
-L{daemon.core.tlshalfclose}.
+L{daemon.core.tlshalfclose}.  They refuse TLS older than 1.2
+(L{ListeningService.configure_tls}).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
@@ -27,6 +29,9 @@ from twisted.python.failure import Failure
 from daemon.core import logs
 from daemon.core.peers import format_address
 from daemon.core.tlshalfclose import HalfCloseTLSReactor
+
+#: The oldest protocol an ``ssl:`` listener accepts.
+MINIMUM_TLS = SSL.TLS1_2_VERSION
 
 
 class ListeningService(Service):
@@ -57,9 +62,19 @@ class ListeningService(Service):
         """
         return []
 
+    def configure_tls(self, context: SSL.Context) -> None:
+        """
+        Configure the OpenSSL context of an ``ssl:`` listener once, before
+        its first connection: TLS older than 1.2 (SSL 3, TLS 1.0 and 1.1)
+        is refused.  Subclasses add to it (client certificates).
+        """
+        context.set_min_proto_version(MINIMUM_TLS)
+
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        endpoint = serverFromString(HalfCloseTLSReactor(self.reactor), self.description)
+        endpoint = serverFromString(
+            HalfCloseTLSReactor(self.reactor, self.configure_tls), self.description
+        )
         endpoint.listen(self.build_factory()).addCallbacks(
             self._listening, self._cannot
         )

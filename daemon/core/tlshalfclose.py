@@ -18,10 +18,11 @@ that an upgrade fails loudly instead of silently losing replies.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from OpenSSL.SSL import Context, WantReadError, ZeroReturnError
 from OpenSSL.SSL import Error as TLSError
-from OpenSSL.SSL import WantReadError, ZeroReturnError
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
@@ -127,10 +128,19 @@ class HalfCloseTLSReactor:
     The reactor, except that C{listenSSL} (what ``ssl:`` endpoints call)
     wraps connections in L{HalfCloseTLSProtocol}, as Twisted's own
     C{listenSSL} wraps them in its TLS transport.
+
+    @ivar configure: called with the listener's OpenSSL context once, before
+        the first connection (the TLS minimum, client certificates), when
+        the endpoint's context factory has one (C{getContext}, as the
+        C{CertificateOptions} of an ``ssl:`` description do; connections
+        are made with that same cached context).
     """
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(
+        self, reactor: Any, configure: Callable[[Context], None] | None = None
+    ) -> None:
         self._reactor = reactor
+        self.configure = configure
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._reactor, name)
@@ -143,6 +153,9 @@ class HalfCloseTLSReactor:
         backlog: int = 50,
         interface: str = "",
     ) -> IListeningPort:
+        get_context = getattr(contextFactory, "getContext", None)
+        if self.configure is not None and get_context is not None:
+            self.configure(get_context())
         tls = HalfCloseTLSFactory(contextFactory, factory, self._reactor)
         listening: IListeningPort = self._reactor.listenTCP(
             port, tls, backlog, interface

@@ -19,11 +19,13 @@ import enum
 from collections import deque
 from typing import TYPE_CHECKING
 
+from OpenSSL.SSL import Error as TLSError
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHalfCloseableProtocol,
+    IHandshakeListener,
     IPushProducer,
 )
 from twisted.internet.protocol import Protocol, connectionDone
@@ -41,6 +43,7 @@ from daemon.core.replies import OrderedReplies, Slot
 from daemon.core.template import MissingVariable
 from daemon.server.framing import FrameTooLong, make_framer
 from daemon.server.parse import ParseError, parse_frame
+from daemon.server.tls import peer_subject
 
 if TYPE_CHECKING:
     from daemon.server.trigger import ServerTrigger
@@ -93,7 +96,7 @@ TRANSITIONS: dict[tuple[ConnectionState, ConnectionInput], ConnectionState] = {
 }
 
 
-@implementer(IHalfCloseableProtocol, IPushProducer)
+@implementer(IHalfCloseableProtocol, IPushProducer, IHandshakeListener)
 class ServerConnection(Protocol):
     """
     One client of a server trigger.
@@ -107,6 +110,12 @@ class ServerConnection(Protocol):
     """
 
     log = Logger(observer=logs.observer)
+
+    #: On an ``ssl:`` listener: the TLS handshake finished.
+    handshake_done = False
+    #: C{[peer_cert]}: the subject of the client's certificate
+    #: (C{CN=plc-7}), once the handshake accepted one; else empty.
+    peer_cert = ""
 
     def __init__(self, trigger: ServerTrigger, host: str, port: str) -> None:
         self.trigger = trigger
@@ -265,6 +274,21 @@ class ServerConnection(Protocol):
     def writeConnectionLost(self) -> None:
         self._close()
 
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake of an ``ssl:`` listener finished: the client is
+        accepted, with the subject of its certificate if it sent one.
+        """
+        self.handshake_done = True
+        self.peer_cert = peer_subject(self.transport)
+        if self.peer_cert:
+            self.log.info(
+                "[{trigger}] {peer}: client certificate {subject}",
+                trigger=self.trigger.section,
+                peer=self.peer,
+                subject=self.peer_cert,
+            )
+
     def _close(self) -> None:
         """
         Close after the pending writes.  Unregister as producer first: a
@@ -282,6 +306,13 @@ class ServerConnection(Protocol):
         # close (frame = disconnect / idle) still runs its actions.
         if not self._input(ConnectionInput.LOST):
             return
+        if not self.handshake_done and reason.check(TLSError) is not None:
+            self.trigger.handshake_failed(
+                self.peer_host,
+                self.peer_port,
+                reason,
+                self.transport.getHandle(),  # type: ignore[union-attr]
+            )
         # Messages read whole but held back (max_pending) still run: the
         # client sent them; only their replies cannot be delivered now.
         while self.held:
@@ -567,6 +598,7 @@ class ServerConnection(Protocol):
         variables = dict(trigger.variables)
         variables["peer_host"] = self.peer_host
         variables["peer_port"] = self.peer_port
+        variables["peer_cert"] = self.peer_cert
         variables["trigger"] = config.name
         variables["seq"] = str(self.seq)
         variables["timestamp"] = timestamp(trigger.clock.seconds())

@@ -14,10 +14,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from daemon.config import ServerConfig
 from daemon.core import logs
@@ -27,6 +29,7 @@ from daemon.core.networks import host_allowed
 from daemon.core.peers import host_port, join_host_port
 from daemon.server.connection import ServerConnection
 from daemon.server.framing import ETX, STX
+from daemon.server.tls import ClientCertificates, handshake_refusal
 from daemon.status.stats import ServerStats
 
 #: At most this many refused peers are remembered for rate-limited logging.
@@ -63,6 +66,13 @@ class ServerTrigger(Factory):
         self.connections: set[ServerConnection] = set()
         self._refused_logged: dict[str, float] = {}
         self._echo_wrap = self._echo_wrapping(config)
+        #: C{tls_client_ca}'s CAs, which the listener requires client
+        #: certificates from (loaded once, at start-up)
+        self.client_certificates = (
+            ClientCertificates(config.tls_client_ca)
+            if config.tls_client_ca is not None
+            else None
+        )
 
     @staticmethod
     def _echo_wrapping(config: ServerConfig) -> tuple[bytes, bytes]:
@@ -92,10 +102,35 @@ class ServerTrigger(Factory):
             return f"max_connections ({config.max_connections}) reached"
         return None
 
-    def _log_refusal(self, host: str, port: str, reason: str) -> None:
+    def handshake_failed(
+        self, host: str, port: str, reason: Failure, handle: Any
+    ) -> None:
+        """
+        A client of an ``ssl:`` listener went away before its TLS handshake
+        finished.  When TLS refused it (no client certificate, one from
+        another CA or expired, TLS older than 1.2, not TLS at all), count it
+        in C{tls_refused} and log the reason once per peer like every
+        refusal; a client that merely closed is neither.
+
+        @param handle: the connection's OpenSSL connection (the transport's
+            C{getHandle()}), to find why its certificate failed.
+        """
+        verify_error = None
+        if self.client_certificates is not None:
+            verify_error = self.client_certificates.verify_error(handle)
+        why = handshake_refusal(reason, verify_error)
+        if why is None:
+            return
+        self.stats.tls_refused += 1
+        self._log_refusal(host, port, why, counter="tls_refused")
+
+    def _log_refusal(
+        self, host: str, port: str, reason: str, counter: str = "rejected"
+    ) -> None:
         """
         Log a refusal at most once per peer and reason every
-        L{REFUSAL_LOG_INTERVAL} seconds; the counter has every one.
+        L{REFUSAL_LOG_INTERVAL} seconds; the counter (named in the line)
+        has every one.
         """
         key = f"{host}:{reason}"
         now = self.clock.seconds()
@@ -113,13 +148,14 @@ class ServerTrigger(Factory):
         self._refused_logged[key] = now
         self.log.warn(
             "[{trigger}] refused {peer}: {reason} "
-            "(logged once per peer every {interval:.0f}s; see the 'rejected' counter)",
+            "(logged once per peer every {interval:.0f}s; see the '{counter}' counter)",
             trigger=self.section,
             peer=join_host_port(host, port),
             peer_host=host,
             peer_port=port,
             reason=reason,
             interval=REFUSAL_LOG_INTERVAL,
+            counter=counter,
         )
 
 
@@ -137,6 +173,14 @@ class ListenerService(ListeningService):
 
     def build_factory(self) -> ServerTrigger:
         return self.trigger
+
+    def configure_tls(self, context: SSL.Context) -> None:
+        """
+        The TLS 1.2 minimum, and client certificates with C{tls_client_ca}.
+        """
+        super().configure_tls(context)
+        if self.trigger.client_certificates is not None:
+            self.trigger.client_certificates.configure(context)
 
     def close_connections(self) -> list[Deferred[Any]]:
         connections = list(self.trigger.connections)

@@ -109,6 +109,9 @@ class ServerStats:
     replies_dropped: int = counter()
     errors: int = counter()
     rejected: int = counter()
+    #: clients refused during the TLS handshake (no client certificate,
+    #: one from another CA or expired, TLS older than 1.2, not TLS)
+    tls_refused: int = counter()
     oversized: int = counter()
     parse_errors: int = counter()
     decode_errors: int = counter()
