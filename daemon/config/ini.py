@@ -44,6 +44,7 @@ from daemon.config.model import (
 )
 from daemon.core.networks import parse_networks
 from daemon.core.template import (
+    VALUE_ESCAPES,
     Template,
     TemplateError,
     is_variable_name,
@@ -111,6 +112,7 @@ KEYS: Mapping[str, frozenset[str]] = MappingProxyType(
                 "when_full",
                 "max_attempts",
                 "max_age",
+                "escape",
             }
         ),
         "reader": frozenset(
@@ -761,6 +763,7 @@ def _send(s: _Section, name: str) -> SendConfig:
         retry=retry,
         tls=tls,
         queue=queue,
+        escape=s.choice("escape", "none", tuple(VALUE_ESCAPES)),
     )
 
 

@@ -212,6 +212,10 @@ class SendConfig:
     retry: RetryConfig = RetryConfig(1.0, 60.0)
     tls: TLSConfig = TLSConfig()
     queue: QueueConfig = QueueConfig()
+    #: C{escape}: how values substituted into C{data} are rewritten
+    #: (C{none}, C{zpl}, C{strip-control}; see
+    #: L{daemon.core.template.VALUE_ESCAPES})
+    escape: str = "none"
 
     @property
     def defines(self) -> frozenset[str]:

@@ -17,13 +17,16 @@ Syntax
   before any other character is kept as it is (Windows paths survive).
 
 Values are inserted as they are: a value that contains ``[x]`` or ``\\n`` is
-never expanded again.
+never expanded again, and rendering reads nothing but the values it is
+given (no file, no environment).  A value escape (L{VALUE_ESCAPES}, a send
+action's ``escape``) may rewrite each value as it is inserted; the
+template's own text is never escaped.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_.\-]*"
@@ -31,6 +34,38 @@ _NAME = re.compile(NAME_PATTERN)
 _VARIABLE = re.compile(r"\[(" + NAME_PATTERN + r")\]")
 _SIMPLE_ESCAPES = {"r": "\r", "n": "\n", "t": "\t", "0": "\0", "\\": "\\"}
 _HEX = frozenset("0123456789abcdefABCDEF")
+
+
+#: ZPL's field-hex form (C{^FH}, whose default indicator is C{_}) of the
+#: characters that would otherwise start a ZPL command or an escape.
+_ZPL = str.maketrans({"^": "_5E", "~": "_7E", "_": "_5F"})
+#: The control characters: below 0x20, and DEL.
+_CONTROL = str.maketrans(dict.fromkeys([*range(0x20), 0x7F]))
+
+
+def escape_zpl(value: str) -> str:
+    """
+    C{value} with C{^}, C{~} and C{_} as C{_5E}, C{_7E} and C{_5F}: in a
+    ZPL field after C{^FH} they print as themselves instead of starting a
+    command (C{A^XZ~JR} scanned from a barcode stays text).
+    """
+    return value.translate(_ZPL)
+
+
+def strip_control(value: str) -> str:
+    """
+    C{value} without the characters below 0x20 and DEL (0x7F).
+    """
+    return value.translate(_CONTROL)
+
+
+#: A send action's ``escape`` values: how each value substituted into its
+#: C{data} is rewritten (C{None}: inserted as it is).
+VALUE_ESCAPES: Mapping[str, Callable[[str], str] | None] = {
+    "none": None,
+    "zpl": escape_zpl,
+    "strip-control": strip_control,
+}
 
 
 class TemplateError(ValueError):
@@ -174,19 +209,41 @@ class Template:
             return None
         return "".join(self.parts)
 
-    def render(self, values: Mapping[str, str]) -> str:
+    def render(
+        self,
+        values: Mapping[str, str],
+        escape: Callable[[str], str] | None = None,
+    ) -> str:
         """
         Substitute every variable from C{values}.
 
+        @param escape: applied to each value as it is inserted (one of
+            L{VALUE_ESCAPES}); never to the template's own text.
         @raise MissingVariable: when a variable has no value.
         """
         if not self.names:
             return "".join(self.parts)
+        if escape is not None:
+            return self._render_escaped(values, escape)
         out = []
         for part, is_var in zip(self.parts, self.variables, strict=True):
             if is_var:
                 try:
                     out.append(values[part])
+                except KeyError:
+                    raise MissingVariable(part) from None
+            else:
+                out.append(part)
+        return "".join(out)
+
+    def _render_escaped(
+        self, values: Mapping[str, str], escape: Callable[[str], str]
+    ) -> str:
+        out = []
+        for part, is_var in zip(self.parts, self.variables, strict=True):
+            if is_var:
+                try:
+                    out.append(escape(values[part]))
                 except KeyError:
                     raise MissingVariable(part) from None
             else:
