@@ -79,3 +79,28 @@ def encode_reply(text: str, encoding: str) -> bytes:
     @raise UnicodeEncodeError: when C{text} cannot be encoded.
     """
     return text.encode("utf-8" if encoding == AUTO else encoding)
+
+
+#: How L{show_bytes} writes the bytes that are not printable ASCII: the
+#: template escapes, so what it shows can be pasted into a template.
+_SHOWN_ESCAPES = {0x5C: "\\\\", 0x0D: "\\r", 0x0A: "\\n", 0x09: "\\t"}
+_SHOWN = [
+    _SHOWN_ESCAPES.get(b, chr(b) if 0x20 <= b < 0x7F else f"\\x{b:02x}")
+    for b in range(256)
+]
+_SHOWN_LINES = [*_SHOWN[:0x0A], "\\n\n", *_SHOWN[0x0B:]]
+
+
+def show_bytes(data: bytes, lines: bool = True) -> str:
+    """
+    C{data} for a terminal, exactly and unambiguously: printable ASCII as it
+    is, C{\\\\}, C{\\r}, C{\\n}, C{\\t}, and C{\\xHH} for every other
+    byte (control characters, ESC, bytes of a non-ASCII encoding).
+
+    @param lines: start a new line after each C{\\n}, so that a multi-line
+        label reads as lines (the escapes still show every byte).
+    """
+    if not lines:
+        return "".join([_SHOWN[b] for b in data])
+    text = "".join([_SHOWN_LINES[b] for b in data])
+    return text[:-1] if text.endswith("\n") else text

@@ -76,6 +76,9 @@ class Input(Enum):
     REMOVED = "removed"
     #: the wait is over
     TIMER = "timer"
+    #: an operator asked for a retry now (C{plantd-outbox kick}): a wait
+    #: between attempts ends at once
+    RETRY_NOW = "retry_now"
     #: the outbox stops
     STOP = "stop"
 
@@ -107,11 +110,14 @@ class Output(Enum):
 
 
 #: The dispatch machine.  A pair not listed is ignored: a late result after
-#: L{State.STOPPED}, or a job stored while the dispatcher is busy (it reads
-#: the store again when its page runs out).
+#: L{State.STOPPED}, a job stored while the dispatcher is busy (it reads
+#: the store again when its page runs out), or a retry asked for while an
+#: attempt or a read already runs.
 TRANSITIONS: dict[tuple[State, Input], tuple[State, tuple[Output, ...]]] = {
     (State.IDLE, Input.KICK): (State.LOADING, (Output.RESTART, Output.NEXT)),
     (State.IDLE, Input.STOP): (State.STOPPED, (Output.FINISH,)),
+    # jobs the outbox did not know of yet (requeued by plantd-outbox)
+    (State.IDLE, Input.RETRY_NOW): (State.LOADING, (Output.RESTART, Output.NEXT)),
     (State.LOADING, Input.KICK): (State.LOADING_WOKEN, ()),
     (State.LOADING, Input.GOT_JOB): (State.DELIVERING, (Output.DELIVER,)),
     (State.LOADING, Input.NO_JOBS): (State.IDLE, (Output.FINISH,)),
@@ -137,10 +143,18 @@ TRANSITIONS: dict[tuple[State, Input], tuple[State, tuple[Output, ...]]] = {
     (State.WAITING_REMOVAL, Input.STOP): (State.STOPPED, (Output.FINISH,)),
     (State.BACKING_OFF, Input.TIMER): (State.DELIVERING, (Output.DELIVER,)),
     (State.BACKING_OFF, Input.STOP): (State.STOPPED, (Output.CANCEL, Output.FINISH)),
+    (State.BACKING_OFF, Input.RETRY_NOW): (
+        State.DELIVERING,
+        (Output.CANCEL, Output.DELIVER),
+    ),
     (State.LOAD_BACKING_OFF, Input.TIMER): (State.LOADING, (Output.NEXT,)),
     (State.LOAD_BACKING_OFF, Input.STOP): (
         State.STOPPED,
         (Output.CANCEL, Output.FINISH),
+    ),
+    (State.LOAD_BACKING_OFF, Input.RETRY_NOW): (
+        State.LOADING,
+        (Output.CANCEL, Output.NEXT),
     ),
     # an attempt that succeeded before stop could cancel it: the device
     # has the job, so it is removed
@@ -267,6 +281,22 @@ class Dispatcher:
         The outbox stops: cancel what runs, except a removal.
         """
         self.feed(Input.STOP)
+
+    def retry_now(self) -> None:
+        """
+        An operator asked for a retry now: end a wait between attempts (or
+        between reads of the store) at once; when idle, look for jobs.
+        """
+        self.feed(Input.RETRY_NOW)
+
+    @property
+    def job(self) -> Job | None:
+        """
+        The job being attempted or waited for, if any.
+        """
+        return (
+            self._job if self.state in (State.DELIVERING, State.BACKING_OFF) else None
+        )
 
     def feed(self, event: Input) -> None:
         """

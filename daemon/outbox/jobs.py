@@ -122,6 +122,23 @@ class DeadLetter:
 
 
 @dataclass(frozen=True)
+class Kick:
+    """
+    A request to retry one action's destination now (C{plantd-outbox kick}),
+    left in the store for the running daemon.
+
+    @ivar who: who asked, for the daemon's log.
+    @ivar requested: when (clock seconds).
+    """
+
+    id: int
+    action: str
+    destination: str
+    who: str
+    requested: float
+
+
+@dataclass(frozen=True)
 class QueueSummary:
     """
     What a store holds for one (action, destination).

@@ -17,6 +17,7 @@ from daemon.outbox.jobs import (
     MAX_ERROR_LENGTH,
     DeadLetter,
     Job,
+    Kick,
     QueueSummary,
     StoreClosed,
 )
@@ -39,8 +40,14 @@ class MemoryJobStore:
 
     log = Logger(observer=logs.observer)
 
+    #: Nothing outside the process can reach a memory store; a test may set
+    #: it to make an outbox poll L{take_kicks}.
+    outside_kicks = False
+
     def __init__(self, max_dead: int = MEMORY_MAX_DEAD) -> None:
         self._max_dead = max_dead
+        self._kicks: list[Kick] = []
+        self._next_kick_id = 1
         self._next_id = 1
         self._next_dead_id = 1
         self._jobs: dict[int, Job] = {}
@@ -218,6 +225,25 @@ class MemoryJobStore:
 
     def drop_dead(self, dead_id: int) -> Deferred[bool]:
         return self._op(lambda: self._dead.pop(dead_id, None) is not None)
+
+    def add_kick(
+        self, action: str, destination: str, who: str, now: float
+    ) -> Deferred[Kick]:
+        def add() -> Kick:
+            kick = Kick(self._next_kick_id, action, destination, who, now)
+            self._next_kick_id += 1
+            self._kicks.append(kick)
+            return kick
+
+        return self._op(add)
+
+    def take_kicks(self, action: str) -> Deferred[list[Kick]]:
+        def take() -> list[Kick]:
+            taken = [k for k in self._kicks if k.action == action]
+            self._kicks = [k for k in self._kicks if k.action != action]
+            return taken
+
+        return self._op(take)
 
     def close(self) -> Deferred[None]:
         self._closed = True

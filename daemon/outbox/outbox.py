@@ -41,10 +41,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from daemon.core import logs
-from daemon.outbox.dispatch import SHOWN, Dispatcher, IDispatchHost
+from daemon.outbox.dispatch import SHOWN, Dispatcher, IDispatchHost, State
 from daemon.outbox.jobs import (
     DestinationStats,
     Job,
+    Kick,
     OutboxFull,
     OutboxNotRunning,
     OutboxPolicy,
@@ -63,6 +64,9 @@ LOG_EVERY_N_FAILURES = 10
 #: Seconds between re-reads of the store's counts, which also picks up jobs
 #: that C{plantd-outbox retry} put back while the daemon runs.
 RESCAN_INTERVAL = 30.0
+#: Seconds between looks for kicks (C{plantd-outbox kick}) in a store that
+#: other processes can write (L{IJobStore.outside_kicks}).
+KICK_INTERVAL = 1.0
 
 
 class _State(Enum):
@@ -131,6 +135,7 @@ class Outbox:
         *,
         page_size: int = PAGE_SIZE,
         rescan_interval: float | None = RESCAN_INTERVAL,
+        kick_interval: float | None = KICK_INTERVAL,
     ) -> None:
         self.action = action
         self.policy = policy
@@ -150,6 +155,9 @@ class Outbox:
         self._stop_waiters: list[Deferred[None]] = []
         self._busy = 0
         self._rescan_call: IDelayedCall | None = None
+        self._kick_interval = kick_interval
+        self._kick_call: IDelayedCall | None = None
+        self._kick_poll_failing = False
         self._full_logged = False
         self.stored = 0
         self.delivered = 0
@@ -183,6 +191,7 @@ class Outbox:
             )
             self._kick_pending()
             self._schedule_rescan()
+            self._schedule_kick_poll()
 
         def failed(failure: Failure) -> Failure:
             self._state = _State.STOPPED
@@ -205,6 +214,9 @@ class Outbox:
             if self._rescan_call is not None and self._rescan_call.active():
                 self._rescan_call.cancel()
             self._rescan_call = None
+            if self._kick_call is not None and self._kick_call.active():
+                self._kick_call.cancel()
+            self._kick_call = None
             waiting, self._waiting = self._waiting, deque()
             for w in waiting:
                 w.deferred.errback(OutboxNotRunning(f"outbox {self.action!r} stopped"))
@@ -475,6 +487,119 @@ class Outbox:
 
         d = self._resync().addCallbacks(rescanned, failed)
         d.addBoth(lambda _: self._schedule_rescan())
+
+    # Kicks: an operator's "retry now"
+
+    def _schedule_kick_poll(self) -> None:
+        if (
+            self._kick_interval is not None
+            and self._store.outside_kicks
+            and self._state is _State.RUNNING
+        ):
+            self._kick_call = self._clock.callLater(
+                self._kick_interval, self._poll_kicks
+            )
+
+    def _poll_kicks(self) -> None:
+        self._kick_call = None
+
+        def taken(kicks: list[Kick]) -> None:
+            self._kick_poll_failing = False
+            done: set[str] = set()
+            for kick in kicks:
+                if kick.destination not in done:
+                    done.add(kick.destination)
+                    self.retry_now(kick.destination, kick.who)
+
+        def failed(failure: Failure) -> None:
+            if not self._kick_poll_failing:
+                self._kick_poll_failing = True
+                self.log.failure(
+                    "outbox {action}: could not look for kicks (logged once"
+                    " until it works again)",
+                    failure,
+                    action=self.action,
+                )
+
+        d = self._track(self._store.take_kicks(self.action))
+        d.addCallbacks(taken, failed)
+        d.addBoth(lambda _: self._schedule_kick_poll())
+
+    def retry_now(self, destination: str, who: str) -> None:
+        """
+        Attempt C{destination}'s oldest job now: a wait between attempts
+        ends at once (the dispatch machine's C{RETRY_NOW}); an idle
+        destination is looked up in the store first (jobs put back by
+        C{plantd-outbox retry} since the last rescan).  Logged at info with
+        C{who} asked.
+        """
+        if self._state is not _State.RUNNING:
+            return
+        dest = self._dests.get(destination)
+        if dest is not None and dest.active:
+            dispatcher = dest.dispatcher
+            job = dispatcher.job
+            if dispatcher.state is State.BACKING_OFF and job is not None:
+                wait = (dispatcher.next_retry_at or 0.0) - self._clock.seconds()
+                self.log.info(
+                    "outbox {action}: {destination} kicked by {who}: retrying"
+                    " job {job_id} now instead of in {wait:.1f}s ({attempts}"
+                    " failed attempts, last error: {error})",
+                    action=self.action,
+                    destination=destination,
+                    who=who,
+                    job_id=job.id,
+                    wait=max(0.0, wait),
+                    attempts=job.attempts,
+                    error=job.last_error,
+                )
+            elif dispatcher.state is State.LOAD_BACKING_OFF:
+                self.log.info(
+                    "outbox {action}: {destination} kicked by {who}: reading"
+                    " the store again now",
+                    action=self.action,
+                    destination=destination,
+                    who=who,
+                )
+            else:
+                self.log.info(
+                    "outbox {action}: {destination} kicked by {who}: already"
+                    " delivering ({state})",
+                    action=self.action,
+                    destination=destination,
+                    who=who,
+                    state=SHOWN[dispatcher.state],
+                )
+            dispatcher.retry_now()
+            return
+
+        def resynced(_: None) -> None:
+            if self._state is not _State.RUNNING:
+                return
+            found = self._dests.get(destination)
+            jobs = 0 if found is None else found.jobs
+            self.log.info(
+                "outbox {action}: {destination} kicked by {who}: {what}",
+                action=self.action,
+                destination=destination,
+                who=who,
+                what=f"{jobs} jobs waiting, delivering now" if jobs else "no jobs",
+            )
+            if found is not None and jobs and not found.active:
+                found.dispatcher.retry_now()
+
+        def failed(failure: Failure) -> None:
+            self.log.failure(
+                "outbox {action}: {destination} kicked by {who}: could not"
+                " re-read the store",
+                failure,
+                action=self.action,
+                destination=destination,
+                who=who,
+            )
+
+        # The counts first, so that jobs put back meanwhile are counted.
+        self._resync().addCallbacks(resynced, failed)
 
     # Delivery
 

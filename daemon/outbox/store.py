@@ -31,13 +31,14 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
-from zope.interface import Interface, implementer
+from zope.interface import Attribute, Interface, implementer
 
 from daemon.core import logs
 from daemon.outbox.jobs import (
     MAX_ERROR_LENGTH,
     DeadLetter,
     Job,
+    Kick,
     QueueSummary,
     StoreClosed,
     StoreError,
@@ -47,8 +48,9 @@ _T = TypeVar("_T")
 
 #: File name of the outbox database inside C{state_dir}.
 DB_FILENAME = "outbox.sqlite3"
-#: Version of the database schema, kept in C{PRAGMA user_version}.
-SCHEMA_VERSION = 1
+#: Version of the database schema, kept in C{PRAGMA user_version}.  Version
+#: 2 added the C{kicks} table; a version 1 database is upgraded on open.
+SCHEMA_VERSION = 2
 #: How long a connection waits for a lock held by another process (the CLI).
 BUSY_TIMEOUT = 10.0
 #: Most store operations committed in one transaction.
@@ -114,6 +116,17 @@ class IJobStore(Interface):
     def drop_dead(dead_id: int) -> Deferred[bool]:
         """Delete a dead letter."""
 
+    outside_kicks = Attribute(
+        "Can other processes ask for a retry now (C{plantd-outbox kick})?"
+        " Then an outbox polls L{take_kicks}."
+    )
+
+    def add_kick(action: str, destination: str, who: str, now: float) -> Deferred[Kick]:
+        """Ask the outbox of C{action} to retry C{destination} now."""
+
+    def take_kicks(action: str) -> Deferred[list[Kick]]:
+        """The kicks waiting for C{action}'s outbox, oldest first, removed."""
+
     def close() -> Deferred[None]:
         """Finish outstanding operations and release resources."""
 
@@ -149,6 +162,13 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     dead_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_letters_by_action ON dead_letters (action, id);
+CREATE TABLE IF NOT EXISTS kicks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    action TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    who TEXT NOT NULL,
+    requested REAL NOT NULL
+);
 """
 
 _JOB_COLUMNS = (
@@ -393,6 +413,126 @@ def db_drop_dead(conn: sqlite3.Connection, dead_id: int) -> bool:
     )
 
 
+def db_jobs(
+    conn: sqlite3.Connection,
+    destination: str | None,
+    action: str | None,
+    limit: int | None,
+) -> tuple[list[tuple[Job, int]], int]:
+    """
+    Pending jobs (of one destination, of one action), oldest first, at most
+    C{limit}, each with its payload's size but not the payload itself (its
+    C{payload} is empty: L{db_job} reads the bytes); and how many match.
+    """
+    where: list[str] = []
+    args: list[object] = []
+    if destination is not None:
+        where.append("destination = ?")
+        args.append(destination)
+    if action is not None:
+        where.append("action = ?")
+        args.append(action)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    total = conn.execute(f"SELECT COUNT(*) FROM jobs {clause}", args).fetchone()[0]
+    sql = (
+        "SELECT id, action, destination, X'', attempts, created, last_attempt,"
+        f" last_error, size FROM jobs {clause} ORDER BY id"
+    )
+    if limit is not None:
+        sql += " LIMIT ?"
+        args.append(limit)
+    rows = conn.execute(sql, args).fetchall()
+    return [(_job(row), row[8]) for row in rows], int(total)
+
+
+def db_job(conn: sqlite3.Connection, job_id: int) -> Job | None:
+    """
+    One pending job, payload included; L{None} if there is none.
+    """
+    row = conn.execute(
+        f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)
+    ).fetchone()
+    return None if row is None else _job(row)
+
+
+def db_dead_letter_by_id(conn: sqlite3.Connection, dead_id: int) -> DeadLetter | None:
+    """
+    One dead letter, payload included; L{None} if there is none.
+    """
+    row = conn.execute(
+        f"SELECT {_DEAD_COLUMNS} FROM dead_letters WHERE id = ?", (dead_id,)
+    ).fetchone()
+    return None if row is None else _dead(row)
+
+
+def db_pending_actions(conn: sqlite3.Connection, destination: str) -> dict[str, int]:
+    """
+    Pending jobs for C{destination}, per action.
+    """
+    rows = conn.execute(
+        "SELECT action, COUNT(*) FROM jobs WHERE destination = ?"
+        " GROUP BY action ORDER BY action",
+        (destination,),
+    ).fetchall()
+    return {action: count for action, count in rows}
+
+
+def db_add_kick(
+    conn: sqlite3.Connection, action: str, destination: str, who: str, now: float
+) -> Kick:
+    """
+    Leave a kick for the outbox of C{action}.
+    """
+    cursor = conn.execute(
+        "INSERT INTO kicks (action, destination, who, requested) VALUES (?, ?, ?, ?)",
+        (action, destination, who, now),
+    )
+    kick_id = cursor.lastrowid
+    assert kick_id is not None
+    return Kick(kick_id, action, destination, who, now)
+
+
+def db_take_kicks(conn: sqlite3.Connection, action: str) -> list[Kick]:
+    """
+    The kicks left for C{action}'s outbox, oldest first, deleted.  On an
+    empty table (every second but the one after a kick) this is one read
+    of one page and no write.
+    """
+    rows = conn.execute(
+        "SELECT id, action, destination, who, requested FROM kicks"
+        " WHERE action = ? ORDER BY id",
+        (action,),
+    ).fetchall()
+    if rows:
+        conn.execute(
+            "DELETE FROM kicks WHERE action = ? AND id <= ?", (action, rows[-1][0])
+        )
+    return [Kick(*row) for row in rows]
+
+
+def db_kicks_left(conn: sqlite3.Connection, kick_ids: list[int]) -> int:
+    """
+    How many of C{kick_ids} no outbox has taken yet.
+    """
+    if not kick_ids:
+        return 0
+    marks = ", ".join("?" for _ in kick_ids)
+    row = conn.execute(
+        f"SELECT COUNT(*) FROM kicks WHERE id IN ({marks})", kick_ids
+    ).fetchone()
+    return int(row[0])
+
+
+def db_cancel_kicks(conn: sqlite3.Connection, kick_ids: list[int]) -> int:
+    """
+    Delete those of C{kick_ids} no outbox took; how many were deleted.
+    """
+    if not kick_ids:
+        return 0
+    marks = ", ".join("?" for _ in kick_ids)
+    return conn.execute(f"DELETE FROM kicks WHERE id IN ({marks})", kick_ids).rowcount
+
+
 @dataclass
 class _Op:
     fn: Callable[[sqlite3.Connection], object]
@@ -519,6 +659,17 @@ class SqliteJobStore:
 
     def drop_dead(self, dead_id: int) -> Deferred[bool]:
         return self._submit(lambda c: db_drop_dead(c, dead_id))
+
+    #: C{plantd-outbox kick} writes kicks into the database.
+    outside_kicks = True
+
+    def add_kick(
+        self, action: str, destination: str, who: str, now: float
+    ) -> Deferred[Kick]:
+        return self._submit(lambda c: db_add_kick(c, action, destination, who, now))
+
+    def take_kicks(self, action: str) -> Deferred[list[Kick]]:
+        return self._submit(lambda c: db_take_kicks(c, action))
 
     def close(self) -> Deferred[None]:
         """

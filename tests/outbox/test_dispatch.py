@@ -285,6 +285,48 @@ class DispatcherTests(SynchronousTestCase):
         self.assertEqual([j.id for j, _ in self.host.attempts], [1, 2])
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_retry_now_ends_the_wait(self) -> None:
+        """
+        C{retry_now} while backing off cancels the timer and attempts the
+        same job at once; the clock is left with no call.
+        """
+        self.dispatcher.kick()
+        self.host.loads[0][1].callback([job(1)])
+        self.host.attempts[0][1].errback(ValueError("paper out"))
+        waiting = self.dispatcher.job
+        assert waiting is not None
+        self.assertEqual((waiting.id, waiting.attempts), (1, 1))
+        self.assertEqual(self.dispatcher.state, State.BACKING_OFF)
+        self.dispatcher.retry_now()
+        self.assertEqual(self.dispatcher.state, State.DELIVERING)
+        self.assertEqual([j.id for j, _ in self.host.attempts], [1, 1])
+        self.assertIsNone(self.dispatcher.next_retry_at)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_retry_now_when_idle_or_busy(self) -> None:
+        """
+        Idle, C{retry_now} reads the store from the start; while an
+        attempt runs, it changes nothing.
+        """
+        self.dispatcher.retry_now()
+        self.assertEqual(self.dispatcher.state, State.LOADING)
+        self.assertEqual(self.host.loads[0][0], 0)
+        self.host.loads[0][1].callback([job(1)])
+        self.dispatcher.retry_now()
+        self.assertEqual(self.dispatcher.state, State.DELIVERING)
+        self.assertEqual(len(self.host.attempts), 1)
+
+    def test_retry_now_after_load_failure(self) -> None:
+        """
+        C{retry_now} while waiting to read the store again reads it now.
+        """
+        self.dispatcher.kick()
+        self.host.loads[0][1].errback(OSError("disk"))
+        self.dispatcher.retry_now()
+        self.assertEqual(self.dispatcher.state, State.LOADING)
+        self.assertEqual(len(self.host.loads), 2)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_load_failure_waits(self) -> None:
         """
         A store that cannot be read is read again after the host's delay.

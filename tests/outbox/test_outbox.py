@@ -43,6 +43,10 @@ from daemon.outbox.store import (
     SCHEMA_VERSION,
     IJobStore,
     SqliteJobStore,
+    db_add_kick,
+    db_load,
+    db_take_kicks,
+    in_transaction,
     open_database,
     outbox_path,
 )
@@ -1079,3 +1083,104 @@ class SqliteJobStoreTests(TestCase):
             self.assertEqual(ids, sorted(ids))
         await store.close()
         self.assertEqual(_count_rows(path), 0)
+
+
+class OutboxKickTests(SynchronousTestCase):
+    """
+    C{plantd-outbox kick}: the outbox looks for kicks in its store every
+    second and retries the destination at once.
+    """
+
+    def kickable(self) -> tuple[Outbox, MemoryJobStore, FakeDevice, Clock]:
+        store = MemoryJobStore()
+        store.outside_kicks = True
+        return make(self, OutboxPolicy(retry_initial=60.0, retry_max=60.0), store)
+
+    def test_kick_ends_backoff(self) -> None:
+        """
+        A kick left in the store for a destination that is backing off is
+        taken within a second, logged with who kicked, and the waiting job
+        is attempted at once instead of a minute later.
+        """
+        outbox, store, device, clock = self.kickable()
+        events = capture_logs(self, Outbox)
+        self.successResultOf(outbox.put("printer", b"x"))
+        device.refuse()
+        self.assertEqual(outbox.snapshot().destinations[0].state, "backoff")
+        store.add_kick("label", "printer", "plantd-outbox (user op)", 0.0)
+        store.add_kick("other", "printer", "someone", 0.0)
+        clock.advance(1.0)
+        self.assertEqual(len(device.calls), 2)
+        self.assertEqual(outbox.snapshot().destinations[0].state, "delivering")
+        logged = [formatEvent(e) for e in events]
+        self.assertIn(
+            "outbox label: printer kicked by plantd-outbox (user op): retrying job 1"
+            " now instead of in 59.0s (1 failed attempts, last error: refused)",
+            logged,
+        )
+        # Only its own action's kicks are taken.
+        self.assertEqual(
+            [k.action for k in self.successResultOf(store.take_kicks("other"))],
+            ["other"],
+        )
+        device.accept()
+        self.successResultOf(outbox.stop())
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_kick_idle_finds_requeued_jobs(self) -> None:
+        """
+        A kick for a destination the outbox holds nothing for reads the
+        store at once: jobs put back behind its back are delivered now,
+        not at the next rescan.
+        """
+        outbox, store, device, clock = self.kickable()
+        store.add("label", "printer", b"requeued", 0.0)
+        store.add_kick("label", "printer", "op", 0.0)
+        clock.advance(1.0)
+        self.assertEqual(device.payloads(), [b"requeued"])
+        device.accept()
+        self.assertEqual(outbox.snapshot().pending, 0)
+        self.successResultOf(outbox.stop())
+
+    def test_no_polling_without_outside_kicks(self) -> None:
+        """
+        A store nothing outside can write (memory) is not polled.
+        """
+        outbox, store, device, clock = make(self)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.successResultOf(outbox.stop())
+
+
+class KickTableTests(SynchronousTestCase):
+    """
+    The C{kicks} table of the SQLite outbox.
+    """
+
+    def test_upgrade_from_version_1(self) -> None:
+        """
+        A version 1 database (no kicks table) is upgraded on open, jobs
+        kept.
+        """
+        path = os.path.join(self.mktemp() + ".sqlite3")
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute(
+            "CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, action TEXT"
+            " NOT NULL, destination TEXT NOT NULL, payload BLOB NOT NULL, size"
+            " INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, created REAL"
+            " NOT NULL, last_attempt REAL, last_error TEXT)"
+        )
+        conn.execute(
+            "INSERT INTO jobs (action, destination, payload, size, created)"
+            " VALUES ('label', 'p', x'41', 1, 1.0)"
+        )
+        conn.execute("PRAGMA user_version = 1")
+        conn.close()
+        conn = open_database(path)
+        self.addCleanup(conn.close)
+        self.assertEqual(conn.execute("PRAGMA user_version").fetchone()[0], 2)
+        kick = in_transaction(conn, lambda: db_add_kick(conn, "label", "p", "op", 5.0))
+        self.assertEqual(
+            in_transaction(conn, lambda: db_take_kicks(conn, "label")), [kick]
+        )
+        self.assertEqual(in_transaction(conn, lambda: db_take_kicks(conn, "label")), [])
+        self.assertEqual(db_load(conn, "label", "p", 0, 10)[0].payload, b"A")

@@ -6,6 +6,7 @@ outbox database.
 from __future__ import annotations
 
 import io
+import json
 import os
 import sys
 from typing import cast
@@ -16,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from daemon.outbox import cli as outbox_cli
 from daemon.outbox.cli import format_age, main
+from daemon.outbox.jobs import Kick
 from daemon.outbox.store import (
     SqliteJobStore,
     db_add,
@@ -23,6 +25,7 @@ from daemon.outbox.store import (
     db_dead_letters,
     db_load,
     db_record_failure,
+    db_take_kicks,
     in_transaction,
     open_database,
     outbox_path,
@@ -237,3 +240,172 @@ class BesideTheDaemonTests(TestCase):
         self.assertEqual((summary.jobs, summary.head_attempts), (1, 0))
         self.assertEqual(await store.dead_counts(), {})
         await store.close()
+
+
+class ShiftToolsTests(OutboxCommandTests):
+    """
+    C{jobs}, C{show}, C{kick}, C{--json} and C{--config} on the same
+    database (the commands of the base class run again here, unchanged).
+    """
+
+    def test_jobs(self) -> None:
+        """
+        jobs lists pending job ids, oldest first, with age, attempts and
+        last error; a destination narrows it; --limit cuts it, saying so.
+        """
+        status, out, err = self.run_command("jobs")
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(
+            [line.split()[:7] for line in out.splitlines()],
+            [
+                ["ID", "ACTION", "DESTINATION", "BYTES", "AGE", "ATTEMPTS", "LAST"],
+                ["1", "label", "10.0.0.40:9100", "7", "2m05s", "1", "5s"],
+                ["2", "label", "10.0.0.40:9100", "7", "1m00s", "0", "-"],
+                ["3", "label", "10.0.0.41:9100", "1", "3s", "0", "-"],
+            ],
+        )
+        self.assertTrue(out.splitlines()[1].endswith("Connection refused"))
+        status, out, err = self.run_command("jobs", "10.0.0.41:9100")
+        self.assertEqual(len(out.splitlines()), 2)
+        status, out, err = self.run_command("jobs", "--limit", "1")
+        self.assertEqual(out.splitlines()[-1], "... 2 more (--limit 0 shows all)")
+        status, out, err = self.run_command("jobs", "nowhere:1")
+        self.assertEqual(out, "no pending jobs for nowhere:1\n")
+
+    def test_jobs_json(self) -> None:
+        """
+        --json jobs is one document with every field, times as seconds.
+        """
+        status, out, err = self.run_command("--json", "jobs", "10.0.0.40:9100")
+        self.assertEqual(status, 0)
+        data = json.loads(out)
+        self.assertEqual(data["total"], 2)
+        self.assertEqual(
+            data["jobs"][0],
+            {
+                "id": 1,
+                "action": "label",
+                "destination": "10.0.0.40:9100",
+                "bytes": 7,
+                "created": NOW - 125,
+                "age_seconds": 125.0,
+                "attempts": 1,
+                "last_attempt": NOW - 5,
+                "last_error": "Connection refused",
+            },
+        )
+
+    def test_show(self) -> None:
+        """
+        show prints the job and its bytes escaped; --raw writes them as
+        they are; --dead shows a dead letter.
+        """
+        self.conn.execute("UPDATE jobs SET payload = x'5e58410d0a1b5cff' WHERE id = 2")
+        status, out, err = self.run_command("show", "2")
+        self.assertEqual(status, 0)
+        self.assertTrue(out.startswith("job 2: label -> 10.0.0.40:9100, 8 bytes"))
+        self.assertTrue(out.endswith("---\n^XA\\r\\n\n\\x1b\\\\\\xff\n---\n"))
+        raw = io.BytesIO()
+        self.patch(sys, "stdout", io.TextIOWrapper(raw))
+        self.assertEqual(main(["--state-dir", self.state_dir, "show", "--raw", "2"]), 0)
+        self.assertEqual(raw.getvalue(), b"^XA\r\n\x1b\\\xff")
+        status, out, err = self.run_command("--json", "show", "--dead", "1")
+        data = json.loads(out)
+        self.assertEqual(
+            (data["payload"], data["reason"]), ("dead0", "gave up after 1 attempts")
+        )
+        self.assertEqual(
+            self.run_command("show", "99")[2], "plantd-outbox: no pending job 99\n"
+        )
+
+    def test_json_every_command(self) -> None:
+        """
+        Every command gives one JSON document with --json, errors too.
+        """
+        for argv in [["list"], ["dead"], ["retry", "1"], ["drop", "3"]]:
+            status, out, err = self.run_command("--json", *argv)
+            self.assertEqual(status, 0, err)
+            self.assertIsInstance(json.loads(out), dict)
+        status, out, err = self.run_command("--json", "drop", "99")
+        self.assertEqual((status, json.loads(out)), (1, {"error": "no pending job 99"}))
+
+    def test_kick(self) -> None:
+        """
+        kick leaves a kick per action with jobs for the destination and
+        waits until a daemon took it (here: the test, on the first sleep).
+        """
+        taken: list[list[Kick]] = []
+
+        def daemon_takes(seconds: float) -> None:
+            taken.append(
+                in_transaction(self.conn, lambda: db_take_kicks(self.conn, "label"))
+            )
+
+        self.patch(outbox_cli, "sleep", daemon_takes)
+        status, out, err = self.run_command("kick", "10.0.0.40:9100")
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(
+            out,
+            "kicked 10.0.0.40:9100 (label: 2 jobs): plantd took it up after 0.0s"
+            " and retries now; see its log\n",
+        )
+        [[kick]] = taken
+        self.assertEqual(kick.destination, "10.0.0.40:9100")
+        self.assertIn("plantd-outbox (user ", kick.who)
+
+    def test_kick_no_daemon(self) -> None:
+        """
+        A kick nobody takes within --timeout fails, and is taken back.
+        """
+        clock = [NOW]
+
+        def tick(seconds: float) -> None:
+            clock[0] += seconds
+
+        self.patch(outbox_cli, "now", lambda: clock[0])
+        self.patch(outbox_cli, "sleep", tick)
+        status, out, err = self.run_command("kick", "--timeout", "1", "10.0.0.41:9100")
+        self.assertEqual(status, 1)
+        self.assertEqual(
+            err,
+            "plantd-outbox: no daemon took up the kick of 10.0.0.41:9100 within 1s:"
+            " is plantd running with this state_dir?\n",
+        )
+        self.assertEqual(
+            in_transaction(self.conn, lambda: db_take_kicks(self.conn, "label")), []
+        )
+
+    def test_kick_nothing_waiting(self) -> None:
+        """
+        Kicking a destination without jobs is an error naming those with.
+        """
+        status, out, err = self.run_command("kick", "10.0.0.99:9100")
+        self.assertEqual(status, 1)
+        self.assertEqual(
+            err,
+            "plantd-outbox: no pending jobs for 10.0.0.99:9100 (destinations with"
+            " jobs: 10.0.0.40:9100, 10.0.0.41:9100)\n",
+        )
+
+    def test_config(self) -> None:
+        """
+        --config reads [plantd] state_dir from the daemon's file; a bad
+        file is the daemon's one-line error; it excludes --state-dir.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(f"[plantd]\nstate_dir = {os.path.abspath(self.state_dir)}\n")
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        self.assertEqual(main(["--config", path, "list"]), 0)
+        self.assertIn("dead letters: 2", out.getvalue())
+        with open(path, "w") as f:
+            f.write("[plantd]\nstate_dirr = x\n")
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        self.assertEqual(main(["--config", path, "list"]), 1)
+        self.assertIn(f"plantd-outbox: {path}: [plantd] state_dirr", err.getvalue())
+        error = self.assertRaises(
+            SystemExit, main, ["--config", path, "--state-dir", "x", "list"]
+        )
+        self.assertEqual(error.code, 2)
