@@ -17,6 +17,9 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 	@# twistd finds plugins in twisted/plugins/ directories on sys.path: put
 	@# this source tree there (the editable install's import hook does not).
 	$(BIN)/python -c 'import os, sysconfig; open(os.path.join(sysconfig.get_paths()["purelib"], "plantd-source.pth"), "w").write(os.getcwd() + "\n")'
+	@# Write twisted/plugins/dropin.cache now, so that the daemon, run by a
+	@# user who cannot write here, logs no "Unable to write to plugin cache".
+	$(BIN)/python -c 'from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))'
 	touch $(STAMP)
 
 ## run: the daemon with the default config, beside the device simulators, in the foreground
@@ -35,6 +38,8 @@ check-config: $(STAMP)
 test: trial lint
 
 trial: $(STAMP)
+	@# systemd-analyze rates etc/plantd.service (tests/test_unit_files.py).
+	@command -v systemd-analyze >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get install -y --no-install-recommends systemd >/dev/null; } || echo "tests: install systemd for systemd-analyze"
 	$(BIN)/python -m twisted.trial --jobs=$(TRIAL_JOBS) tests
 
 lint: $(STAMP)

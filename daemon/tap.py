@@ -8,6 +8,8 @@ C{startService}.  This is the only module that touches the global reactor.
 from __future__ import annotations
 
 import enum
+import importlib.metadata
+import os
 import sqlite3
 import sys
 from collections.abc import Iterator, Mapping
@@ -16,14 +18,18 @@ from typing import Any
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.error import CannotListenError
+from twisted.logger import ILogObserver
 from twisted.python import usage
+from twisted.python.components import Componentized
 
 from daemon.config import Config, ConfigError, read_config
 from daemon.core import logs
 from daemon.core.actions import ActionChain, IAction
+from daemon.core.notify import IStartedLater, Notifier
 from daemon.outbox.jobs import StoreError
 from daemon.server.trigger import ListenerService, ServerTrigger
 from daemon.status.stats import Stats
+from daemon.status.summary import status_line
 
 DEFAULT_CONFIG = "/etc/plantd/plantd.ini"
 
@@ -49,21 +55,6 @@ class Options(usage.Options):
             f"Least severe log level shown: {', '.join(logs.LEVELS)}. "
             "debug shows every message, badge and retry.",
         ],
-        [
-            "render",
-            None,
-            None,
-            "Dry run: print the exact bytes the [send:NAME] action would send "
-            "for the --data message, and where, then exit (nothing is sent).",
-        ],
-        ["data", None, None, "With --render: the message, as a client sends it."],
-        [
-            "trigger",
-            None,
-            None,
-            "With --render: the [server:NAME] whose parse rule applies "
-            "(default: the first that runs the action).",
-        ],
     ]
     optFlags = [
         [
@@ -72,22 +63,15 @@ class Options(usage.Options):
             "Validate the configuration file, print one line per trigger and "
             "action, and exit: 0 when it is valid, 1 when it is not.",
         ],
-        ["raw", None, "With --render: write only the bytes, as they are."],
     ]
 
-    def __init__(self) -> None:
-        super().__init__()
-        self["var"] = {}
-
-    def opt_var(self, value: str) -> None:
+    def opt_version(self) -> None:
         """
-        With --render: set a variable, NAME=VALUE (repeatable), e.g. an
-        earlier action's save_reply.
+        Print plantd's version and exit.
         """
-        name, sep, text = value.partition("=")
-        if not sep or not name:
-            raise usage.UsageError(f"--var takes NAME=VALUE, not {value!r}")
-        self["var"][name] = text
+        sys.stdout.write(f"plantd {plantd_version()}\n")
+        sys.stdout.flush()
+        raise SystemExit(0)
 
     def postOptions(self) -> None:
         if self["log-level"] not in logs.LEVELS:
@@ -105,21 +89,16 @@ class Options(usage.Options):
                 sys.stdout.write(line + "\n")
             sys.stdout.flush()
             raise SystemExit(0)
-        if self["render"] is not None:
-            from daemon.send.dryrun import dry_run
 
-            if self["data"] is None:
-                raise usage.UsageError("--render needs --data MESSAGE")
-            raise SystemExit(
-                dry_run(
-                    self.loaded,
-                    self["render"],
-                    self["data"],
-                    self["trigger"],
-                    self["var"],
-                    raw=self["raw"],
-                )
-            )
+
+def plantd_version() -> str:
+    """
+    The installed distribution's version (setup.cfg's C{version}).
+    """
+    try:
+        return importlib.metadata.version("plantd")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def summary(config: Config) -> Iterator[str]:
@@ -232,10 +211,20 @@ class PlantdService(MultiService):
     L{add}, naming their phase.
     """
 
-    def __init__(self, config: Config, stats: Stats) -> None:
+    def __init__(
+        self, config: Config, stats: Stats, notifier: Notifier | None = None
+    ) -> None:
+        """
+        @param notifier: tells systemd when the daemon is ready, reloading
+            or stopping, and pings its watchdog; by default one that sends
+            nothing.
+        """
         super().__init__()
         self.config = config
         self.stats = stats
+        self.notifier = notifier if notifier is not None else Notifier()
+        self.ready: Deferred[None] | None = None
+        self.log_observer: ILogObserver | None = None
         self.listeners: dict[str, ListenerService] = {}
         self.actions: dict[str, IAction] = {}
         self.phases: dict[Phase, PhaseService] = {}
@@ -250,6 +239,17 @@ class PlantdService(MultiService):
         """
         service.setServiceParent(self.phases[phase])
 
+    def setServiceParent(self, parent: Any) -> None:
+        """
+        Under twistd, C{parent} is the application: give it L{log_observer}
+        as its C{ILogObserver} component, which twistd logs to (unless
+        C{--logger} names another).
+        """
+        if self.log_observer is not None and isinstance(parent, Componentized):
+            if parent.getComponent(ILogObserver) is None:
+                parent.setComponent(ILogObserver, self.log_observer)
+        super().setServiceParent(parent)
+
     def addService(self, service: IService) -> None:
         if not isinstance(service, PhaseService):
             raise TypeError(
@@ -258,16 +258,55 @@ class PlantdService(MultiService):
             )
         super().addService(service)
 
+    def startService(self) -> None:
+        """
+        Start the phases in L{START_ORDER} (listeners bind in
+        C{privilegedStartService}, or here when twistd did not call it),
+        then tell systemd ``READY=1`` once every L{IStartedLater} service
+        (the outboxes' recovery) has finished starting: L{ready} fires then.
+        """
+        super().startService()
+        announced = False
+        self.notifier.start_watchdog(
+            lambda: self.status_line() if announced else "starting"
+        )
+        waits = [
+            IStartedLater(s).when_started()
+            for phase in START_ORDER
+            for s in self.phases[phase]
+            if IStartedLater.providedBy(s)
+        ]
+
+        def announce(_: object) -> None:
+            nonlocal announced
+            if self.running:
+                announced = True
+                self.notifier.ready(self.status_line())
+
+        self.ready = DeferredList(waits).addCallback(announce)
+
+    def status_line(self) -> str:
+        """
+        The daemon in one human line (systemd's ``STATUS=``).
+        """
+        return status_line(self.stats.snapshot())
+
     def stopService(self) -> Deferred[None]:
         """
         Stop the phases in L{STOP_ORDER}, each once the previous one has
         stopped (L{MultiService} would stop them all in the same instant).
+        systemd hears ``STOPPING=1`` first; the watchdog pings until the
+        last phase has stopped.
         """
         Service.stopService(self)
+        self.notifier.stopping()
 
         async def stop() -> None:
-            for phase in STOP_ORDER:
-                await self.phases[phase].stopService()
+            try:
+                for phase in STOP_ORDER:
+                    await self.phases[phase].stopService()
+            finally:
+                self.notifier.stop_watchdog()
 
         return Deferred.fromCoroutine(stop())
 
@@ -297,12 +336,16 @@ def build_actions(
     return build_send_actions(config, reactor, stats, service)
 
 
-def build_service(config: Config, reactor: Any) -> PlantdService:
+def build_service(
+    config: Config, reactor: Any, notifier: Notifier | None = None
+) -> PlantdService:
     """
     The service tree for C{config}; nothing listens or connects yet.
+
+    @param notifier: talks to systemd (see L{PlantdService}).
     """
     stats = Stats()
-    top = PlantdService(config, stats)
+    top = PlantdService(config, stats, notifier)
     if config.daemon.status is not None:
         from daemon.status.web import StatusService
 
@@ -338,6 +381,30 @@ def build_service(config: Config, reactor: Any) -> PlantdService:
     return top
 
 
+def log_observer(
+    options: Options, config: Config, environ: Mapping[str, str]
+) -> ILogObserver | None:
+    """
+    The observer twistd should log to: plantd's lines on stdout (C{text}
+    or C{json} by C{[plantd] log_format}, each with its syslog priority
+    when stdout is the journal); C{None} (twistd's own choice) when
+    twistd was told where to log (C{--logfile}, C{--syslog}, C{--logger})
+    or runs in the background.
+    """
+    twistd: Mapping[str, Any] = getattr(options, "parent", None) or {}
+    if (
+        not twistd.get("nodaemon")
+        or twistd.get("logfile") not in (None, "", "-")
+        or twistd.get("syslog")
+        or twistd.get("logger")
+    ):
+        return None
+    stream = sys.stdout
+    return logs.LineObserver(
+        stream, config.daemon.log_format, logs.is_journal(stream, environ)
+    )
+
+
 def makeService(options: Options) -> IService:
     """
     Build the daemon's services from the parsed options.
@@ -347,10 +414,12 @@ def makeService(options: Options) -> IService:
     config: Config = options.loaded
     logs.set_level(options["log-level"])
     try:
-        return build_service(config, reactor)
+        top = build_service(config, reactor, Notifier(reactor, os.environ))
     except ConfigError as e:
         # Problems only found while building (a TLS file that is not PEM,
         # an allow-list line that is not a tag id): still one line.
         sys.stderr.write(f"plantd: {e}\n")
         sys.stderr.flush()
         raise SystemExit(1) from None
+    top.log_observer = log_observer(options, config, os.environ)
+    return top

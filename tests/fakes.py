@@ -7,11 +7,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from daemon.core.actions import ActionFailed, ActionResult, Event, IAction
+from daemon.core.notify import IStartedLater
 from daemon.reader.session import IReaderOwner, ReaderSession
 from daemon.status.stats import ActionStats
 
@@ -101,3 +103,29 @@ class FakeReaderOwner:
 
     def answers_dropped(self, session: ReaderSession, count: int) -> None:
         self.calls.append(("answers_dropped", count))
+
+
+@implementer(IStartedLater)
+class SlowStartService(Service):
+    """
+    A service whose start finishes when the test calls L{finish} (an
+    outbox still recovering its jobs).
+    """
+
+    def __init__(self) -> None:
+        self._waiters: list[Deferred[None]] = []
+        self.finished = False
+
+    def when_started(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        if self.finished:
+            d.callback(None)
+        else:
+            self._waiters.append(d)
+        return d
+
+    def finish(self) -> None:
+        self.finished = True
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)

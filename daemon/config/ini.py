@@ -60,7 +60,7 @@ T = TypeVar("T")
 #: takes any variable name.
 KEYS: Mapping[str, frozenset[str]] = MappingProxyType(
     {
-        "plantd": frozenset({"state_dir", "status"}),
+        "plantd": frozenset({"state_dir", "status", "log_format"}),
         "server": frozenset(
             {
                 "listen",
@@ -169,13 +169,19 @@ def read_config(path: str) -> Config:
         raise ConfigError(path, None, None, f"cannot read: {e.strerror}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(path, None, None, f"not UTF-8 text ({e.reason})") from None
-    return config_from_string(text, path)
+    return config_from_string(text, path, base=os.path.dirname(os.path.abspath(path)))
 
 
-def config_from_string(text: str, path: str = "<string>") -> Config:
+def config_from_string(
+    text: str, path: str = "<string>", base: str | None = None
+) -> Config:
     """
     Parse and validate configuration C{text}; C{path} is used in errors.
 
+    @param base: the directory relative file paths (C{state_dir},
+        C{allow_list}, C{tls_ca}, C{tls_cert}, C{tls_key}) are relative to:
+        the file's own directory (L{read_config}); without it, the working
+        directory.
     @raise ConfigError: for anything wrong.
     """
     if text.startswith("\ufeff"):
@@ -200,7 +206,7 @@ def config_from_string(text: str, path: str = "<string>") -> Config:
     readers: list[ReaderConfig] = []
     endpoints = _Endpoints()
     for name in parser.sections():
-        section = _Section(path, name, dict(parser.items(name)), endpoints)
+        section = _Section(path, name, dict(parser.items(name)), endpoints, base)
         kind, _, label = name.partition(":")
         if name == "plantd":
             daemon = _daemon(section)
@@ -265,9 +271,15 @@ class _Section:
     """
 
     def __init__(
-        self, path: str, name: str, items: dict[str, str], endpoints: _Endpoints
+        self,
+        path: str,
+        name: str,
+        items: dict[str, str],
+        endpoints: _Endpoints,
+        base: str | None = None,
     ) -> None:
         self.path = path
+        self.base = base
         self.name = name
         self.items = items
         self.endpoints = endpoints
@@ -441,13 +453,25 @@ class _Section:
         self.endpoints.check(self, key, value, server=False)
         return value
 
+    def file_path(self, value: str) -> str:
+        """
+        C{value}, a path, made absolute against the configuration file's
+        directory when it is relative (and that directory is known).
+        """
+        path = os.path.expanduser(value)
+        if self.base is None or os.path.isabs(path):
+            return path
+        return os.path.normpath(os.path.join(self.base, path))
+
     def readable_file(self, key: str) -> str | None:
         value = self.optional(key)
         if value is None:
             return None
-        if not os.path.isfile(value) or not os.access(value, os.R_OK):
-            raise self.error(key, f"cannot read file {value!r}")
-        return value
+        path = self.file_path(value)
+        if not os.path.isfile(path) or not os.access(path, os.R_OK):
+            where = f" ({path})" if path != value else ""
+            raise self.error(key, f"cannot read file {value!r}{where}")
+        return path
 
     def finish(self) -> None:
         """
@@ -531,8 +555,9 @@ def _daemon(s: _Section) -> DaemonConfig:
     else:
         status = None
     return DaemonConfig(
-        state_dir=s.string("state_dir", DaemonConfig.state_dir),
+        state_dir=s.file_path(s.string("state_dir", DaemonConfig.state_dir)),
         status=status,
+        log_format=s.choice("log_format", DaemonConfig.log_format, ("text", "json")),
     )
 
 

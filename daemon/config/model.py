@@ -52,10 +52,13 @@ class DaemonConfig:
 
     @ivar state_dir: where durable state (the outbox) lives.
     @ivar status: endpoint string for the HTTP status page, or None.
+    @ivar log_format: ``text`` (twistd's lines) or ``json`` (one object per
+        line, for log shippers).
     """
 
     state_dir: str = "/var/lib/plantd"
     status: str | None = None
+    log_format: str = "text"
 
 
 @dataclass(frozen=True)

@@ -112,5 +112,14 @@ class ListeningService(Service):
         port, self.port = self.port, None
         waits = self.close_connections()
         if port is not None:
-            waits.append(maybeDeferred(port.stopListening))
+            address = format_address(port.getHost())
+            waits.append(
+                maybeDeferred(port.stopListening).addCallback(
+                    lambda _: self.log.info(
+                        "{label} stopped listening on {address}",
+                        label=self.label,
+                        address=address,
+                    )
+                )
+            )
         return DeferredList(waits).addCallback(lambda _: None)

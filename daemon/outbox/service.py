@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from daemon.config import SendConfig
 from daemon.core import logs
+from daemon.core.notify import IStartedLater
 from daemon.outbox.jobs import OutboxPolicy
 from daemon.outbox.memory import MemoryJobStore
 from daemon.outbox.outbox import Outbox
@@ -39,6 +41,7 @@ def outbox_policy(config: SendConfig) -> OutboxPolicy:
     )
 
 
+@implementer(IStartedLater)
 class OutboxService(Service):
     """
     Opens the outboxes of the queued actions and stops them.
@@ -69,6 +72,7 @@ class OutboxService(Service):
         self.path = path
         self._stores: list[IJobStore] = []
         self._opened = False
+        self._recoveries: list[Deferred[None]] = []
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -124,8 +128,14 @@ class OutboxService(Service):
     def startService(self) -> None:
         self._open()
         super().startService()
-        for action in self.actions:
-            action.start_outbox()
+        self._recoveries = [action.start_outbox() for action in self.actions]
+
+    def when_started(self) -> Deferred[None]:
+        """
+        Fires once every outbox started by C{startService} has recovered its
+        jobs (or failed to: that was logged, critical).
+        """
+        return DeferredList(self._recoveries).addCallback(lambda _: None)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
