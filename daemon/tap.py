@@ -55,6 +55,21 @@ class Options(usage.Options):
             f"Least severe log level shown: {', '.join(logs.LEVELS)}. "
             "debug shows every message, badge and retry.",
         ],
+        [
+            "render",
+            None,
+            None,
+            "Dry run: print the exact bytes the [send:NAME] action would send "
+            "for the --data message, and where, then exit (nothing is sent).",
+        ],
+        ["data", None, None, "With --render: the message, as a client sends it."],
+        [
+            "trigger",
+            None,
+            None,
+            "With --render: the [server:NAME] whose parse rule applies "
+            "(default: the first that runs the action).",
+        ],
     ]
     optFlags = [
         [
@@ -63,7 +78,22 @@ class Options(usage.Options):
             "Validate the configuration file, print one line per trigger and "
             "action, and exit: 0 when it is valid, 1 when it is not.",
         ],
+        ["raw", None, "With --render: write only the bytes, as they are."],
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["var"] = {}
+
+    def opt_var(self, value: str) -> None:
+        """
+        With --render: set a variable, NAME=VALUE (repeatable), e.g. an
+        earlier action's save_reply.
+        """
+        name, sep, text = value.partition("=")
+        if not sep or not name:
+            raise usage.UsageError(f"--var takes NAME=VALUE, not {value!r}")
+        self["var"][name] = text
 
     def opt_version(self) -> None:
         """
@@ -89,6 +119,21 @@ class Options(usage.Options):
                 sys.stdout.write(line + "\n")
             sys.stdout.flush()
             raise SystemExit(0)
+        if self["render"] is not None:
+            from daemon.send.dryrun import dry_run
+
+            if self["data"] is None:
+                raise usage.UsageError("--render needs --data MESSAGE")
+            raise SystemExit(
+                dry_run(
+                    self.loaded,
+                    self["render"],
+                    self["data"],
+                    self["trigger"],
+                    self["var"],
+                    raw=self["raw"],
+                )
+            )
 
 
 def plantd_version() -> str:
