@@ -60,7 +60,7 @@ from daemon.reader.session import (
     ReaderSession,
     SessionFactory,
 )
-from daemon.status.stats import Snapshot, Stats
+from daemon.status.stats import Snapshot, Stats, counter, gauge
 
 FAILURE_SUMMARY_INTERVAL = 60.0
 """At most one warning per this many seconds about failed connection
@@ -88,25 +88,25 @@ class ReaderStats:
     L{MAX_PENDING_ANSWERS} badges' actions were unfinished.
     """
 
-    connected: int = 0
-    sessions: int = 0
-    disconnects: int = 0
-    connect_failures: int = 0
-    messages: int = 0
-    badges: int = 0
-    greetings: int = 0
-    protocol_errors: int = 0
-    oversized: int = 0
-    accepted: int = 0
-    denied: int = 0
-    commands_sent: int = 0
-    commands_dropped: int = 0
-    action_errors: int = 0
-    dead_links: int = 0
-    idle_timeouts: int = 0
-    read_pauses: int = 0
-    last_badge: float | None = None
-    last_connect: float | None = None
+    connected: int = gauge()
+    sessions: int = counter()
+    disconnects: int = counter()
+    connect_failures: int = counter()
+    messages: int = counter()
+    badges: int = counter()
+    greetings: int = counter()
+    protocol_errors: int = counter()
+    oversized: int = counter()
+    accepted: int = counter()
+    denied: int = counter()
+    commands_sent: int = counter()
+    commands_dropped: int = counter()
+    action_errors: int = counter()
+    dead_links: int = counter()
+    idle_timeouts: int = counter()
+    read_pauses: int = counter()
+    last_badge: float | None = gauge(None)
+    last_connect: float | None = gauge(None)
 
     def snapshot(self) -> Snapshot:
         return dict(asdict(self))
@@ -227,8 +227,7 @@ class ReaderService(Service):
         self.reader = config.name
         self.section = f"reader:{config.name}"
         self.decider = Decider(config, reactor, self.section)
-        self.stats = ReaderStats()
-        stats.register("reader", config.name, self.stats.snapshot)
+        self.stats = stats.add("reader", config.name, ReaderStats())
         self.session: ReaderSession | None = None
 
         if endpoint is None:

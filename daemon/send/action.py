@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import random as _random
 from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
@@ -40,13 +41,46 @@ from daemon.send.limits import LinkLimiters
 from daemon.send.link import CLOSE_TIMEOUT, Link, LinkOptions, seconds
 from daemon.send.machine import FINAL
 from daemon.send.tls import load_tls
-from daemon.status.stats import ActionStats, Snapshot, Stats
+from daemon.status.stats import ActionStats, Snapshot, Stats, counter, gauge
 
 if TYPE_CHECKING:
     from daemon.outbox.jobs import Job
     from daemon.outbox.outbox import Outbox
 
-__all__ = ["CLOSE_TIMEOUT", "SendAction", "Sending", "build_send_actions"]
+__all__ = [
+    "CLOSE_TIMEOUT",
+    "OutboxCounters",
+    "SendAction",
+    "Sending",
+    "build_send_actions",
+]
+
+
+@dataclass(slots=True)
+class OutboxCounters:
+    """
+    The counters of a queued send action's outbox on the status page, each
+    declared with its metric kind.
+    """
+
+    #: jobs waiting now
+    pending: int = gauge()
+    #: bytes of the jobs waiting now
+    bytes: int = gauge()
+    #: jobs in the dead-letter table now
+    dead_letters: int = gauge()
+    #: puts waiting for room now (C{when_full = block})
+    waiting_puts: int = gauge()
+    stored: int = counter()
+    delivered: int = counter()
+    failed_attempts: int = counter()
+    dead_lettered: int = counter()
+    rejected_full: int = counter()
+    #: destinations with jobs now
+    destinations: int = gauge()
+
+    def snapshot(self) -> Snapshot:
+        return dict(asdict(self))
 
 
 class Sending:
@@ -424,24 +458,25 @@ class SendAction:
 
     def outbox_snapshot(self) -> Snapshot:
         """
-        The outbox's totals, for the status page.
+        The outbox's totals as L{OutboxCounters}, for the status page (only
+        the first three before the outbox is open).
         """
         outbox = self.outbox
         if outbox is None:
             return {"pending": 0, "bytes": 0, "dead_letters": 0}
         s = outbox.snapshot()
-        return {
-            "pending": s.pending,
-            "bytes": s.bytes,
-            "dead_letters": s.dead_letters,
-            "waiting_puts": s.waiting_puts,
-            "stored": s.stored,
-            "delivered": s.delivered,
-            "failed_attempts": s.failed_attempts,
-            "dead_lettered": s.dead_lettered,
-            "rejected_full": s.rejected_full,
-            "destinations": len(s.destinations),
-        }
+        return OutboxCounters(
+            pending=s.pending,
+            bytes=s.bytes,
+            dead_letters=s.dead_letters,
+            waiting_puts=s.waiting_puts,
+            stored=s.stored,
+            delivered=s.delivered,
+            failed_attempts=s.failed_attempts,
+            dead_lettered=s.dead_lettered,
+            rejected_full=s.rejected_full,
+            destinations=len(s.destinations),
+        ).snapshot()
 
 
 def build_send_actions(
@@ -468,7 +503,7 @@ def build_send_actions(
         actions[send.name] = action
         if send.queue.mode != "none":
             queued.append(action)
-            stats.register("outbox", send.name, action.outbox_snapshot)
+            stats.register("outbox", send.name, action.outbox_snapshot, OutboxCounters)
     if queued:
         from daemon.outbox.service import OutboxService
 

@@ -11,7 +11,7 @@ C{/metrics} reads the kind from there.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, Protocol, TypeVar, overload
 
@@ -77,17 +77,6 @@ def metric_kinds(cls: type) -> dict[str, MetricKind]:
             )
         kinds[f.name] = kind
     return kinds
-
-
-#: The gauges of sources that do not declare their kinds yet (the reader's
-#: C{ReaderStats}, the outbox snapshot of a send action).  Used only when
-#: such a source registers without kinds; to move next to their fields.
-UNDECLARED_GAUGES: Mapping[str, frozenset[str]] = {
-    "reader": frozenset({"connected"}),
-    "outbox": frozenset(
-        {"pending", "bytes", "dead_letters", "waiting_puts", "destinations"}
-    ),
-}
 
 
 @dataclass(slots=True)
@@ -166,7 +155,9 @@ class Stats:
 
     A thing that counts registers its counters under a kind (``server``,
     ``action``, ``reader``, ``outbox``) and a name: L{add} for a dataclass of
-    declared fields, L{register} for a callable returning a snapshot.
+    declared fields that it increments, L{register} for a callable that
+    computes a snapshot of the fields of such a dataclass when asked.
+    Either way the metric kinds come from the fields' declarations.
     """
 
     sources: dict[str, dict[str, Callable[[], Snapshot]]] = field(default_factory=dict)
@@ -178,7 +169,7 @@ class Stats:
         Register C{counters}, a dataclass whose fields are declared with
         L{counter} or L{gauge}, and return it.
         """
-        self.register(kind, name, counters.snapshot, metric_kinds(type(counters)))
+        self.register(kind, name, counters.snapshot, type(counters))
         return counters
 
     def server(self, name: str) -> ServerStats:
@@ -192,16 +183,19 @@ class Stats:
         kind: str,
         name: str,
         snapshot: Callable[[], Snapshot],
-        kinds: Mapping[str, MetricKind] | None = None,
+        declared: type | None = None,
     ) -> None:
         """
-        Register a source of counters; C{kinds} declares their metric kinds
-        (without it, L{UNDECLARED_GAUGES} says which of them are gauges).
+        Register a source of counters computed when asked.
+
+        @param declared: the dataclass whose fields, declared with
+            L{counter} or L{gauge}, are the counters C{snapshot} returns:
+            their metric kinds.  Without it nothing is declared (in
+            C{/metrics} an integer is then a counter, a float a gauge).
         """
         self.sources.setdefault(kind, {})[name] = snapshot
-        if kinds is None:
-            kinds = dict.fromkeys(UNDECLARED_GAUGES.get(kind, ()), MetricKind.GAUGE)
-        self.kinds.setdefault(kind, {}).update(kinds)
+        if declared is not None:
+            self.kinds.setdefault(kind, {}).update(metric_kinds(declared))
 
     def metric_kind(self, kind: str, counter: str) -> MetricKind | None:
         """

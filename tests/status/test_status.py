@@ -5,6 +5,7 @@ Prometheus C{/metrics} and the service that serves them.
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as installed_version
 from typing import Any, cast
@@ -26,6 +27,8 @@ from twisted.web.resource import IResource, getChildForRequest
 from twisted.web.server import UnsupportedMethod
 from twisted.web.test.requesthelper import DummyRequest
 
+from daemon.send.action import OutboxCounters
+from daemon.status import stats as declare
 from daemon.status import web as status
 from daemon.status.stats import MetricKind, Snapshot, Stats
 from daemon.status.web import (
@@ -338,8 +341,8 @@ class MetricsTests(SynchronousTestCase):
     def test_families(self) -> None:
         """
         Each kind and counter is a family C{plantd_KIND_COUNTER} with a sample
-        per name: integers are counters (C{_total}) unless their name is a
-        known gauge; floats are gauges; strings and C{None} are left out.
+        per name: integers are counters (C{_total}) unless declared gauges;
+        floats are gauges; strings and C{None} are left out.
         """
         stats = Stats()
         line1 = stats.server("line1")
@@ -359,6 +362,7 @@ class MetricsTests(SynchronousTestCase):
                     "last_error": None,
                 }
             ),
+            OutboxCounters,
         )
         text = scrape(make_view(stats)[0])
         found = families(text)
@@ -390,13 +394,14 @@ class MetricsTests(SynchronousTestCase):
         Every counter declared a gauge is exported as a gauge even with an
         integer value; the same integer under another name is a counter.
         """
+
+        @dataclass
+        class Queue:
+            level: int = declare.gauge()
+            sent: int = declare.counter()
+
         stats = Stats()
-        stats.register(
-            "q",
-            "q",
-            constant({"level": 1, "sent": 1}),
-            {"level": MetricKind.GAUGE, "sent": MetricKind.COUNTER},
-        )
+        stats.register("q", "q", constant({"level": 1, "sent": 1}), Queue)
         found = families(scrape(make_view(stats)[0]))
         self.assertEqual(found["plantd_q_level"].type, "gauge")
         self.assertEqual(found["plantd_q_sent"].type, "counter")
