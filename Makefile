@@ -40,6 +40,15 @@ test: trial lint
 trial: $(STAMP)
 	@# systemd-analyze rates etc/plantd.service (tests/test_unit_files.py).
 	@command -v systemd-analyze >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get install -y --no-install-recommends systemd >/dev/null; } || echo "tests: install systemd for systemd-analyze"
+	@# headless chromium shows the status page (tests/status/test_page_browser.py);
+	@# promtool checks etc/plantd-alerts.yml (tests/status/test_alerts.py).
+	@for need in chromium:chromium promtool:prometheus; do \
+	  cmd=$${need%%:*}; pkg=$${need#*:}; \
+	  command -v $$cmd >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    { apt-get install -y --no-install-recommends $$pkg >/dev/null 2>&1 || \
+	      { apt-get update -qq && apt-get install -y --no-install-recommends $$pkg >/dev/null; }; }; } || \
+	  echo "tests: install Debian's $$pkg for $$cmd (those tests are skipped)"; \
+	done
 	$(BIN)/python -m twisted.trial --jobs=$(TRIAL_JOBS) tests
 
 lint: $(STAMP)

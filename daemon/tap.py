@@ -28,6 +28,7 @@ from daemon.core.actions import ActionChain, IAction
 from daemon.core.notify import IStartedLater, Notifier
 from daemon.outbox.jobs import StoreError
 from daemon.server.trigger import ListenerService, ServerTrigger
+from daemon.status.events import EventLog
 from daemon.status.stats import Stats
 from daemon.status.summary import status_line
 
@@ -389,12 +390,18 @@ def build_service(
 
     @param notifier: talks to systemd (see L{PlantdService}).
     """
-    stats = Stats()
+    stats = Stats(events=EventLog(reactor))
+    stats.events.record("started", "plantd", f"plantd started with {config.path}")
     top = PlantdService(config, stats, notifier)
     if config.daemon.status is not None:
         from daemon.status.web import StatusService
 
-        top.add(StatusService(reactor, config.daemon.status, stats), Phase.STATUS)
+        top.add(
+            StatusService(
+                reactor, config.daemon.status, stats, config.daemon.status_allow
+            ),
+            Phase.STATUS,
+        )
     actions = build_actions(config, reactor, stats, top.phases[Phase.OUTBOXES])
     top.actions = actions
     top.add(ActionsService(actions), Phase.ACTIONS)
@@ -419,7 +426,9 @@ def build_service(
             config.variables,
             reactor,
             stats.server(server.name),
+            stats.events,
         )
+        stats.register_devices("trigger", server.name, trigger.device_states)
         listener = ListenerService(reactor, server.listen, trigger)
         top.add(listener, Phase.LISTENERS)
         top.listeners[server.name] = listener

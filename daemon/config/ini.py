@@ -60,7 +60,7 @@ T = TypeVar("T")
 #: takes any variable name.
 KEYS: Mapping[str, frozenset[str]] = MappingProxyType(
     {
-        "plantd": frozenset({"state_dir", "status", "log_format"}),
+        "plantd": frozenset({"state_dir", "status", "status_allow", "log_format"}),
         "server": frozenset(
             {
                 "listen",
@@ -557,6 +557,7 @@ def _daemon(s: _Section) -> DaemonConfig:
     return DaemonConfig(
         state_dir=s.file_path(s.string("state_dir", DaemonConfig.state_dir)),
         status=status,
+        status_allow=_networks(s, "status_allow"),
         log_format=s.choice("log_format", DaemonConfig.log_format, ("text", "json")),
     )
 

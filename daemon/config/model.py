@@ -58,6 +58,8 @@ class DaemonConfig:
 
     state_dir: str = "/var/lib/plantd"
     status: str | None = None
+    #: who may connect to the status listener (empty: everyone who reaches it)
+    status_allow: tuple[Network, ...] = ()
     log_format: str = "text"
 
 

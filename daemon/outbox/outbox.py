@@ -53,6 +53,7 @@ from daemon.outbox.jobs import (
     QueueSummary,
 )
 from daemon.outbox.store import IJobStore
+from daemon.status.events import NO_EVENTS, IEventRecorder
 
 _T = TypeVar("_T")
 
@@ -136,8 +137,10 @@ class Outbox:
         page_size: int = PAGE_SIZE,
         rescan_interval: float | None = RESCAN_INTERVAL,
         kick_interval: float | None = KICK_INTERVAL,
+        events: IEventRecorder = NO_EVENTS,
     ) -> None:
         self.action = action
+        self.events = events
         self.policy = policy
         self._store = store
         self._deliver = deliver
@@ -744,6 +747,12 @@ class Outbox:
             destination=dest.name,
             reason=reason,
             error=job.last_error,
+        )
+        self.events.record(
+            "dead letter",
+            f"send:{self.action}",
+            f"job {job.id} for {dest.name}: {reason}; last error: {job.last_error}",
+            problem=True,
         )
         dest.head_attempts = 0
         self._adjust(dest, -1, -len(job.payload))

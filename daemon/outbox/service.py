@@ -122,6 +122,7 @@ class OutboxService(Service):
                 outbox_policy(action.config),
                 action.deliver,
                 self.reactor,
+                events=action.events,
             )
             action.attach_outbox(outbox)
 

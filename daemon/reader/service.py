@@ -60,6 +60,7 @@ from daemon.reader.session import (
     ReaderSession,
     SessionFactory,
 )
+from daemon.status.devices import CONNECTED, DISCONNECTED, ReaderState
 from daemon.status.stats import Snapshot, Stats, counter, gauge
 
 FAILURE_SUMMARY_INTERVAL = 60.0
@@ -228,6 +229,8 @@ class ReaderService(Service):
         self.section = f"reader:{config.name}"
         self.decider = Decider(config, reactor, self.section)
         self.stats = stats.add("reader", config.name, ReaderStats())
+        self.events = stats.events
+        stats.register_devices("reader", config.name, self.device_states)
         self.session: ReaderSession | None = None
 
         if endpoint is None:
@@ -249,6 +252,11 @@ class ReaderService(Service):
         self._last_error = ""
         self._empty_sessions = 0
         self._ever_connected = False
+        # For the status: the last badge's tag id, when the reader was
+        # lost, when the next connection attempt is due.
+        self._last_tag: str | None = None
+        self._lost_at: float | None = None
+        self._next_attempt_at: float | None = None
 
     # -- service
 
@@ -287,6 +295,30 @@ class ReaderService(Service):
         """
         return self._client.whenConnected()  # type: ignore[return-value]
 
+    def device_states(self) -> list[ReaderState]:
+        """
+        The reader's state now, for the status.
+        """
+        session = self.session
+        stats = self.stats
+        now = self.clock.seconds()
+        at = self._next_attempt_at
+        return [
+            ReaderState(
+                reader=self.reader,
+                address=session.peer if session is not None else self.config.connect,
+                state=CONNECTED if session is not None else DISCONNECTED,
+                connected_since=stats.last_connect if session is not None else None,
+                last_badge=self._last_tag,
+                last_badge_at=stats.last_badge,
+                last_error=self._last_error or None,
+                error_since=self._lost_at if session is None else None,
+                next_reconnect_in=(
+                    max(0.0, at - now) if at is not None and session is None else None
+                ),
+            )
+        ]
+
     # -- reconnection
 
     def _retry_delay(self, attempt: int) -> float:
@@ -296,10 +328,13 @@ class ReaderService(Service):
         anything counted as failed attempts (a reader busy with another
         client is not hammered every C{retry_initial} seconds).
         """
-        return self._backoff(attempt + self._empty_sessions)
+        delay = self._backoff(attempt + self._empty_sessions)
+        self._next_attempt_at = self.clock.seconds() + delay
+        return delay
 
     def _attempted(self) -> None:
         self._attempts += 1
+        self._next_attempt_at = None
 
     def _attempt_failed(self, failure: Failure) -> None:
         if failure.check(CancelledError) and self._stopping:
@@ -311,6 +346,14 @@ class ReaderService(Service):
         self._last_error = failure.getErrorMessage()
         if self._failures == 1:
             self._last_warning = now
+            if self._lost_at is None:
+                self._lost_at = now
+            self.events.record(
+                "cannot connect",
+                self.section,
+                f"{self.config.connect}: {self._last_error}",
+                problem=True,
+            )
             self.log.warn(
                 "[{section}] cannot connect to {connect}: {error}; retrying "
                 "every {initial:g} to {maximum:g} s",
@@ -349,6 +392,9 @@ class ReaderService(Service):
         stats.sessions += 1
         stats.last_connect = now
         self.session = session
+        self._lost_at = None
+        self._next_attempt_at = None
+        self.events.record("connected", self.section, f"connected to {session.peer}")
         attempts, elapsed = self._attempts, now - self._down_since
         if self._empty_sessions and attempts <= 1:
             level = LogLevel.debug
@@ -399,6 +445,15 @@ class ReaderService(Service):
         cause = session.close_reason
         if cause is None and not reason.check(ConnectionDone):
             stats.dead_links += 1
+        if not self._stopping:
+            self._lost_at = self.clock.seconds()
+            self._last_error = cause or reason.getErrorMessage()
+            self.events.record(
+                "disconnected",
+                self.section,
+                f"lost {session.peer}: {self._last_error}",
+                problem=True,
+            )
         if self._stopping:
             self.log.info(
                 "[{section}] closed the session to {peer}",
@@ -511,6 +566,7 @@ class ReaderService(Service):
         stats = self.stats
         stats.badges += 1
         stats.last_badge = self.clock.seconds()
+        self._last_tag = message.tag_id
         self.log.debug(
             "[{section}] {peer}: badge {tag_id} (checksum {span})",
             section=self.section,

@@ -24,7 +24,13 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    fail,
+    succeed,
+)
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -41,6 +47,8 @@ from daemon.send.limits import LinkLimiters
 from daemon.send.link import CLOSE_TIMEOUT, Link, LinkOptions, seconds
 from daemon.send.machine import FINAL
 from daemon.send.tls import load_tls
+from daemon.status.devices import DestinationBook, DestinationState, QueueFacts
+from daemon.status.events import NO_EVENTS, IEventRecorder
 from daemon.status.stats import ActionStats, Snapshot, Stats, counter, gauge
 
 if TYPE_CHECKING:
@@ -229,9 +237,13 @@ class SendAction:
         endpoint_factory: EndpointFactory | None = None,
         path: str = "<config>",
         random: Callable[[], float] = _random.random,
+        events: IEventRecorder = NO_EVENTS,
     ) -> None:
         self.config = config
         self.name = config.name
+        self.events = events
+        #: every attempt's outcome per destination, for the status
+        self.book = DestinationBook(self.name, config.queue.mode, reactor, events)
         self.stats = stats if stats is not None else ActionStats()
         self.clock: IReactorTime = reactor
         self.limiters = limiters if limiters is not None else LinkLimiters()
@@ -370,6 +382,7 @@ class SendAction:
             return link.start()
 
         def sent(reply: bytes) -> bytes:
+            self.book.succeeded(key)
             self.stats.bytes_out += len(payload)
             self.log.debug(
                 "action {action}: sent {size} bytes to {destination}",
@@ -379,7 +392,12 @@ class SendAction:
             )
             return reply
 
-        return turn.addCallback(connect).addCallback(sent)
+        def failed(failure: Failure) -> Failure:
+            if not self.stopping and not failure.check(CancelledError):
+                self.book.failed(key, str(failure.value))
+            return failure
+
+        return turn.addCallback(connect).addCallbacks(sent, failed)
 
     # -- outbox
 
@@ -478,6 +496,24 @@ class SendAction:
             destinations=len(s.destinations),
         ).snapshot()
 
+    def device_states(self) -> list[DestinationState]:
+        """
+        Each destination's state, with the outbox's jobs when queued.
+        """
+        outbox = self.outbox
+        if outbox is None:
+            return self.book.states()
+        return self.book.states(
+            QueueFacts(
+                destination=d.destination,
+                jobs_waiting=d.pending,
+                oldest_job_age=d.oldest_age,
+                next_retry_in=d.next_retry_in,
+                last_error=d.last_error,
+            )
+            for d in outbox.snapshot().destinations
+        )
+
 
 def build_send_actions(
     config: Config, reactor: Any, stats: Stats, service: MultiService
@@ -499,8 +535,10 @@ def build_send_actions(
             stats.action(send.name),
             limiters=limiters,
             path=config.path,
+            events=stats.events,
         )
         actions[send.name] = action
+        stats.register_devices("destination", send.name, action.device_states)
         if send.queue.mode != "none":
             queued.append(action)
             stats.register("outbox", send.name, action.outbox_snapshot, OutboxCounters)

@@ -146,6 +146,8 @@ class ServerConnection(Protocol):
         self.write_blocked = False
         self.reading_paused = False
         self.last_data = 0.0
+        #: when it connected (clock seconds)
+        self.since = 0.0
         clock = trigger.clock
         self._frame_idle = Deadline(
             clock, config.frame_idle, self._last, self._frame_idle_expired
@@ -224,7 +226,7 @@ class ServerConnection(Protocol):
         trigger.stats.connections += 1
         trigger.stats.active += 1
         self._input(ConnectionInput.MADE)
-        self.last_data = trigger.clock.seconds()
+        self.last_data = self.since = trigger.clock.seconds()
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         if trigger.config.keepalive > 0:
             try:
@@ -241,6 +243,7 @@ class ServerConnection(Protocol):
         self.log.info(
             "[{trigger}] {peer} connected", trigger=trigger.section, peer=self.peer
         )
+        trigger.events.record("connected", trigger.section, f"{self.peer} connected")
 
     def end(self) -> None:
         """
@@ -324,6 +327,7 @@ class ServerConnection(Protocol):
                 self._end_of_input((), "an abnormal close")
         trigger = self.trigger
         trigger.connections.discard(self)
+        trigger.connection_closed(self)
         stats = trigger.stats
         stats.active -= 1
         self._frame_idle.cancel()

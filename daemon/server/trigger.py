@@ -30,6 +30,8 @@ from daemon.core.peers import host_port, join_host_port
 from daemon.server.connection import ServerConnection
 from daemon.server.framing import ETX, STX
 from daemon.server.tls import ClientCertificates, handshake_refusal
+from daemon.status.devices import LISTENING, PeerState, TriggerState
+from daemon.status.events import NO_EVENTS, IEventRecorder
 from daemon.status.stats import ServerStats
 
 #: At most this many refused peers are remembered for rate-limited logging.
@@ -56,8 +58,12 @@ class ServerTrigger(Factory):
         variables: Mapping[str, str],
         clock: IReactorTime,
         stats: ServerStats,
+        events: IEventRecorder = NO_EVENTS,
     ) -> None:
         self.config = config
+        self.events = events
+        #: when a client last sent something, of those gone
+        self.last_data: float | None = None
         self.chain = chain
         self.variables = dict(variables)
         self.clock = clock
@@ -93,6 +99,41 @@ class ServerTrigger(Factory):
             return None
         connection = ServerConnection(self, host, port)
         return connection
+
+    def connection_closed(self, connection: ServerConnection) -> None:
+        """
+        C{connection} is gone: keep when it last sent something.
+        """
+        if self.last_data is None or connection.last_data > self.last_data:
+            self.last_data = connection.last_data
+        self.events.record(
+            "disconnected",
+            self.section,
+            f"{connection.peer} disconnected after {connection.seq}"
+            f" message{'' if connection.seq == 1 else 's'}",
+        )
+
+    def device_states(self) -> list[TriggerState]:
+        """
+        The listener and its clients now, for the status.
+        """
+        connections = sorted(self.connections, key=lambda c: c.since)
+        last = self.last_data
+        for c in connections:
+            if c.seq and (last is None or c.last_data > last):
+                last = c.last_data
+        return [
+            TriggerState(
+                trigger=self.config.name,
+                listen=self.config.listen,
+                state=LISTENING,
+                peers=tuple(
+                    PeerState(c.peer, c.since, c.seq, c.last_data) for c in connections
+                ),
+                last_data=last,
+                rejected=self.stats.rejected,
+            )
+        ]
 
     def _refusal(self, host: str) -> str | None:
         config = self.config
@@ -146,6 +187,12 @@ class ServerTrigger(Factory):
             if len(self._refused_logged) >= MAX_REMEMBERED_REFUSALS:
                 return
         self._refused_logged[key] = now
+        self.events.record(
+            "refused",
+            self.section,
+            f"refused {join_host_port(host, port)}: {reason}",
+            problem=True,
+        )
         self.log.warn(
             "[{trigger}] refused {peer}: {reason} "
             "(logged once per peer every {interval:.0f}s; see the '{counter}' counter)",

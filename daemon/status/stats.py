@@ -11,9 +11,12 @@ C{/metrics} reads the kind from there.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, Protocol, TypeVar, overload
+
+from daemon.status.devices import Device
+from daemon.status.events import EventLog, WallClock
 
 Snapshot = dict[str, int | float | str | None]
 
@@ -163,6 +166,14 @@ class Stats:
     sources: dict[str, dict[str, Callable[[], Snapshot]]] = field(default_factory=dict)
     #: The declared metric kind of each counter, by source kind.
     kinds: dict[str, dict[str, MetricKind]] = field(default_factory=dict)
+    #: The recent notable events (the daemon gives it its reactor as clock).
+    events: EventLog = field(default_factory=lambda: EventLog(WallClock()))
+    #: Per-device state (L{daemon.status.devices}) by kind (C{destination},
+    #: C{reader}, C{trigger}) and name: callables that build the views when
+    #: the status asks.
+    devices: dict[str, dict[str, Callable[[], Sequence[Device]]]] = field(
+        default_factory=dict
+    )
 
     def add(self, kind: str, name: str, counters: _C) -> _C:
         """
@@ -202,6 +213,24 @@ class Stats:
         The declared kind of C{counter} in sources of C{kind}, if any.
         """
         return self.kinds.get(kind, {}).get(counter)
+
+    def register_devices(
+        self, kind: str, name: str, states: Callable[[], Sequence[Device]]
+    ) -> None:
+        """
+        Register the per-device state of C{name}: C{states} builds its
+        views (L{daemon.status.devices}) when asked.
+        """
+        self.devices.setdefault(kind, {})[name] = states
+
+    def device_states(self) -> dict[str, list[Device]]:
+        """
+        Every device now, by kind (C{destination}, C{reader}, C{trigger}).
+        """
+        return {
+            kind: [device for _, states in sorted(named.items()) for device in states()]
+            for kind, named in sorted(self.devices.items())
+        }
 
     def snapshot(self) -> dict[str, dict[str, Snapshot]]:
         """

@@ -4,9 +4,15 @@ The HTTP status service: an HTML page, JSON and Prometheus C{/metrics}.
 Everything is read from the L{Stats} registry when a page is asked for; the
 hot path never knows the status page exists.
 
-    - C{GET /}: a small HTML page (no scripts, no external assets).
-    - C{GET /status.json}: version, uptime, start time and every counter.
-    - C{GET /metrics}: the Prometheus text exposition format.
+    - C{GET /}: the page for the people on shift (L{daemon.status.page}):
+      one row per device, problems first, refreshing itself; no external
+      assets.  C{GET /?part=live} is its refreshing part alone.
+    - C{GET /status.json}: version, uptime, start time, every device's state
+      (C{devices}), the recent events (C{events}) and every counter
+      (C{stats}).
+    - C{GET /metrics}: Prometheus, in the text format or OpenMetrics when the
+      scraper asks for it (C{Accept}); per-device series, the counters, and
+      the process's own (CPU, memory, open files).
 
 Anything else is a 404, any method other than GET or HEAD a 405.  Names and
 string values come from the configuration and from devices, so the HTML page
@@ -19,13 +25,14 @@ import html
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -44,7 +51,22 @@ from twisted.web.server import Site
 
 from daemon.core import logs
 from daemon.core.listening import ListeningService
+from daemon.core.networks import Network, host_allowed
+from daemon.core.peers import host_port, join_host_port
+from daemon.status.devices import (
+    BACKING_OFF,
+    FAILING,
+    IDLE,
+    OK,
+    DestinationState,
+    Device,
+    ReaderState,
+    TriggerState,
+)
+from daemon.status.events import NO_EVENTS, IEventRecorder
+from daemon.status.page import render_live, render_page
 from daemon.status.stats import MetricKind, Snapshot, Stats
+from daemon.status.stats import counter as counter_field
 
 #: Prefix of every metric name.
 PREFIX = "plantd"
@@ -54,6 +76,12 @@ MAX_CONNECTIONS = 32
 
 #: Seconds a status connection may stay idle before it is closed.
 IDLE_TIMEOUT = 60
+
+#: A peer refused by C{status_allow} is logged again after this many seconds.
+REFUSAL_LOG_INTERVAL = 600.0
+
+#: At most this many refused peers are remembered for rate-limited logging.
+MAX_REMEMBERED_REFUSALS = 1024
 
 #: The text format C{generate_latest} writes (C{prometheus_client} 0.20 has
 #: no constant for it; its C{CONTENT_TYPE_LATEST} has since moved on).
@@ -158,37 +186,37 @@ def _columns(named: Mapping[str, Snapshot]) -> list[str]:
     return list(seen)
 
 
+def render_live_part(view: StatusView) -> str:
+    """
+    The refreshing part of the page: devices and recent events, now.
+    """
+    return render_live(
+        view.stats.device_states(), view.stats.events.recent(), view.clock.seconds()
+    )
+
+
 def render_html(view: StatusView, snapshot: StatsSnapshot) -> str:
     """
-    The status page: uptime, version and one table per kind of counters,
-    with a row per name and a column per counter.  Everything that comes
-    from outside this module is HTML-escaped.
+    The status page: the devices and recent events (L{render_live_part}),
+    version and uptime, and, folded away for developers, one table per kind
+    of counters, with a row per name and a column per counter.  Everything
+    that comes from outside this module is HTML-escaped.
     """
     e = html.escape
     uptime = view.uptime()
-    out = [
-        "<!DOCTYPE html>",
-        '<html lang="en">',
-        "<head>",
-        '<meta charset="utf-8">',
-        "<title>plantd status</title>",
-        "<style>"
-        "body{font-family:sans-serif;margin:1em 2em}"
-        "table{border-collapse:collapse;margin-bottom:1.5em}"
-        "th,td{border:1px solid #bbb;padding:.2em .6em}"
-        "td.n{text-align:right;font-variant-numeric:tabular-nums}"
-        "</style>",
-        "</head>",
-        "<body>",
-        "<h1>plantd</h1>",
-        "<dl>",
-        f"<dt>Version</dt><dd>{e(view.version)}</dd>",
-        f"<dt>Started</dt><dd>{e(format_timestamp(view.started))}</dd>",
-        f"<dt>Uptime</dt><dd>{e(format_duration(uptime))} ({uptime:.0f}&nbsp;s)</dd>",
-        "</dl>",
-        '<p><a href="status.json">status.json</a> &middot; '
-        '<a href="metrics">metrics</a></p>',
-    ]
+    footer = "\n".join(
+        [
+            '<dl class="sub">',
+            f"<dt>Version</dt><dd>{e(view.version)}</dd>",
+            f"<dt>Started</dt><dd>{e(format_timestamp(view.started))}</dd>",
+            f"<dt>Uptime</dt><dd>{e(format_duration(uptime))}"
+            f" ({uptime:.0f}&nbsp;s)</dd>",
+            "</dl>",
+            '<p class="sub"><a href="status.json">status.json</a> &middot; '
+            '<a href="metrics">metrics</a></p>',
+        ]
+    )
+    out = ["<details>", "<summary>Counters (for developers)</summary>"]
     if not any(snapshot.values()):
         out.append("<p>No counters yet.</p>")
     for kind, named in snapshot.items():
@@ -210,9 +238,8 @@ def render_html(view: StatusView, snapshot: StatsSnapshot) -> str:
             out.append(f"<tr><th>{e(name)}</th>{''.join(cells)}</tr>")
         out.append("</tbody>")
         out.append("</table>")
-    out.append("</body>")
-    out.append("</html>")
-    return "\n".join(out) + "\n"
+    out.append("</details>")
+    return render_page(render_live_part(view), footer, "\n".join(out))
 
 
 def _json_safe(value: object) -> object:
@@ -224,15 +251,43 @@ def _json_safe(value: object) -> object:
     return value
 
 
+def device_document(device: Device) -> dict[str, Any]:
+    """
+    One device for C{/status.json}: its fields (times as POSIX timestamps,
+    durations in seconds) and C{up}.
+    """
+    document = {k: _json_safe(v) for k, v in asdict(device).items()}
+    document["up"] = device.up
+    return document
+
+
 def status_document(view: StatusView, snapshot: StatsSnapshot) -> dict[str, Any]:
     """
-    The C{/status.json} document: C{version}, C{uptime}, C{started} (a POSIX
-    timestamp) and C{stats} (C{{kind: {name: {counter: value}}}}).
+    The C{/status.json} document: C{version}, C{uptime}, C{started} and
+    C{now} (POSIX timestamps), C{devices} (C{{kind: [device, ...]}}, see
+    L{daemon.status.devices}), C{events} (newest first) and C{stats}
+    (C{{kind: {name: {counter: value}}}}).
     """
+    stats = view.stats
     return {
         "version": view.version,
         "uptime": view.uptime(),
         "started": view.started,
+        "now": view.clock.seconds(),
+        "devices": {
+            kind: [device_document(d) for d in devices]
+            for kind, devices in stats.device_states().items()
+        },
+        "events": [
+            {
+                "time": ev.time,
+                "what": ev.what,
+                "source": ev.source,
+                "text": ev.text,
+                "problem": ev.problem,
+            }
+            for ev in stats.events.recent()
+        ],
         "stats": {
             kind: {
                 name: {counter: _json_safe(v) for counter, v in counters.items()}
@@ -301,6 +356,112 @@ def metric_families(view: StatusView, snapshot: StatsSnapshot) -> Iterator[Metri
             yield family
 
 
+#: The states of a destination, each a sample of C{plantd_destination_state}.
+DESTINATION_STATES = (OK, IDLE, BACKING_OFF, FAILING)
+
+
+def device_families(
+    devices: Mapping[str, Sequence[Device]], events_recorded: int
+) -> Iterator[Metric]:
+    """
+    The per-device series: labelled C{action} and C{destination}, C{reader}
+    or C{trigger}; times as C{..._timestamp_seconds}, ages in seconds.
+    """
+    dest_labels = ["action", "destination"]
+    up = GaugeMetricFamily(
+        f"{PREFIX}_destination_up",
+        "1 when the last send to the destination worked (or none was tried).",
+        labels=dest_labels,
+    )
+    state = GaugeMetricFamily(
+        f"{PREFIX}_destination_state",
+        "1 for the destination's state (ok, idle, backing off, failing).",
+        labels=[*dest_labels, "state"],
+    )
+    waiting = GaugeMetricFamily(
+        f"{PREFIX}_destination_jobs_waiting",
+        "Jobs in the outbox for the destination.",
+        labels=dest_labels,
+    )
+    oldest = GaugeMetricFamily(
+        f"{PREFIX}_destination_oldest_job_age_seconds",
+        "Seconds the destination's oldest waiting job has waited (0: none).",
+        labels=dest_labels,
+    )
+    failures = GaugeMetricFamily(
+        f"{PREFIX}_destination_consecutive_failures",
+        "Failed attempts in a row to the destination.",
+        labels=dest_labels,
+    )
+    success = GaugeMetricFamily(
+        f"{PREFIX}_destination_last_success_timestamp_seconds",
+        "When a send to the destination last worked (POSIX time).",
+        labels=dest_labels,
+    )
+    failing_since = GaugeMetricFamily(
+        f"{PREFIX}_destination_failing_since_timestamp_seconds",
+        "When the destination's current run of failures began (POSIX time).",
+        labels=dest_labels,
+    )
+    reader_up = GaugeMetricFamily(
+        f"{PREFIX}_reader_up", "1 when the reader is connected.", labels=["reader"]
+    )
+    reader_since = GaugeMetricFamily(
+        f"{PREFIX}_reader_connected_since_timestamp_seconds",
+        "When the reader's session opened (POSIX time).",
+        labels=["reader"],
+    )
+    reader_badge = GaugeMetricFamily(
+        f"{PREFIX}_reader_last_badge_timestamp_seconds",
+        "When the reader last read a badge (POSIX time).",
+        labels=["reader"],
+    )
+    clients = GaugeMetricFamily(
+        f"{PREFIX}_trigger_clients",
+        "Clients connected to the server trigger now.",
+        labels=["trigger"],
+    )
+    last_data = GaugeMetricFamily(
+        f"{PREFIX}_trigger_last_message_timestamp_seconds",
+        "When a client of the server trigger last sent something (POSIX time).",
+        labels=["trigger"],
+    )
+    for kind in sorted(devices):
+        for d in devices[kind]:
+            if isinstance(d, DestinationState):
+                labels = [d.action, d.destination]
+                up.add_metric(labels, 1.0 if d.up else 0.0)
+                for name in DESTINATION_STATES:
+                    state.add_metric(
+                        [*labels, name.replace(" ", "_")],
+                        1.0 if d.state == name else 0.0,
+                    )
+                waiting.add_metric(labels, float(d.jobs_waiting))
+                oldest.add_metric(labels, d.oldest_job_age or 0.0)
+                failures.add_metric(labels, float(d.failures))
+                if d.last_success is not None:
+                    success.add_metric(labels, d.last_success)
+                if d.error_since is not None:
+                    failing_since.add_metric(labels, d.error_since)
+            elif isinstance(d, ReaderState):
+                reader_up.add_metric([d.reader], 1.0 if d.up else 0.0)
+                if d.connected_since is not None:
+                    reader_since.add_metric([d.reader], d.connected_since)
+                if d.last_badge_at is not None:
+                    reader_badge.add_metric([d.reader], d.last_badge_at)
+            elif isinstance(d, TriggerState):
+                clients.add_metric([d.trigger], float(len(d.peers)))
+                if d.last_data is not None:
+                    last_data.add_metric([d.trigger], d.last_data)
+    yield from (up, state, waiting, oldest, failures, success, failing_since)
+    yield from (reader_up, reader_since, reader_badge, clients, last_data)
+    yield CounterMetricFamily(
+        f"{PREFIX}_events",
+        "Notable events recorded (connects, failures, refusals, dead letters).",
+        value=events_recorded,
+    )
+
+
 class SnapshotCollector:
     """
     A C{prometheus_client} collector over one L{StatusView}: each scrape takes
@@ -311,7 +472,10 @@ class SnapshotCollector:
         self.view = view
 
     def collect(self) -> Iterable[Metric]:
-        return list(metric_families(self.view, self.view.stats.snapshot()))
+        stats = self.view.stats
+        families = list(metric_families(self.view, stats.snapshot()))
+        families.extend(device_families(stats.device_states(), stats.events.recorded))
+        return families
 
     def describe(self) -> Iterable[Metric]:
         # Nothing to describe up front: registering must not take a snapshot.
@@ -320,10 +484,14 @@ class SnapshotCollector:
 
 def metrics_registry(view: StatusView) -> CollectorRegistry:
     """
-    A registry of its own (not the global one) holding only our collector.
+    A registry of its own (not the global one) holding our collector and the
+    process collector (C{process_cpu_seconds_total},
+    C{process_resident_memory_bytes}, open files...; nothing where there is
+    no C{/proc}).
     """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SnapshotCollector(view))
+    ProcessCollector(registry=registry)
     return registry
 
 
@@ -372,6 +540,8 @@ class StatusPage(_Page):
 
     def content(self, request: Any) -> bytes:
         self._headers(request, HTML_CONTENT_TYPE)
+        if request.args.get(b"part") == [b"live"]:
+            return render_live_part(self.view).encode("utf-8")
         return render_html(self.view, self.view.stats.snapshot()).encode("utf-8")
 
 
@@ -399,8 +569,13 @@ class MetricsPage(_Page):
         self.registry = metrics_registry(view)
 
     def content(self, request: Any) -> bytes:
-        self._headers(request, METRICS_CONTENT_TYPE)
-        body: bytes = generate_latest(self.registry)
+        accept = request.getHeader(b"accept")
+        encoder, content_type = choose_encoder(
+            accept.decode("latin-1") if accept is not None else ""
+        )
+        self._headers(request, content_type.encode("ascii"))
+        request.setHeader(b"vary", b"Accept")
+        body: bytes = encoder(self.registry)
         return body
 
 
@@ -422,6 +597,21 @@ def make_root(view: StatusView) -> Resource:
     root.putChild(b"status.json", StatusJSON(view))
     root.putChild(b"metrics", MetricsPage(view))
     return root
+
+
+@dataclass(slots=True)
+class StatusSiteStats:
+    """
+    Counters of the status listener itself.
+    """
+
+    #: connections refused by C{status_allow}
+    refused: int = counter_field()
+    #: connections refused because MAX_CONNECTIONS were open
+    over_limit: int = counter_field()
+
+    def snapshot(self) -> Snapshot:
+        return dict(asdict(self))
 
 
 class StatusChannel(HTTPChannel):
@@ -452,17 +642,39 @@ class StatusSite(Site):
     noisy = False
     displayTracebacks = False
 
-    def __init__(self, resource: IResource, reactor: IReactorTime) -> None:
+    def __init__(
+        self,
+        resource: IResource,
+        reactor: IReactorTime,
+        allow: tuple[Network, ...] = (),
+        counters: StatusSiteStats | None = None,
+        events: IEventRecorder = NO_EVENTS,
+    ) -> None:
+        """
+        @param allow: the C{status_allow} networks; empty: everyone.
+        """
         super().__init__(
             resource,
             reactor=reactor,
             timeout=IDLE_TIMEOUT,
             parsePOSTFormSubmission=False,
         )
+        self.clock = reactor
+        self.allow = allow
+        self.counters = counters if counters is not None else StatusSiteStats()
+        self.events = events
         self.channels: set[StatusChannel] = set()
+        self._refused_logged: dict[str, float] = {}
 
     def buildProtocol(self, addr: IAddress) -> StatusChannel | None:  # type: ignore[override]
+        if self.allow:
+            host, port = host_port(addr)
+            if not host_allowed(host, self.allow):
+                self.counters.refused += 1
+                self._log_refusal(host, port)
+                return None
         if len(self.channels) >= MAX_CONNECTIONS:
+            self.counters.over_limit += 1
             self._log.warn(
                 "status: refusing {peer}: {limit} connections open already",
                 peer=addr,
@@ -473,6 +685,37 @@ class StatusSite(Site):
         self.channels.add(channel)
         channel.gone.addCallback(lambda _: self.channels.discard(channel))
         return channel
+
+    def _log_refusal(self, host: str, port: str) -> None:
+        """
+        Log a peer refused by C{status_allow} at most once every
+        L{REFUSAL_LOG_INTERVAL} seconds; the counter has every one.
+        """
+        now = self.clock.seconds()
+        last = self._refused_logged.get(host)
+        if last is not None and now - last < REFUSAL_LOG_INTERVAL:
+            return
+        if len(self._refused_logged) >= MAX_REMEMBERED_REFUSALS:
+            self._refused_logged = {
+                h: t
+                for h, t in self._refused_logged.items()
+                if now - t < REFUSAL_LOG_INTERVAL
+            }
+            if len(self._refused_logged) >= MAX_REMEMBERED_REFUSALS:
+                return
+        self._refused_logged[host] = now
+        peer = join_host_port(host, port)
+        self._log.warn(
+            "[plantd] status: refused {peer}: not in status_allow "
+            "(logged once per peer every {interval:.0f}s; see the 'refused' counter)",
+            peer=peer,
+            peer_host=host,
+            peer_port=port,
+            interval=REFUSAL_LOG_INTERVAL,
+        )
+        self.events.record(
+            "refused", "plantd", f"status page: refused {peer}", problem=True
+        )
 
     def log(self, request: Request) -> None:
         """
@@ -509,9 +752,20 @@ class StatusService(ListeningService):
     closes open connections.
     """
 
-    def __init__(self, reactor: Any, description: str, stats: Stats) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        description: str,
+        stats: Stats,
+        allow: tuple[Network, ...] = (),
+    ) -> None:
+        """
+        @param allow: the C{status_allow} networks; empty: everyone.
+        """
         super().__init__(reactor, description, "[plantd] status")
         self.stats = stats
+        self.allow = allow
+        self.counters = stats.add("status", "http", StatusSiteStats())
         self.site: StatusSite | None = None
 
     def build_factory(self) -> StatusSite:
@@ -521,7 +775,13 @@ class StatusService(ListeningService):
             started=self.reactor.seconds(),
             version=daemon_version(),
         )
-        self.site = StatusSite(make_root(view), self.reactor)
+        self.site = StatusSite(
+            make_root(view),
+            self.reactor,
+            self.allow,
+            self.counters,
+            self.stats.events,
+        )
         return self.site
 
     def close_connections(self) -> list[Deferred[Any]]:

@@ -217,7 +217,9 @@ class EverySeriesDeclaredTests(SynchronousTestCase):
             assert isinstance(action, SendAction)
             action.outbox = open_outbox()
         snapshot = stats.snapshot()
-        self.assertEqual(set(snapshot), {"server", "action", "reader", "outbox"})
+        self.assertEqual(
+            set(snapshot), {"server", "action", "reader", "outbox", "status"}
+        )
         exported = {
             family.name: family.type
             for family in metric_families(
