@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= etc/plantd.ini
 TRIAL_JOBS ?= 2
 
-.PHONY: run test trial lint bench check-config sim clean
+.PHONY: run test trial lint bench fuzz soak check-config sim clean
 
 $(STAMP): setup.cfg pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -52,8 +52,8 @@ trial: $(STAMP)
 	$(BIN)/python -m twisted.trial --jobs=$(TRIAL_JOBS) tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check daemon tests twisted bench
-	$(BIN)/ruff format --check daemon tests twisted bench
+	$(BIN)/ruff check daemon tests twisted bench fuzz soak
+	$(BIN)/ruff format --check daemon tests twisted bench fuzz soak
 	$(BIN)/mypy
 
 ## bench: plantd beside bare Twisted and asyncio (prints a table of figures and
@@ -61,6 +61,18 @@ lint: $(STAMP)
 ## short round; BENCH_ARGS: more options (python -m bench.run --help)
 bench: $(STAMP) bench/build/loadgen
 	$(BIN)/python -m bench.run $(if $(QUICK),--quick) $(BENCH_ARGS)
+
+## fuzz: the parser properties with FUZZ_EXAMPLES examples each (default 2000),
+## then FUZZ_SECONDS (default 90) of random bytes at a real daemon's listeners,
+## status page and reader trigger; exits 1 on a violation (FUZZ_SEED replays)
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m fuzz.run
+
+## soak: the daemon under steady mixed load for SOAK_SECONDS (default 600),
+## the printer away every minute; prints the figures, exits 1 only when an
+## acknowledged line was never printed or RSS/fds leaked
+soak: $(STAMP)
+	$(BIN)/python -m soak.run
 
 bench/build/loadgen: bench/loadgen.c
 	@mkdir -p bench/build
