@@ -52,9 +52,10 @@ class Options(usage.Options):
         [
             "log-level",
             None,
-            "info",
+            None,
             f"Least severe log level shown: {', '.join(logs.LEVELS)}. "
-            "debug shows every message, badge and retry.",
+            "debug shows every message, badge and retry. "
+            "Default: [plantd] log_level, else info.",
         ],
         [
             "render",
@@ -105,7 +106,7 @@ class Options(usage.Options):
         raise SystemExit(0)
 
     def postOptions(self) -> None:
-        if self["log-level"] not in logs.LEVELS:
+        if self["log-level"] not in (None, *logs.LEVELS):
             raise usage.UsageError(
                 f"--log-level must be one of {', '.join(logs.LEVELS)}"
             )
@@ -466,7 +467,7 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     config: Config = options.loaded
-    logs.set_level(options["log-level"])
+    logs.set_level(options["log-level"] or config.daemon.log_level)
     try:
         top = build_service(config, reactor, Notifier(reactor, os.environ))
     except ConfigError as e:
@@ -476,4 +477,8 @@ def makeService(options: Options) -> IService:
         sys.stderr.flush()
         raise SystemExit(1) from None
     top.log_observer = log_observer(options, config, os.environ)
+    # SIGHUP (systemctl reload) re-reads the file: see daemon/reload.py.
+    from daemon.reload import install
+
+    install(top, reactor, options["config"])
     return top

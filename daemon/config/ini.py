@@ -42,6 +42,7 @@ from daemon.config.model import (
     ServerConfig,
     TLSConfig,
 )
+from daemon.core import logs
 from daemon.core.networks import parse_networks
 from daemon.core.template import (
     VALUE_ESCAPES,
@@ -60,7 +61,9 @@ T = TypeVar("T")
 #: takes any variable name.
 KEYS: Mapping[str, frozenset[str]] = MappingProxyType(
     {
-        "plantd": frozenset({"state_dir", "status", "status_allow", "log_format"}),
+        "plantd": frozenset(
+            {"state_dir", "status", "status_allow", "log_format", "log_level"}
+        ),
         "server": frozenset(
             {
                 "listen",
@@ -559,6 +562,7 @@ def _daemon(s: _Section) -> DaemonConfig:
         status=status,
         status_allow=_networks(s, "status_allow"),
         log_format=s.choice("log_format", DaemonConfig.log_format, ("text", "json")),
+        log_level=s.choice("log_level", DaemonConfig.log_level, logs.LEVELS),
     )
 
 

@@ -61,6 +61,9 @@ class DaemonConfig:
     #: who may connect to the status listener (empty: everyone who reaches it)
     status_allow: tuple[Network, ...] = ()
     log_format: str = "text"
+    #: the least severe level logged (C{--log-level} wins at start-up; a
+    #: reload applies a changed one)
+    log_level: str = "info"
 
 
 @dataclass(frozen=True)

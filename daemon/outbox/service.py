@@ -9,7 +9,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -109,22 +109,59 @@ class OutboxService(Service):
                 raise
             self._stores.append(durable)
         for action in self.actions:
-            store: IJobStore
-            if action.config.queue.mode == "durable":
-                assert durable is not None
-                store = durable
-            else:
-                store = MemoryJobStore()
-                self._stores.append(store)
-            outbox = Outbox(
-                action.name,
-                store,
-                outbox_policy(action.config),
-                action.deliver,
-                self.reactor,
-                events=action.events,
-            )
-            action.attach_outbox(outbox)
+            self._attach(action, durable)
+
+    def _attach(self, action: SendAction, durable: IJobStore | None) -> None:
+        """
+        Give C{action} its outbox: on C{durable} with ``queue = durable``,
+        else on a memory store of its own.
+        """
+        store: IJobStore
+        if action.config.queue.mode == "durable":
+            assert durable is not None
+            store = durable
+        else:
+            store = MemoryJobStore()
+            self._stores.append(store)
+        outbox = Outbox(
+            action.name,
+            store,
+            outbox_policy(action.config),
+            action.deliver,
+            self.reactor,
+            events=action.events,
+        )
+        action.attach_outbox(outbox)
+
+    def add_action(self, action: SendAction) -> None:
+        """
+        Open and start the outbox of C{action}, added by a reload while
+        the daemon runs (the durable store is opened if it is not yet).
+        """
+        self.actions.append(action)
+        if not self._opened:
+            return
+        durable = next((s for s in self._stores if isinstance(s, SqliteJobStore)), None)
+        if durable is None and action.config.queue.mode == "durable":
+            os.makedirs(self.state_dir, exist_ok=True)
+            durable = SqliteJobStore(outbox_path(self.state_dir), self.reactor)
+            self._stores.append(durable)
+        self._attach(action, durable)
+        if self.running:
+            action.start_outbox()
+
+    def remove_action(self, action: SendAction) -> Deferred[None]:
+        """
+        Stop the outbox of C{action}, removed by a reload.  Its jobs stay in
+        the store: durable ones on disk (``plantd-outbox`` lists them), and
+        an action of the same name that comes back delivers them.
+        """
+        if action in self.actions:
+            self.actions.remove(action)
+        outbox = action.outbox
+        if outbox is None:
+            return succeed(None)
+        return outbox.stop()
 
     def startService(self) -> None:
         self._open()

@@ -289,6 +289,25 @@ class ReaderService(Service):
 
         return stopped.addCallback(done)
 
+    def update(
+        self,
+        *,
+        chain: ActionChain,
+        on_connect: ActionChain,
+        on_disconnect: ActionChain,
+        variables: Mapping[str, str],
+        decider: Decider,
+    ) -> None:
+        """
+        A reload: use these actions, variables and decider (its allow list
+        read again) from the next badge on; the session stays.
+        """
+        self.chain = chain
+        self.on_connect = on_connect
+        self.on_disconnect = on_disconnect
+        self.variables = dict(variables)
+        self.decider = decider
+
     def when_connected(self) -> Deferred[ReaderSession]:
         """
         The open session, or the next one.

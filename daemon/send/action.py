@@ -306,6 +306,23 @@ class SendAction:
         gone = [link.when_gone() for link in self._links]
         return DeferredList(gone).addCallback(lambda _: None)
 
+    def reconfigure(
+        self, config: SendConfig, endpoint_factory: EndpointFactory
+    ) -> None:
+        """
+        Use C{config} from the next event on (a reload changed the
+        section; its C{queue} mode is the same).  Jobs already in the
+        outbox keep the destination and data they were stored with; their
+        next attempts, like new links, use the new link settings.
+
+        @param endpoint_factory: endpoints for C{config} (its TLS files
+            loaded).
+        """
+        self.config = config
+        self.options = LinkOptions.from_config(config)
+        self.backoff = config.retry.backoff()
+        self.endpoint_factory = endpoint_factory
+
     # -- building the payload
 
     def render(self, event: Event) -> bytes:

@@ -46,6 +46,7 @@ from daemon.server.parse import ParseError, parse_frame
 from daemon.server.tls import peer_subject
 
 if TYPE_CHECKING:
+    from daemon.config import ServerConfig
     from daemon.server.trigger import ServerTrigger
 
 #: In line and delimiter modes, an unterminated message that has waited this
@@ -122,7 +123,11 @@ class ServerConnection(Protocol):
         self.peer_host = host
         self.peer_port = port
         self.peer = join_host_port(host, port)
-        config = trigger.config
+        # The settings this connection was made with: it keeps its framing,
+        # limits and timeouts when a reload changes the trigger (events use
+        # the trigger's current config).
+        self.config = config = trigger.config
+        self._echo_wrap = trigger._echo_wrap
         self.framer = make_framer(
             config.frame,
             max_frame=config.max_frame,
@@ -228,9 +233,9 @@ class ServerConnection(Protocol):
         self._input(ConnectionInput.MADE)
         self.last_data = self.since = trigger.clock.seconds()
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
-        if trigger.config.keepalive > 0:
+        if self.config.keepalive > 0:
             try:
-                apply_keepalive(self.transport, trigger.config.keepalive)
+                apply_keepalive(self.transport, self.config.keepalive)
             except OSError as e:
                 self.log.warn(
                     "[{trigger}] {peer}: cannot set keepalive options: {error}",
@@ -238,7 +243,7 @@ class ServerConnection(Protocol):
                     peer=self.peer,
                     error=e.strerror,
                 )
-        if trigger.config.idle_timeout > 0:
+        if self.config.idle_timeout > 0:
             self._idle_timeout.start()
         self.log.info(
             "[{trigger}] {peer} connected", trigger=trigger.section, peer=self.peer
@@ -361,7 +366,7 @@ class ServerConnection(Protocol):
         frame = self.framer.flush()
         stats = self.trigger.stats
         if frame is not None:
-            if self.trigger.config.frame in complete:
+            if self.config.frame in complete:
                 self._accept(frame)
                 self._flush()
             else:
@@ -388,7 +393,7 @@ class ServerConnection(Protocol):
         """
         self.write_blocked = True
         self._update_reading()
-        timeout = self.trigger.config.write_timeout
+        timeout = self.config.write_timeout
         if timeout > 0 and self._stall_call is None and self.alive:
             self._stall_call = self.trigger.clock.callLater(timeout, self._stalled)
 
@@ -417,7 +422,7 @@ class ServerConnection(Protocol):
             "(write_timeout); aborting",
             trigger=trigger.section,
             peer=self.peer,
-            timeout=trigger.config.write_timeout,
+            timeout=self.config.write_timeout,
         )
         self._abort()
 
@@ -463,7 +468,7 @@ class ServerConnection(Protocol):
         elif framer.buffered:
             if self._partial_wait is not None:
                 self._partial_wait.start()
-            elif trigger.config.frame == "idle":
+            elif self.config.frame == "idle":
                 self._frame_idle.start()
 
     def _oversized(self, error: FrameTooLong) -> None:
@@ -505,7 +510,7 @@ class ServerConnection(Protocol):
             return  # completed meanwhile; watch again at the next partial
         self._partial_wait = None
         trigger = self.trigger
-        config = trigger.config
+        config = self.config
         trigger.stats.partial_waits += 1
         if config.frame == "line":
             remedy = (
@@ -542,7 +547,7 @@ class ServerConnection(Protocol):
             "[{trigger}] {peer}: silent for {timeout}s (idle_timeout); aborting",
             trigger=trigger.section,
             peer=self.peer,
-            timeout=trigger.config.idle_timeout,
+            timeout=self.config.idle_timeout,
         )
         self._abort()
 
@@ -632,22 +637,27 @@ class ServerConnection(Protocol):
             assert isinstance(outcome, Deferred)
             slot = self.replies.reserve()
             assert slot is not None, "the replies close after the last event"
-            outcome.addCallback(self._finished_later, slot, event, frame)
+            outcome.addCallback(self._finished_later, slot, event, frame, config)
             return
         if outcome is not None:
             stats.action_errors += 1
         self._finish(event, frame, outcome)
 
     def _finish(self, event: Event, frame: bytes, outcome: Outcome) -> None:
-        self.replies.add(self._reply(event, frame, outcome))
+        self.replies.add(self._reply(event, frame, outcome, self.trigger.config))
 
     def _finished_later(
-        self, outcome: Outcome, slot: Slot, event: Event, frame: bytes
+        self,
+        outcome: Outcome,
+        slot: Slot,
+        event: Event,
+        frame: bytes,
+        config: ServerConfig,
     ) -> None:
         stats = self.trigger.stats
         if outcome is not None:
             stats.action_errors += 1
-        data = self._reply(event, frame, outcome)
+        data = self._reply(event, frame, outcome, config)
         if not self.replies.fill(slot, data):
             # Its slot went with the connection.
             if data:
@@ -655,13 +665,15 @@ class ServerConnection(Protocol):
             return
         self._flush()
 
-    def _reply(self, event: Event, frame: bytes, outcome: Outcome) -> bytes:
+    def _reply(
+        self, event: Event, frame: bytes, outcome: Outcome, config: ServerConfig
+    ) -> bytes:
         """
         The bytes this event sends back: what actions sent to the sender,
-        then the reply (or the error reply).
+        then the reply (or the error reply), as C{config} (the trigger's
+        when the event began) says.
         """
         trigger = self.trigger
-        config = trigger.config
         stats = trigger.stats
         parts = event.reply or []
         if outcome is not None:
@@ -678,7 +690,7 @@ class ServerConnection(Protocol):
             event.variables["error"] = outcome
             template = config.error_reply
         elif config.reply == "echo":
-            before, after = trigger._echo_wrap
+            before, after = self._echo_wrap
             parts.append(before + frame + after)
             return b"".join(parts)
         elif config.reply_template is not None:

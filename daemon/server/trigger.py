@@ -80,6 +80,20 @@ class ServerTrigger(Factory):
             else None
         )
 
+    def update(
+        self, config: ServerConfig, chain: ActionChain, variables: Mapping[str, str]
+    ) -> None:
+        """
+        A reload changed the section (not its C{listen}), the actions or the
+        variables: new connections, and new events of the open ones, use
+        these.  An open connection keeps the framing, limits and timeouts
+        it was made with (L{ServerConnection.config}).
+        """
+        self.config = config
+        self.chain = chain
+        self.variables = dict(variables)
+        self._echo_wrap = self._echo_wrapping(config)
+
     @staticmethod
     def _echo_wrapping(config: ServerConfig) -> tuple[bytes, bytes]:
         if config.frame == "line":

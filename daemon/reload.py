@@ -1,0 +1,586 @@
+"""
+Reloading the configuration on C{SIGHUP} (``systemctl reload``).
+
+L{diff} compares the running L{Config} with the one just read and gives a
+L{Plan}: the sections added, removed and changed (with the keys that
+changed), the variables and the ``[plantd]`` keys.  It is pure.
+
+L{Reloader} applies a plan to the running service tree
+(L{daemon.tap.PlantdService}) section by section, so that whatever did not
+change keeps its sockets:
+
+  - A file that cannot be read, or whose objects cannot be built (a TLS
+    file that is not PEM, an allow list with a bad line), is rejected with
+    the same one line as at start-up, logged at error; nothing changes.
+    Everything that can fail is built before anything running is touched.
+  - Removed (and re-bound) listeners, readers and actions stop as at
+    shutdown, in L{daemon.tap.STOP_ORDER}: clients get the replies already
+    due, device links close cleanly.  An outbox's jobs stay in the store:
+    a removed action's durable jobs remain on disk (``plantd-outbox``
+    lists them) and are delivered again when the action comes back.
+  - A changed server trigger whose C{listen} is the same keeps its port and
+    its connections; new events use the new settings (a connection keeps
+    the framing and timeouts it was made with).  A changed C{listen}
+    rebinds.
+  - A changed send action takes effect for the next event; jobs already in
+    its outbox are delivered with the destination and data they were
+    stored with.  A changed C{queue} mode replaces the action.
+  - A changed reader reconnects; an unchanged one keeps its session, and
+    its C{allow_list} file is read again.
+  - C{[variables]} and C{[plantd] log_level} apply to the next event or
+    line; other ``[plantd]`` keys (C{state_dir}, C{status}, ...) need a
+    restart, and the log says so.
+
+One info line says what changed: ``reload: +server:extra, ~send:label
+(destination), -reader:old``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+
+from daemon.config import Config, ConfigError, read_config
+from daemon.core import logs
+from daemon.core.actions import ActionChain
+
+if TYPE_CHECKING:
+    from daemon.reader.service import ReaderService
+    from daemon.send.action import SendAction
+    from daemon.server.trigger import ListenerService
+    from daemon.tap import PlantdService
+
+__all__ = [
+    "RELOADABLE_DAEMON_KEYS",
+    "Plan",
+    "Reloader",
+    "SectionChange",
+    "diff",
+]
+
+#: The ``[plantd]`` keys a reload applies; a change to any other one is
+#: logged as needing a restart.
+RELOADABLE_DAEMON_KEYS = frozenset({"log_level"})
+
+#: INI key names of nested config fields, where they differ from
+#: C{outer_inner}.
+_NESTED_KEYS: Mapping[tuple[str, str], str] = {
+    ("retry", "initial"): "retry_initial",
+    ("retry", "maximum"): "retry_max",
+    ("tls", "enabled"): "tls",
+    ("tls", "ca"): "tls_ca",
+    ("tls", "cert"): "tls_cert",
+    ("tls", "key"): "tls_key",
+    ("tls", "hostname"): "tls_hostname",
+    ("queue", "mode"): "queue",
+    ("queue", "max_jobs"): "max_jobs",
+    ("queue", "max_bytes"): "max_bytes",
+    ("queue", "when_full"): "when_full",
+    ("queue", "max_attempts"): "max_attempts",
+    ("queue", "max_age"): "max_age",
+}
+
+#: The config fields that group several INI keys.
+_NESTED = frozenset(outer for outer, _ in _NESTED_KEYS)
+
+#: INI key names of flat config fields, where they differ.
+_FLAT_KEYS: Mapping[str, str] = {"reply_template": "reply"}
+
+
+def changed_keys(old: Any, new: Any) -> tuple[str, ...]:
+    """
+    The INI keys whose values differ between two config dataclasses of the
+    same type, in field order (nested objects by their own keys).
+    """
+    keys: list[str] = []
+    for f in dataclasses.fields(old):
+        a, b = getattr(old, f.name), getattr(new, f.name)
+        if a == b:
+            continue
+        if f.name in _NESTED and dataclasses.is_dataclass(a):
+            inner = [
+                _NESTED_KEYS.get((f.name, g.name), f"{f.name}_{g.name}")
+                for g in dataclasses.fields(a)
+                if getattr(a, g.name) != getattr(b, g.name)
+            ]
+            names = inner or [f.name]
+        else:
+            names = [_FLAT_KEYS.get(f.name, f.name)]
+        keys.extend(n for n in names if n not in keys)
+    return tuple(keys)
+
+
+@dataclass(frozen=True)
+class SectionChange:
+    """
+    One ``[kind:name]`` section that is in both files, with different
+    values.
+
+    @ivar keys: the keys whose values changed.
+    """
+
+    kind: str
+    name: str
+    keys: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """
+    What a reload changes.
+
+    @ivar added: ``kind:name`` of the sections only the new file has.
+    @ivar removed: ``kind:name`` of the sections only the old file has.
+    @ivar changed: the sections in both with different values.
+    @ivar variables: the C{[variables]} names added, removed or changed.
+    @ivar daemon: the ``[plantd]`` keys that changed.
+    """
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[SectionChange, ...] = ()
+    variables: tuple[str, ...] = ()
+    daemon: tuple[str, ...] = ()
+
+    @property
+    def restart_needed(self) -> tuple[str, ...]:
+        """
+        The changed ``[plantd]`` keys that a reload does not apply.
+        """
+        return tuple(k for k in self.daemon if k not in RELOADABLE_DAEMON_KEYS)
+
+    def change(self, kind: str, name: str) -> SectionChange | None:
+        """
+        The change of ``[kind:name]``, or None when it is unchanged (or
+        added, or removed).
+        """
+        for c in self.changed:
+            if c.kind == kind and c.name == name:
+                return c
+        return None
+
+    def describe(self) -> str:
+        """
+        The one log line: ``reload: +server:extra, ~send:label
+        (destination), -reader:old``, or ``reload: nothing changed``.
+        """
+        parts = [f"+{label}" for label in self.added]
+        parts += [f"~{c.label} ({', '.join(c.keys)})" for c in self.changed]
+        if self.variables:
+            parts.append(f"~variables ({', '.join(self.variables)})")
+        if self.daemon:
+            restart = set(self.restart_needed)
+            keys = [f"{k}: needs a restart" if k in restart else k for k in self.daemon]
+            parts.append(f"~plantd ({', '.join(keys)})")
+        parts += [f"-{label}" for label in self.removed]
+        return "reload: " + (", ".join(parts) if parts else "nothing changed")
+
+
+def _sections(config: Config) -> dict[str, tuple[str, str, Any]]:
+    result: dict[str, tuple[str, str, Any]] = {}
+    for kind, items in (
+        ("server", config.servers),
+        ("send", config.sends),
+        ("reader", config.readers),
+    ):
+        for item in items:
+            result[f"{kind}:{item.name}"] = (kind, item.name, item)
+    return result
+
+
+def diff(old: Config, new: Config) -> Plan:
+    """
+    What changes from C{old} to C{new}, section by section, in the order of
+    the new file (removed sections in the order of the old one).
+    """
+    before, after = _sections(old), _sections(new)
+    added = tuple(label for label in after if label not in before)
+    removed = tuple(label for label in before if label not in after)
+    changed: list[SectionChange] = []
+    for label, (kind, name, item) in after.items():
+        if label in before and before[label][2] != item:
+            keys = changed_keys(before[label][2], item)
+            changed.append(SectionChange(kind, name, keys))
+    names = list(new.variables) + [n for n in old.variables if n not in new.variables]
+    variables = tuple(n for n in names if old.variables.get(n) != new.variables.get(n))
+    return Plan(
+        added=added,
+        removed=removed,
+        changed=tuple(changed),
+        variables=variables,
+        daemon=changed_keys(old.daemon, new.daemon),
+    )
+
+
+def running_config(old: Config, new: Config) -> Config:
+    """
+    C{new} as it runs after a reload: the ``[plantd]`` keys a reload does
+    not apply keep their running values (so that the next reload still
+    reports them as needing a restart).
+    """
+    kept = {
+        f.name: getattr(old.daemon, f.name)
+        for f in dataclasses.fields(old.daemon)
+        if f.name not in RELOADABLE_DAEMON_KEYS
+    }
+    return dataclasses.replace(new, daemon=dataclasses.replace(new.daemon, **kept))
+
+
+@dataclass
+class _Prepared:
+    """
+    Everything a reload builds before it touches the running tree.
+    """
+
+    #: new actions (added, or replacing one whose queue mode changed)
+    new_actions: dict[str, SendAction]
+    #: changed actions updated in place: name -> (config, endpoint factory)
+    updates: dict[str, tuple[Any, Any]]
+    #: every reader of the new file -> its new decider
+    deciders: dict[str, Any]
+    #: new reader services (added or changed)
+    new_readers: dict[str, ReaderService]
+
+
+class Reloader:
+    """
+    Re-reads the configuration file on C{SIGHUP} and applies it to the
+    running daemon (see the module docstring).
+
+    @ivar top: the running service tree.
+    @ivar path: the configuration file.
+    """
+
+    log = Logger(observer=logs.observer)
+
+    def __init__(
+        self,
+        top: PlantdService,
+        reactor: Any,
+        path: str,
+        read: Callable[[str], Config] = read_config,
+    ) -> None:
+        self.top = top
+        self.reactor = reactor
+        self.path = path
+        self.read = read
+        self._busy = False
+        self._again = False
+        self.done: Deferred[None] | None = None
+
+    # -- the signal
+
+    def install(self) -> None:
+        """
+        Reload on C{SIGHUP}.  (twistd handles SIGINT, SIGTERM and, for
+        log rotation, SIGUSR1; SIGHUP would otherwise end the daemon.)
+        """
+        signal.signal(signal.SIGHUP, self._signalled)
+
+    def _signalled(self, number: int, frame: FrameType | None) -> None:
+        # In a signal handler: hand over to the reactor, as Twisted's own
+        # SIGINT/SIGTERM handlers do.
+        self.reactor.callFromThread(self.request)
+
+    def request(self) -> None:
+        """
+        Reload now, or once the reload under way has finished.
+        """
+        if not self.top.running:
+            self.log.warn("reload: ignored, the daemon is not running")
+            return
+        if self._busy:
+            self._again = True
+            return
+        self._busy = True
+        self.done = Deferred.fromCoroutine(self._loop())
+
+    async def _loop(self) -> None:
+        try:
+            while True:
+                self._again = False
+                await self.reload()
+                if not self._again or not self.top.running:
+                    return
+        finally:
+            self._busy = False
+
+    # -- reloading
+
+    async def reload(self) -> Plan | None:
+        """
+        Read the file and apply it.
+
+        @return: what changed, or None when the file was rejected.
+        """
+        top = self.top
+        notifier = getattr(top, "notifier", None)
+        if notifier is not None:
+            notifier.reloading()
+        try:
+            self.log.info("reload: reading {path}", path=self.path)
+            try:
+                new = self.read(self.path)
+                plan = diff(top.config, new)
+                prepared = self._prepare(new, plan)
+            except ConfigError as e:
+                self.log.error(
+                    "reload rejected, the running configuration stays: plantd: {error}",
+                    error=str(e),
+                )
+                return None
+            try:
+                await self._commit(new, plan, prepared)
+            except Exception:
+                self.log.failure("reload: failed while applying {path}", path=self.path)
+                return None
+            self.log.info("{line}", line=plan.describe())
+            if plan.restart_needed:
+                self.log.warn(
+                    "reload: [plantd] {keys} changed; the running value stays "
+                    "until the daemon restarts",
+                    keys=", ".join(plan.restart_needed),
+                )
+            return plan
+        finally:
+            if notifier is not None:
+                status = getattr(top, "status_line", None)
+                notifier.ready(status() if status is not None else "")
+
+    def _prepare(self, new: Config, plan: Plan) -> _Prepared:
+        """
+        Build what the new file needs and the running tree does not have.
+        Touches nothing that runs.
+
+        @raise ConfigError: something cannot be built.
+        """
+        from daemon.reader.decide import Decider
+        from daemon.reader.service import ReaderService
+        from daemon.send.action import SendAction
+        from daemon.send.endpoints import make_endpoint_factory
+        from daemon.send.limits import LinkLimiters
+        from daemon.send.tls import load_tls
+        from daemon.status.stats import ActionStats
+
+        top = self.top
+        limiters = next(
+            (a.limiters for a in top.actions.values() if isinstance(a, SendAction)),
+            LinkLimiters(),
+        )
+        new_actions: dict[str, SendAction] = {}
+        updates: dict[str, tuple[Any, Any]] = {}
+        for send in new.sends:
+            label = f"send:{send.name}"
+            change = plan.change("send", send.name)
+            old = top.actions.get(send.name)
+            if label in plan.added or (
+                change is not None
+                and isinstance(old, SendAction)
+                and old.config.queue.mode != send.queue.mode
+            ):
+                new_actions[send.name] = SendAction(
+                    send,
+                    self.reactor,
+                    ActionStats(),
+                    limiters=limiters,
+                    path=new.path,
+                    **_events(top),
+                )
+            elif change is not None:
+                tls = load_tls(send, new.path) if send.tls.enabled else None
+                updates[send.name] = (
+                    send,
+                    make_endpoint_factory(self.reactor, send, tls),
+                )
+        deciders = {
+            r.name: Decider(r, self.reactor, f"reader:{r.name}") for r in new.readers
+        }
+        # Built last (they register their counters; their deciders are
+        # built above): their chains are set at commit, with the new actions.
+        empty = ActionChain([])
+        new_readers: dict[str, ReaderService] = {}
+        for reader in new.readers:
+            if f"reader:{reader.name}" in plan.added or plan.change(
+                "reader", reader.name
+            ):
+                new_readers[reader.name] = ReaderService(
+                    reader,
+                    self.reactor,
+                    chain=empty,
+                    on_connect=empty,
+                    on_disconnect=empty,
+                    variables=new.variables,
+                    stats=top.stats,
+                )
+        return _Prepared(new_actions, updates, deciders, new_readers)
+
+    async def _commit(self, new: Config, plan: Plan, prepared: _Prepared) -> None:
+        """
+        Apply C{plan}: stop what goes (in stop order), update what stays,
+        start what comes (in start order).
+        """
+        from daemon.outbox.service import OutboxService, outbox_policy
+        from daemon.reader.service import ReaderService
+        from daemon.send.action import OutboxCounters, SendAction
+        from daemon.server.trigger import ListenerService, ServerTrigger
+        from daemon.tap import Phase
+
+        top = self.top
+        old = top.config
+        if "log_level" in plan.daemon:
+            logs.set_level(getattr(new.daemon, "log_level", "info"))
+
+        # -- stop what goes: listeners, readers, actions (STOP_ORDER)
+        servers = {s.name: s for s in new.servers}
+        going_listeners: list[ListenerService] = []
+        for name, listener in list(top.listeners.items()):
+            server = servers.get(name)
+            running = listener.trigger.config
+            if server is None or (server.listen, server.tls_client_ca) != (
+                running.listen,
+                running.tls_client_ca,
+            ):
+                going_listeners.append(listener)
+                del top.listeners[name]
+        await _stop_all(going_listeners)
+
+        readers = {
+            s.reader: s
+            for s in top.phases[Phase.READERS]
+            if isinstance(s, ReaderService)
+        }
+        going_readers = [
+            s
+            for name, s in readers.items()
+            if name in prepared.new_readers
+            or not any(r.name == name for r in new.readers)
+        ]
+        await _stop_all(going_readers)
+
+        outboxes = [
+            s for s in top.phases[Phase.OUTBOXES] if isinstance(s, OutboxService)
+        ]
+        names = {s.name for s in new.sends}
+        going_actions = {
+            name: a
+            for name, a in top.actions.items()
+            if name not in names or name in prepared.new_actions
+        }
+        await DeferredList([maybeDeferred(a.stop) for a in going_actions.values()])
+        for name, action in going_actions.items():
+            del top.actions[name]
+            if isinstance(action, SendAction) and action.outbox is not None:
+                for service in outboxes:
+                    await service.remove_action(action)
+
+        # -- update what stays
+        for name, (send, endpoints) in prepared.updates.items():
+            action = top.actions[name]
+            assert isinstance(action, SendAction)
+            action.reconfigure(send, endpoints)
+            if action.outbox is not None:
+                action.outbox.policy = outbox_policy(send)
+
+        # -- start what comes: outboxes and actions, readers, listeners
+        for name, action in prepared.new_actions.items():
+            top.stats.add("action", name, action.stats)
+            top.actions[name] = action
+            if action.config.queue.mode != "none":
+                top.stats.register(
+                    "outbox", name, action.outbox_snapshot, OutboxCounters
+                )
+                if not outboxes:
+                    opened = OutboxService(
+                        self.reactor, old.daemon.state_dir, [], new.path
+                    )
+                    top.add(opened, Phase.OUTBOXES)
+                    outboxes.append(opened)
+                outboxes[0].add_action(action)
+        # Keep the order of the file.
+        ordered = {s.name: top.actions[s.name] for s in new.sends}
+        top.actions.clear()
+        top.actions.update(ordered)
+
+        def chain(names: tuple[str, ...]) -> ActionChain:
+            return ActionChain([top.actions[n] for n in names])
+
+        for reader in new.readers:
+            kept = prepared.new_readers.get(reader.name) or readers[reader.name]
+            kept.update(
+                chain=chain(reader.actions),
+                on_connect=chain(reader.on_connect),
+                on_disconnect=chain(reader.on_disconnect),
+                variables=new.variables,
+                decider=prepared.deciders[reader.name],
+            )
+        for reader in new.readers:
+            coming = prepared.new_readers.get(reader.name)
+            if coming is not None:
+                top.add(coming, Phase.READERS)
+
+        for server in new.servers:
+            staying = top.listeners.get(server.name)
+            if staying is not None:
+                staying.trigger.update(server, chain(server.actions), new.variables)
+                continue
+            trigger = ServerTrigger(
+                server,
+                chain(server.actions),
+                new.variables,
+                self.reactor,
+                top.stats.server(server.name),
+                **_events(top),
+            )
+            # The status page's device view (once the status work has it).
+            register = getattr(top.stats, "register_devices", None)
+            states = getattr(trigger, "device_states", None)
+            if register is not None and states is not None:
+                register("trigger", server.name, states)
+            listener = ListenerService(self.reactor, server.listen, trigger)
+            try:
+                top.add(listener, Phase.LISTENERS)
+            except CannotListenError:
+                # Logged (critical) by the listener; the rest of the reload
+                # stands.
+                await maybeDeferred(listener.disownServiceParent)
+                continue
+            top.listeners[server.name] = listener
+        top.config = running_config(old, new)
+
+
+def _events(top: PlantdService) -> dict[str, Any]:
+    """
+    The daemon's event log for a new trigger or action, as build_service
+    gives it (C{{}} until the status event log exists).
+    """
+    events = getattr(top.stats, "events", None)
+    return {} if events is None else {"events": events}
+
+
+async def _stop_all(services: list[Any]) -> None:
+    """
+    Stop C{services} at once (each leaves its phase), and wait for them.
+    """
+    await DeferredList([maybeDeferred(s.disownServiceParent) for s in services])
+
+
+def install(top: PlantdService, reactor: Any, path: str) -> Reloader:
+    """
+    A L{Reloader} for C{top}, reloading C{path} on C{SIGHUP}.
+    """
+    reloader = Reloader(top, reactor, os.path.abspath(path))
+    reloader.install()
+    return reloader
