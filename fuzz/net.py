@@ -1,8 +1,10 @@
 """
 The network half of C{make fuzz}: random and structured-but-broken bytes at
-a real C{twistd -n plantd}: every server frame mode, the status page's HTTP,
-and a reader trigger fed by a fake SpringCore (a loopback server here that
-sends garbled C{$SCRDR} lines).
+a real C{twistd -n plantd}: every server frame mode, TLS listeners (``ssl:``,
+one requiring client certificates: raw non-TLS bytes, and TLS clients with
+no certificate, the plant's, an expired one or another CA's), the status
+page's HTTP, and a reader trigger fed by a fake SpringCore (a loopback
+server here that sends garbled C{$SCRDR} lines).
 
 The rule checked (L{Findings}): no exception escapes (nothing like
 "Unhandled Error" or a traceback in the daemon's log), memory stays bounded
@@ -17,6 +19,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -25,6 +28,7 @@ from typing import Any
 
 from daemon.reader.scrdr import MAX_MESSAGE, build_scrdr
 from fuzz.proc import Daemon, log_problems, mib
+from tests.server.certs import Certificates, write_certificates
 
 MAX_FRAME = 512
 MAX_CONNECTIONS = 80
@@ -53,9 +57,21 @@ LISTENERS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def config_text(state_dir: str, reader_port: int) -> str:
+#: (section, needs a client certificate) for the TLS server triggers: line
+#: framing over ``ssl:``, one of them with C{tls_client_ca}.
+TLS_LISTENERS: tuple[tuple[str, bool], ...] = (("tls", False), ("mtls", True))
+
+#: What a connection to a TLS listener does: raw bytes that are no TLS at
+#: all, a TLS client with no certificate, the plant's valid one, an expired
+#: one, or one from another CA.
+TLS_CLIENTS = ("raw", "anonymous", "client", "expired", "other")
+
+
+def config_text(
+    state_dir: str, reader_port: int, certs: Certificates | None = None
+) -> str:
     """
-    The daemon's INI for a fuzz run.
+    The daemon's INI for a fuzz run (with C{certs}, TLS listeners too).
     """
     parts = [f"[plantd]\nstate_dir = {state_dir}\nstatus = tcp:0:interface=127.0.0.1\n"]
     for name, mode, extra in LISTENERS:
@@ -63,6 +79,21 @@ def config_text(state_dir: str, reader_port: int) -> str:
             f"[server:{name}]\nlisten = tcp:0:interface=127.0.0.1\nframe = {mode}\n"
             f"max_frame = {MAX_FRAME}\nmax_connections = {MAX_CONNECTIONS}\n"
             f"idle_timeout = 5\nwrite_timeout = 5\nallow = 127.0.0.0/8 ::1\n{extra}"
+        )
+    for name, mutual in TLS_LISTENERS if certs is not None else ():
+        assert certs is not None
+        listen = (
+            f"ssl:0:interface=127.0.0.1:privateKey={certs.server_key}"
+            f":certKey={certs.server_cert}"
+        )
+        parts.append(
+            f"[server:{name}]\nlisten = {listen}\nmax_frame = {MAX_FRAME}\n"
+            f"max_connections = {MAX_CONNECTIONS}\nidle_timeout = 5\n"
+            "write_timeout = 5\n"
+            + (f"tls_client_ca = {certs.ca}\n" if mutual else "")
+            + "parse = regex:^(?P<sku>[\\w-]+);(?P<qty>\\d+)$\n"
+            "reply = ACK [sku] [qty] [peer_cert]\\r\\n\n"
+            "error_reply = NAK [error]\\r\\n\n"
         )
     parts.append(
         f"[reader:fake]\nconnect = tcp:host=127.0.0.1:port={reader_port}:timeout=5\n"
@@ -281,6 +312,57 @@ def _finish(rng: random.Random, sock: socket.socket) -> None:
     sock.close()
 
 
+def _tls_connection(
+    rng: random.Random, port: int, certs: Certificates
+) -> tuple[int, str]:
+    """
+    One connection to a TLS listener: raw bytes that are no TLS at all, or a
+    real TLS client (with no certificate, the plant's, an expired one, or
+    another CA's) sending a line-mode payload and ending one of the ways a
+    peer can.  Returns the bytes sent and the kind.
+    """
+    who = rng.choice(TLS_CLIENTS)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=2)
+    if who == "raw":
+        sent = _send_chunks(rng, sock, _noise(rng, rng.randint(1, 3000)))
+        _finish(rng, sock)
+        return sent, who
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if who != "anonymous":
+        context.load_cert_chain(*getattr(certs, who))
+    data, kind = server_payload(rng, "line")
+    sent = 0
+    try:
+        tls = context.wrap_socket(sock)
+    except (OSError, ssl.SSLError):
+        sock.close()
+        return 0, f"{who} refused"
+    conn: socket.socket = tls
+    try:
+        sent = _send_chunks(rng, tls, data)
+        how = rng.randrange(3)
+        if how == 0:
+            conn = tls.unwrap()  # close_notify; what is due still comes
+        else:
+            tls.settimeout(0.2)
+            try:
+                while tls.recv(65536):
+                    pass
+            except (OSError, ssl.SSLError):
+                pass
+        if how == 1:
+            conn.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+            )
+    except (OSError, ssl.SSLError, ValueError):
+        pass
+    finally:
+        conn.close()
+    return sent, f"{who} {kind}"
+
+
 class FakeReader(threading.Thread):
     """
     A SpringCore stand-in: accepts the daemon's reader connection and sends
@@ -338,13 +420,27 @@ class FakeReader(threading.Thread):
 
 
 def _worker(
-    daemon: Daemon, deadline: float, seed: int, tally: Tally, stop: threading.Event
+    daemon: Daemon,
+    deadline: float,
+    seed: int,
+    tally: Tally,
+    stop: threading.Event,
+    certs: Certificates,
 ) -> None:
     rng = random.Random(seed)
     targets = [(name, mode) for name, mode, _ in LISTENERS] + [("status", "http")]
+    targets += [(name, "tls") for name, _ in TLS_LISTENERS]
     while time.monotonic() < deadline and not stop.is_set():
         name, mode = rng.choice(targets)
         port = daemon.ports["plantd" if mode == "http" else f"server:{name}"]
+        if mode == "tls":
+            try:
+                sent, kind = _tls_connection(rng, port, certs)
+            except OSError:
+                tally.add(name, 0, "connect failed", False)
+                continue
+            tally.add(name, sent, kind, True)
+            continue
         if mode == "http":
             data, kind = http_payload(rng), "http"
         else:
@@ -418,10 +514,14 @@ def fuzz_network(
     findings = Findings()
     reader = FakeReader(random.Random(rng.random()))
     config = os.path.join(work_dir, "fuzz.ini")
+    pki = os.path.join(work_dir, "pki")
+    os.makedirs(pki, exist_ok=True)
+    certs = write_certificates(pki)
     with open(config, "w") as f:
-        f.write(config_text(os.path.join(work_dir, "state"), reader.port))
+        f.write(config_text(os.path.join(work_dir, "state"), reader.port, certs))
     daemon = Daemon(config, os.path.join(work_dir, "daemon.log"))
     names = ["plantd"] + [f"server:{name}" for name, _, _ in LISTENERS]
+    names += [f"server:{name}" for name, _ in TLS_LISTENERS]
     tally = Tally()
     summary: dict[str, Any] = {"daemon_pid": daemon.pid, "log": daemon.log_path}
     try:
@@ -443,7 +543,8 @@ def fuzz_network(
         deadline = time.monotonic() + seconds
         threads = [
             threading.Thread(
-                target=_worker, args=(daemon, deadline, rng.random(), tally, stop)
+                target=_worker,
+                args=(daemon, deadline, rng.random(), tally, stop, certs),
             )
             for _ in range(workers)
         ]
@@ -524,6 +625,34 @@ def check_counters(
                 f"[server:{name}] errors {s['errors']} < oversized {s['oversized']}",
             )
         if kinds.get("valid"):
+            findings.check(s["frames"] > 0, f"[server:{name}] no frame counted")
+    for name, mutual in TLS_LISTENERS:
+        s = stats["server"][name]
+        opened = tally.connections.get(name, 0)
+        findings.check(
+            s["connections"] + s["rejected"] == opened,
+            f"[server:{name}] connections {s['connections']} + rejected "
+            f"{s['rejected']} != {opened} connections made",
+        )
+        kinds = tally.kinds.get(name, {})
+        strangers = sum(
+            n
+            for k, n in kinds.items()
+            if k.split()[0] in ("anonymous", "expired", "other")
+        )
+        valid = sum(n for k, n in kinds.items() if k == "client valid")
+        if mutual:
+            findings.check(
+                s["tls_refused"] > 0 or strangers == 0,
+                f"[server:{name}] {strangers} clients without a plant certificate, "
+                "tls_refused not counted",
+            )
+            findings.check(
+                s["tls_refused"] <= strangers + kinds.get("raw", 0),
+                f"[server:{name}] tls_refused {s['tls_refused']} > refusable "
+                f"connections made",
+            )
+        if valid:
             findings.check(s["frames"] > 0, f"[server:{name}] no frame counted")
     line = stats["server"]["line"]
     if tally.kinds.get("line", {}).get("broken"):

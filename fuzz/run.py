@@ -109,6 +109,7 @@ def _print_network(summary: dict[str, Any]) -> None:
                     "parse_errors",
                     "decode_errors",
                     "idle_timeouts",
+                    "tls_refused",
                     "discarded_bytes",
                 )
                 if c.get(k)

@@ -10,7 +10,14 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from fuzz.net import LISTENERS, Findings, Tally, check_counters, server_payload
+from fuzz.net import (
+    LISTENERS,
+    TLS_LISTENERS,
+    Findings,
+    Tally,
+    check_counters,
+    server_payload,
+)
 from fuzz.proc import log_problems
 from soak.run import leaked, not_printed
 
@@ -32,6 +39,13 @@ def clean_stats() -> dict[str, Any]:
         }
         for name, _, _ in LISTENERS
     }
+    for name, _ in TLS_LISTENERS:
+        server[name] = {
+            "connections": 10,
+            "rejected": 0,
+            "frames": 3,
+            "tls_refused": 4 if name == "mtls" else 0,
+        }
     reader = {
         "sessions": 4,
         "connect_failures": 1,
@@ -49,6 +63,12 @@ def clean_tally() -> Tally:
     for name, _, _ in LISTENERS:
         for i in range(10):
             tally.add(name, 20, ["valid", "oversized", "broken", "utf8"][i % 4], True)
+    for name, _ in TLS_LISTENERS:
+        for i in range(10):
+            kind = ["client valid", "anonymous refused", "expired refused", "raw"][
+                i % 4
+            ]
+            tally.add(name, 20, kind, True)
     return tally
 
 
@@ -91,6 +111,21 @@ class FuzzJudgeTests(SynchronousTestCase):
         violations = self.check(stats)
         self.assertIn("[server:stx] oversized not counted", violations)
         self.assertIn("[server:line] parse_errors not counted", violations)
+
+    def test_tls_refusals_not_counted(self) -> None:
+        """
+        Clients without a plant certificate at the listener that requires
+        one, but no C{tls_refused}, is a violation; so is a TLS listener's
+        connection neither counted nor rejected.
+        """
+        stats = clean_stats()
+        stats["server"]["mtls"]["tls_refused"] = 0
+        stats["server"]["tls"]["connections"] = 9
+        violations = self.check(stats)
+        self.assertEqual(len(violations), 2, violations)
+        self.assertIn("[server:mtls]", violations[1])
+        self.assertIn("tls_refused not counted", violations[1])
+        self.assertIn("[server:tls] connections 9", violations[0])
 
     def test_reader_sessions(self) -> None:
         """
