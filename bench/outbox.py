@@ -94,7 +94,7 @@ async def _one(
                 return figures
             printer.mode = "normal"
             start = time.perf_counter()
-            await printer.waitForJobs(jobs)
+            await printer.wait_for_jobs(jobs)
             delivered = time.perf_counter() - start
             figures["delivered"] = jobs / delivered
             report(
@@ -113,7 +113,7 @@ async def _one(
             if stopped is not None:
                 await stopped
             await maybeDeferred(port.stopListening)
-            await printer.disconnectAll()
+            await printer.disconnect_all()
     return figures
 
 

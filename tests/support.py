@@ -502,7 +502,7 @@ class NeverClosingDevice:
                 self._waiting.remove((n, d))
                 d.callback(list(self.jobs))
 
-    def waitForJobs(self, n: int) -> Deferred[list[bytes]]:
+    def wait_for_jobs(self, n: int) -> Deferred[list[bytes]]:
         """
         Fires with the jobs once there are C{n}.
         """

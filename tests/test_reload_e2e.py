@@ -36,7 +36,7 @@ class ReloadTests(TestCase):
             port: IListeningPort = await sim.listen(
                 reactor, "tcp:0:interface=127.0.0.1"
             )
-            self.addCleanup(sim.disconnectAll)
+            self.addCleanup(sim.disconnect_all)
             self.addCleanup(port.stopListening)
             self.printers.append((sim, port.getHost().port))  # type: ignore[attr-defined]
         self.reader = ReaderSimulator(reactor)
@@ -152,7 +152,7 @@ reply = accept
         client.transport.write(b"A2\n")  # type: ignore[union-attr]
         await client.lines(2)
         self.assertEqual(client.data, b"ok A1\r\nok A2\r\n")
-        jobs = await second.waitForJobs(1)
+        jobs = await second.wait_for_jobs(1)
         self.assertEqual([j.data for j in jobs], [b"A2"])
         self.assertEqual(len(first.jobs), 1)
 

@@ -20,11 +20,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
-from typing import Any, Literal, TypeVar
-
-from twisted.internet.endpoints import clientFromString, serverFromString
-from twisted.internet.interfaces import IHostnameResolver, IReactorPluggableNameResolver
-from zope.interface import implementer
+from typing import Literal, TypeVar
 
 from daemon.config.checks import check_references
 from daemon.config.model import (
@@ -43,6 +39,7 @@ from daemon.config.model import (
     TLSConfig,
 )
 from daemon.core import logs
+from daemon.core.endpoints import check_client_description, check_server_description
 from daemon.core.networks import parse_networks
 from daemon.core.template import (
     VALUE_ESCAPES,
@@ -489,28 +486,12 @@ class _Section:
             raise self.error(unknown[0], "unknown key")
 
 
-@implementer(IReactorPluggableNameResolver)
-class _DescriptionsOnly:
-    """
-    The reactor given to C{serverFromString} / C{clientFromString} when only
-    a description is checked.  Building an endpoint stores its reactor and
-    uses it only to listen or connect, which a check never does; a name
-    resolver is asked for, never used.
-    """
-
-    nameResolver: Any = None
-
-    def installNameResolver(self, resolver: IHostnameResolver) -> IHostnameResolver:
-        raise NotImplementedError("only endpoint descriptions are checked")
-
-
 class _Endpoints:
     """
     Checks endpoint descriptions, each distinct one once per file.
     """
 
     def __init__(self) -> None:
-        self.reactor = _DescriptionsOnly()
         self.valid: set[tuple[bool, str]] = set()
 
     def check(self, section: _Section, key: str, value: str, server: bool) -> None:
@@ -536,9 +517,9 @@ class _Endpoints:
         else:
             try:
                 if server:
-                    serverFromString(self.reactor, value)
+                    check_server_description(value)
                 else:
-                    clientFromString(self.reactor, value)
+                    check_client_description(value)
             except Exception as e:  # endpoint parsers raise many kinds; all mean 'bad'
                 detail = str(e) or type(e).__name__
                 raise section.error(

@@ -11,9 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
-from twisted.internet.endpoints import clientFromString
+from daemon.core.endpoints import check_client_description
 
 #: Endpoint types accepted as a full client endpoint description.
 ENDPOINT_PREFIXES = ("tcp:", "tcp6:", "tls:", "ssl:", "unix:")
@@ -24,9 +23,6 @@ _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.\-_]*[A-Za-z0-9])?$")
 #: Distinct destination strings whose parse is kept (a frozen Destination
 #: can be shared): a destination is parsed once, not per event or attempt.
 PARSED_DESTINATIONS = 1024
-#: Endpoint parsers only store the reactor; validating a description needs
-#: none (and product code does not import Twisted's test reactors).
-_NO_REACTOR: Any = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +57,7 @@ def parse_destination(text: str) -> Destination:
     text = text.strip()
     if text.startswith(ENDPOINT_PREFIXES) and "=" in text:
         try:
-            clientFromString(_NO_REACTOR, text)
+            check_client_description(text)
         except Exception as e:  # endpoint parsers raise many kinds; all mean 'bad'
             raise ValueError(
                 f"destination {text!r} is not a valid client endpoint: "

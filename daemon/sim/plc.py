@@ -31,7 +31,8 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
-from daemon.sim.printer import escapeHead, formatPeer
+from daemon.core.peers import format_address
+from daemon.sim.printer import escape_head
 
 #: The longest reply line kept; a longer one closes the connection.
 MAX_REPLY_LINE: Final = 64 * 1024
@@ -46,7 +47,7 @@ RETRY_MAX_DELAY: Final = 5.0
 RETRY_FACTOR: Final = 1.5
 
 
-def renderMessage(template: str, n: int) -> bytes:
+def render_message(template: str, n: int) -> bytes:
     """
     Message number C{n} from C{template}, as the bytes to send (ending in
     CR LF).
@@ -90,7 +91,7 @@ class PlcProtocol(LineReceiver):
         return cast(ITCPTransport, self.transport)
 
     def connectionMade(self) -> None:
-        self.peer = formatPeer(self.tcp.getPeer())
+        self.peer = format_address(self.tcp.getPeer())
         self.log.info("plc: connected to {peer}", peer=self.peer)
         loop = LoopingCall(self._send)
         loop.clock = self.simulator.clock
@@ -98,17 +99,19 @@ class PlcProtocol(LineReceiver):
         self._loop = loop
 
     def _send(self) -> None:
-        line = self.simulator.nextMessage()
+        line = self.simulator.next_message()
         self.tcp.write(line)
         self.log.info(
-            "plc: sent {line} to {peer}", line=escapeHead(line, 80), peer=self.peer
+            "plc: sent {line} to {peer}", line=escape_head(line, 80), peer=self.peer
         )
 
     def lineReceived(self, line: bytes) -> None:
         reply = line.removesuffix(b"\r")
-        self.simulator.replyReceived(reply)
+        self.simulator.reply_received(reply)
         self.log.info(
-            "plc: reply from {peer}: {line}", peer=self.peer, line=escapeHead(reply, 80)
+            "plc: reply from {peer}: {line}",
+            peer=self.peer,
+            line=escape_head(reply, 80),
         )
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -137,7 +140,7 @@ class PlcSimulator(Factory):
     @ivar sent: how many messages it has sent.
     @ivar replies: the latest reply lines (at most L{REPLY_HISTORY}),
         without their line end.
-    @ivar replyCount: how many reply lines it has received.
+    @ivar reply_count: how many reply lines it has received.
     """
 
     noisy = False  # no "Starting factory" line for every connection attempt
@@ -154,28 +157,28 @@ class PlcSimulator(Factory):
         if not messages:
             raise ValueError("at least one message is needed")
         for template in messages:
-            renderMessage(template, 1)
+            render_message(template, 1)
         self.clock = clock
         self.interval = interval
         self.messages = tuple(messages)
         self.sent = 0
         self.replies: deque[bytes] = deque(maxlen=REPLY_HISTORY)
-        self.replyCount = 0
+        self.reply_count = 0
 
     def buildProtocol(self, addr: IAddress | None) -> PlcProtocol:
         return PlcProtocol(self)
 
-    def nextMessage(self) -> bytes:
+    def next_message(self) -> bytes:
         """
         The next message in the cycle, counted as sent.
         """
         template = self.messages[self.sent % len(self.messages)]
         self.sent += 1
-        return renderMessage(template, self.sent)
+        return render_message(template, self.sent)
 
-    def replyReceived(self, line: bytes) -> None:
+    def reply_received(self, line: bytes) -> None:
         self.replies.append(line)
-        self.replyCount += 1
+        self.reply_count += 1
 
 
 class PlcSimService(ClientService):
@@ -202,7 +205,7 @@ class PlcSimService(ClientService):
         self.simulator = simulator
 
 
-def makePlcSimService(
+def make_plc_sim_service(
     reactor: IReactorTime, connect: str, interval: float, messages: Sequence[str]
 ) -> PlcSimService:
     """

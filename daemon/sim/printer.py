@@ -46,7 +46,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from daemon.core.peers import format_address as formatPeer
+from daemon.core.peers import format_address
 
 PrinterMode = Literal["normal", "refuse", "no-read", "close-early"]
 MODES: Final[tuple[PrinterMode, ...]] = get_args(PrinterMode)
@@ -114,7 +114,7 @@ class _State(Enum):
     LOST = auto()  # connectionLost has run
 
 
-def escapeHead(data: bytes, limit: int = LOG_HEAD_BYTES) -> str:
+def escape_head(data: bytes, limit: int = LOG_HEAD_BYTES) -> str:
     """
     The first C{limit} bytes of C{data} as printable text with escapes, and
     an ellipsis when there is more.
@@ -165,7 +165,7 @@ class PrinterProtocol(Protocol):
         self.connected_at = 0.0
         self.first_data_at: float | None = None
         self.replied = False
-        self._replyCall: IDelayedCall | None = None
+        self._reply_call: IDelayedCall | None = None
         self._lost: list[Deferred[None]] = []
 
     @property
@@ -176,9 +176,9 @@ class PrinterProtocol(Protocol):
         return cast(ITCPTransport, self.transport)
 
     def connectionMade(self) -> None:
-        self.peer = formatPeer(self.tcp.getPeer())
+        self.peer = format_address(self.tcp.getPeer())
         self.connected_at = self.simulator.clock.seconds()
-        self.simulator._connectionMade(self)
+        self.simulator._connection_made(self)
         mode = self.behaviour.mode
         if mode == "refuse":
             self.state = _State.REFUSED
@@ -198,21 +198,21 @@ class PrinterProtocol(Protocol):
             self.tcp.abortConnection()
             return
         if self.state is _State.WAITING:
-            self._firstData()
+            self._first_data()
 
-    def _firstData(self) -> None:
+    def _first_data(self) -> None:
         self.first_data_at = self.simulator.clock.seconds()
         self.state = _State.RECEIVING
         if self.behaviour.mode == "close-early":
             self.state = _State.CLOSING_EARLY
             self.tcp.loseConnection()
         elif self.behaviour.reply:
-            self._replyCall = self.simulator.clock.callLater(
-                self.behaviour.reply_delay, self._sendReply
+            self._reply_call = self.simulator.clock.callLater(
+                self.behaviour.reply_delay, self._send_reply
             )
 
-    def _sendReply(self) -> None:
-        self._replyCall = None
+    def _send_reply(self) -> None:
+        self._reply_call = None
         self.tcp.write(self.behaviour.reply)
         self.replied = True
         self.simulator.replies += 1
@@ -221,16 +221,16 @@ class PrinterProtocol(Protocol):
             self.tcp.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._replyCall is not None:
-            self._replyCall.cancel()
-            self._replyCall = None
+        if self._reply_call is not None:
+            self._reply_call.cancel()
+            self._reply_call = None
         state, self.state = self.state, _State.LOST
-        self.simulator._connectionLost(self, state, reason)
+        self.simulator._connection_lost(self, state, reason)
         lost, self._lost = self._lost, []
         for d in lost:
             d.callback(None)
 
-    def whenLost(self) -> Deferred[None]:
+    def when_lost(self) -> Deferred[None]:
         """
         A Deferred that fires when this connection has been lost.
         """
@@ -291,9 +291,9 @@ class PrinterSimulator(Factory):
         self.broken = 0
         self.replies = 0
         self._open: set[PrinterProtocol] = set()
-        self._jobWaiters = _Threshold()
-        self._connectionWaiters = _Threshold()
-        self._nextFileNumber: int | None = None
+        self._job_waiters = _Threshold()
+        self._connection_waiters = _Threshold()
+        self._next_file_number: int | None = None
 
     @property
     def mode(self) -> PrinterMode:
@@ -315,26 +315,26 @@ class PrinterSimulator(Factory):
 
     # Waiters for tests.
 
-    def waitForJobs(self, n: int) -> Deferred[list[Job]]:
+    def wait_for_jobs(self, n: int) -> Deferred[list[Job]]:
         """
         A Deferred that fires with the first C{n} jobs once C{n} jobs are
         complete (at once if they already are).
         """
-        return self._jobWaiters.wait(n, len(self.jobs)).addCallback(
+        return self._job_waiters.wait(n, len(self.jobs)).addCallback(
             lambda _: self.jobs[:n]
         )
 
-    def waitForConnections(self, n: int) -> Deferred[int]:
+    def wait_for_connections(self, n: int) -> Deferred[int]:
         """
         A Deferred that fires with the number of connections accepted so far
         once at least C{n} have been accepted (at once if they already were).
         """
-        return self._connectionWaiters.wait(n, self.connections).addCallback(
+        return self._connection_waiters.wait(n, self.connections).addCallback(
             lambda _: self.connections
         )
 
     @property
-    def openConnections(self) -> int:
+    def open_connections(self) -> int:
         """
         How many connections are open now.
         """
@@ -346,27 +346,27 @@ class PrinterSimulator(Factory):
         """
         Listen on the server endpoint C{description} (for instance
         ``tcp:0:interface=127.0.0.1``) now; the port says where it listens.
-        Stop it with C{port.stopListening()} and L{disconnectAll}.
+        Stop it with C{port.stopListening()} and L{disconnect_all}.
         """
         listening: Deferred[IListeningPort] = serverFromString(
             reactor, description
         ).listen(self)
         return listening
 
-    def disconnectAll(self) -> Deferred[None]:
+    def disconnect_all(self) -> Deferred[None]:
         """
         Abort every open connection (pending replies are cancelled).
 
         @return: a Deferred that fires when they have all been lost.
         """
-        waiting = [p.whenLost() for p in self._open]
+        waiting = [p.when_lost() for p in self._open]
         for protocol in list(self._open):
             protocol.tcp.abortConnection()
         return gatherResults(waiting).addCallback(lambda _: None)
 
     # Called by PrinterProtocol.
 
-    def _connectionMade(self, protocol: PrinterProtocol) -> None:
+    def _connection_made(self, protocol: PrinterProtocol) -> None:
         self._open.add(protocol)
         self.connections += 1
         if protocol.behaviour.mode == "refuse":
@@ -378,9 +378,9 @@ class PrinterSimulator(Factory):
                 peer=protocol.peer,
                 mode=protocol.behaviour.mode,
             )
-        self._connectionWaiters.reached(self.connections)
+        self._connection_waiters.reached(self.connections)
 
-    def _connectionLost(
+    def _connection_lost(
         self, protocol: PrinterProtocol, state: _State, reason: Failure
     ) -> None:
         self._open.discard(protocol)
@@ -411,13 +411,13 @@ class PrinterSimulator(Factory):
                 reason=reason.getErrorMessage(),
             )
             return
-        self._completeJob(protocol)
+        self._complete_job(protocol)
 
-    def _completeJob(self, protocol: PrinterProtocol) -> None:
+    def _complete_job(self, protocol: PrinterProtocol) -> None:
         assert protocol.first_data_at is not None
         data = b"".join(protocol.chunks)
         number = len(self.jobs) + 1
-        path = self._writeJob(data)
+        path = self._write_job(data)
         job = Job(
             number=number,
             peer=protocol.peer,
@@ -434,12 +434,12 @@ class PrinterSimulator(Factory):
             number=number,
             peer=job.peer,
             size=len(data),
-            head=escapeHead(data),
+            head=escape_head(data),
             path=path,
         )
-        self._jobWaiters.reached(len(self.jobs))
+        self._job_waiters.reached(len(self.jobs))
 
-    def _writeJob(self, data: bytes) -> str | None:
+    def _write_job(self, data: bytes) -> str | None:
         """
         Write C{data} to the next free C{job-NNNNNN.prn} in the jobs
         directory (numbering goes on after files already there).
@@ -451,22 +451,22 @@ class PrinterSimulator(Factory):
             return None
         try:
             self.jobs_dir.mkdir(parents=True, exist_ok=True)
-            if self._nextFileNumber is None:
-                self._nextFileNumber = _lastJobFileNumber(self.jobs_dir) + 1
-            name = f"{JOB_FILE_PREFIX}{self._nextFileNumber:06d}{JOB_FILE_SUFFIX}"
+            if self._next_file_number is None:
+                self._next_file_number = _last_job_file_number(self.jobs_dir) + 1
+            name = f"{JOB_FILE_PREFIX}{self._next_file_number:06d}{JOB_FILE_SUFFIX}"
             final = self.jobs_dir / name
             temporary = self.jobs_dir / f".{name}.tmp"
-            _writeAtomically(temporary, final, data)
+            _write_atomically(temporary, final, data)
         except OSError:
             self.log.failure(
                 "printer: could not write a job to {dir}", dir=str(self.jobs_dir)
             )
             return None
-        self._nextFileNumber += 1
+        self._next_file_number += 1
         return str(final)
 
 
-def _lastJobFileNumber(directory: Path) -> int:
+def _last_job_file_number(directory: Path) -> int:
     """
     The highest NNNNNN among C{job-NNNNNN.prn} files in C{directory}, or 0.
     """
@@ -480,7 +480,7 @@ def _lastJobFileNumber(directory: Path) -> int:
     return highest
 
 
-def _writeAtomically(temporary: Path, final: Path, data: bytes) -> None:
+def _write_atomically(temporary: Path, final: Path, data: bytes) -> None:
     """
     Write C{data} to C{temporary}, flush it to disk, and rename it to
     C{final}, so a reader of the directory never sees half a job.
@@ -510,12 +510,12 @@ class _PrinterSimService(StreamServerEndpointService):
 
     def stopService(self) -> Deferred[None]:
         stopped: Deferred[None] = super().stopService()
-        return gatherResults([stopped, self.simulator.disconnectAll()]).addCallback(
+        return gatherResults([stopped, self.simulator.disconnect_all()]).addCallback(
             lambda _: None
         )
 
 
-def makePrinterSimService(
+def make_printer_sim_service(
     reactor: IReactorTime,
     listen: str,
     *,

@@ -126,7 +126,7 @@ class ReaderSimProtocol(Protocol):
         return f"{host}:{port}" if host is not None else str(address)
 
     def connectionMade(self) -> None:
-        self._accepted = self._simulator.clientConnected(self)
+        self._accepted = self._simulator.client_connected(self)
         if not self._accepted:
             assert self.transport is not None
             self.transport.loseConnection()
@@ -138,7 +138,7 @@ class ReaderSimProtocol(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._accepted:
             self._accepted = False
-            self._simulator.clientLost(self)
+            self._simulator.client_lost(self)
 
     def send(self, line: bytes) -> None:
         """
@@ -212,8 +212,8 @@ class ReaderSimulator(Factory):
         self._client: ReaderSimProtocol | None = None
         self._position = 0
         self._next: IDelayedCall | None = None
-        self._commandWaiters: list[tuple[int, Deferred[None]]] = []
-        self._lostWaiters: list[Deferred[None]] = []
+        self._command_waiters: list[tuple[int, Deferred[None]]] = []
+        self._lost_waiters: list[Deferred[None]] = []
 
     def buildProtocol(self, addr: IAddress | None) -> ReaderSimProtocol:
         return ReaderSimProtocol(self)
@@ -287,27 +287,27 @@ class ReaderSimulator(Factory):
 
         @return: fires once the client's connection is closed.
         """
-        self._stopScript()
+        self._stop_script()
         if self._client is None:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
-        self._lostWaiters.append(waiter)
+        self._lost_waiters.append(waiter)
         self._client.abort()
         return waiter
 
-    def waitForCommands(self, count: int) -> Deferred[None]:
+    def wait_for_commands(self, count: int) -> Deferred[None]:
         """
         @return: fires once at least C{count} commands have been received
             since the simulator was created.
         """
         waiter: Deferred[None] = Deferred()
-        self._commandWaiters.append((count, waiter))
-        self._fireCommandWaiters()
+        self._command_waiters.append((count, waiter))
+        self._fire_command_waiters()
         return waiter
 
     # ---- what the protocol calls
 
-    def clientConnected(self, client: ReaderSimProtocol) -> bool:
+    def client_connected(self, client: ReaderSimProtocol) -> bool:
         """
         A client connected: take it if the slot is free.
 
@@ -328,7 +328,7 @@ class ReaderSimulator(Factory):
             self.send_line(build_greeting())
         self._position = 0
         if self._script:
-            self._next = self._clock.callLater(self._interval, self._playNext)
+            self._next = self._clock.callLater(self._interval, self._play_next)
         return True
 
     def dataReceived(self, client: ReaderSimProtocol, data: bytes) -> None:
@@ -356,24 +356,24 @@ class ReaderSimulator(Factory):
                     fields=";".join(f"{name}={value}" for name, value in result.fields),
                     checksum_ok=result.checksum_ok,
                 )
-        self._fireCommandWaiters()
+        self._fire_command_waiters()
 
-    def clientLost(self, client: ReaderSimProtocol) -> None:
+    def client_lost(self, client: ReaderSimProtocol) -> None:
         """
         The client's connection closed: free the slot, stop the script.
         """
         if client is not self._client:
             return
         self._client = None
-        self._stopScript()
+        self._stop_script()
         self.log.info("client {peer} disconnected", peer=client.peer())
-        waiters, self._lostWaiters = self._lostWaiters, []
+        waiters, self._lost_waiters = self._lost_waiters, []
         for waiter in waiters:
             waiter.callback(None)
 
     # ---- internals
 
-    def _playNext(self) -> None:
+    def _play_next(self) -> None:
         self._next = None
         if self._client is None:
             return
@@ -384,19 +384,19 @@ class ReaderSimulator(Factory):
             if not self._loop:
                 return
             self._position = 0
-        self._next = self._clock.callLater(self._interval, self._playNext)
+        self._next = self._clock.callLater(self._interval, self._play_next)
 
-    def _stopScript(self) -> None:
+    def _stop_script(self) -> None:
         if self._next is not None and self._next.active():
             self._next.cancel()
         self._next = None
 
-    def _fireCommandWaiters(self) -> None:
+    def _fire_command_waiters(self) -> None:
         received = self.counters.commands
-        ready = [waiter for count, waiter in self._commandWaiters if received >= count]
-        self._commandWaiters = [
+        ready = [waiter for count, waiter in self._command_waiters if received >= count]
+        self._command_waiters = [
             (count, waiter)
-            for count, waiter in self._commandWaiters
+            for count, waiter in self._command_waiters
             if received < count
         ]
         for waiter in ready:
@@ -430,7 +430,7 @@ class _RecordingEndpoint:
 
         return listening.addBoth(record)
 
-    def whenListening(self) -> Deferred[IListeningPort]:
+    def when_listening(self) -> Deferred[IListeningPort]:
         if self._port is None:
             waiter: Deferred[IListeningPort] = Deferred()
             self._waiters.append(waiter)
@@ -450,11 +450,11 @@ class ReaderSimService(StreamServerEndpointService):
         super().__init__(self._recorder, simulator)
         self.simulator = simulator
 
-    def whenListening(self) -> Deferred[IListeningPort]:
+    def when_listening(self) -> Deferred[IListeningPort]:
         """
         @return: fires with the listening port once the service listens.
         """
-        return self._recorder.whenListening()
+        return self._recorder.when_listening()
 
     def stopService(self) -> Deferred[None]:
         if not self.running:
@@ -464,7 +464,7 @@ class ReaderSimService(StreamServerEndpointService):
         return gatherResults([stopped, closed]).addCallback(lambda _: None)
 
 
-def makeReaderSimService(
+def make_reader_sim_service(
     reactor: IReactorTime,
     listen: str,
     script: Sequence[str] = (),
@@ -477,7 +477,7 @@ def makeReaderSimService(
     client is connected.  C{reactor} is the clock of the simulator too, and
     must provide whatever C{listen} needs (e.g. C{IReactorTCP}).
 
-    The service is a L{ReaderSimService}: its C{whenListening()} gives the
+    The service is a L{ReaderSimService}: its C{when_listening()} gives the
     port (useful with C{tcp:0}), and stopping it also closes the client.
 
     @raise ValueError: a bad endpoint string, interval or script entry.
@@ -491,6 +491,6 @@ __all__ = [
     "ReaderSimService",
     "ReaderSimulator",
     "SimCounters",
-    "makeReaderSimService",
+    "make_reader_sim_service",
     "split_commands",
 ]

@@ -16,14 +16,13 @@ from string import hexdigits
 from typing import Final, Protocol
 
 from twisted.application.service import IService, MultiService
-from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
 
+from daemon.core.endpoints import check_client_description, check_server_description
 from daemon.core.template import TemplateError, unescape
-from daemon.sim.plc import makePlcSimService, renderMessage
-from daemon.sim.printer import MODES, makePrinterSimService
+from daemon.sim.plc import make_plc_sim_service, render_message
+from daemon.sim.printer import MODES, make_printer_sim_service
 
 # The demo: these must match etc/plantd.ini.
 DEMO_PRINTER_LISTEN: Final = "tcp:9101:interface=127.0.0.1"
@@ -38,7 +37,7 @@ DEMO_PLC_INTERVAL: Final = 5.0
 
 class ReaderServiceMaker(Protocol):
     """
-    The signature of L{daemon.sim.reader.makeReaderSimService}.
+    The signature of L{daemon.sim.reader.make_reader_sim_service}.
     """
 
     def __call__(
@@ -51,22 +50,22 @@ class ReaderServiceMaker(Protocol):
     ) -> tuple[IService, object]: ...
 
 
-def _readerServiceMaker() -> ReaderServiceMaker:
+def _reader_service_maker() -> ReaderServiceMaker:
     """
-    L{daemon.sim.reader.makeReaderSimService}, imported only when a reader is
+    L{daemon.sim.reader.make_reader_sim_service}, imported only when a reader is
     wanted.
     """
-    from daemon.sim.reader import makeReaderSimService
+    from daemon.sim.reader import make_reader_sim_service
 
-    return makeReaderSimService
+    return make_reader_sim_service
 
 
 # Validation of option values: each raises UsageError naming the option.
 
 
-def _checkServerEndpoint(option: str, description: str) -> str:
+def _check_server_endpoint(option: str, description: str) -> str:
     try:
-        serverFromString(MemoryReactor(), description)
+        check_server_description(description)
     except (ValueError, TypeError, KeyError, OSError) as e:
         raise usage.UsageError(
             f"--{option}: {description!r} is not a server endpoint "
@@ -75,9 +74,9 @@ def _checkServerEndpoint(option: str, description: str) -> str:
     return description
 
 
-def _checkClientEndpoint(option: str, description: str) -> str:
+def _check_client_endpoint(option: str, description: str) -> str:
     try:
-        clientFromString(MemoryReactor(), description)
+        check_client_description(description)
     except (ValueError, TypeError, KeyError, OSError) as e:
         raise usage.UsageError(
             f"--{option}: {description!r} is not a client endpoint "
@@ -102,7 +101,7 @@ def _seconds(option: str, value: str | float, *, zero: bool) -> float:
     return seconds
 
 
-def _unescapeBytes(option: str, text: str) -> bytes:
+def _unescape_bytes(option: str, text: str) -> bytes:
     """
     C{text} with escapes (\\r \\n \\t \\0 \\xHH \\\\) processed, as bytes:
     characters up to U+00FF (so every \\xHH) are one byte each.
@@ -118,7 +117,7 @@ def _unescapeBytes(option: str, text: str) -> bytes:
         ) from None
 
 
-def _tagList(option: str, value: str) -> tuple[str, ...]:
+def _tag_list(option: str, value: str) -> tuple[str, ...]:
     tags = tuple(tag.strip() for tag in value.split(","))
     for tag in tags:
         if not tag or not all(c in hexdigits for c in tag):
@@ -158,8 +157,8 @@ class PrinterOptions(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        _checkServerEndpoint("listen", self["listen"])
-        self["reply"] = _unescapeBytes("reply", self["reply"])
+        _check_server_endpoint("listen", self["listen"])
+        self["reply"] = _unescape_bytes("reply", self["reply"])
         self["reply-delay"] = _seconds("reply-delay", self["reply-delay"], zero=True)
         if self["mode"] not in MODES:
             raise usage.UsageError(
@@ -190,8 +189,8 @@ class ReaderOptions(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        _checkServerEndpoint("listen", self["listen"])
-        self["script"] = _tagList("script", self["script"])
+        _check_server_endpoint("listen", self["listen"])
+        self["script"] = _tag_list("script", self["script"])
         self["interval"] = _seconds("interval", self["interval"], zero=False)
 
 
@@ -220,13 +219,13 @@ class PlcOptions(usage.Options):
         self["message"].append(text)
 
     def postOptions(self) -> None:
-        _checkClientEndpoint("connect", self["connect"])
+        _check_client_endpoint("connect", self["connect"])
         self["interval"] = _seconds("interval", self["interval"], zero=False)
         if not self["message"]:
             self["message"] = list(DEMO_PLC_MESSAGES)
         for text in self["message"]:
             try:
-                renderMessage(text, 1)
+                render_message(text, 1)
             except ValueError as e:
                 raise usage.UsageError(f"--message: {e}") from None
 
@@ -284,10 +283,10 @@ class Options(usage.Options):
             )
 
 
-def buildService(
+def build_service(
     options: Options,
     reactor: IReactorTime,
-    readerMaker: Callable[[], ReaderServiceMaker] = _readerServiceMaker,
+    reader_maker: Callable[[], ReaderServiceMaker] = _reader_service_maker,
 ) -> MultiService:
     """
     The services C{options} ask for, on C{reactor}, not started.
@@ -295,7 +294,7 @@ def buildService(
     top = MultiService()
     sub = options.subOptions
     if options.subCommand == "printer":
-        service, _ = makePrinterSimService(
+        service, _ = make_printer_sim_service(
             reactor,
             sub["listen"],
             jobs_dir=sub["jobs-dir"],
@@ -307,7 +306,7 @@ def buildService(
         service.setName("printer")
         service.setServiceParent(top)
     elif options.subCommand == "reader":
-        service, _ = readerMaker()(
+        service, _ = reader_maker()(
             reactor,
             sub["listen"],
             script=list(sub["script"]),
@@ -317,13 +316,13 @@ def buildService(
         service.setName("reader")
         service.setServiceParent(top)
     elif options.subCommand == "plc":
-        plc = makePlcSimService(
+        plc = make_plc_sim_service(
             reactor, sub["connect"], sub["interval"], sub["message"]
         )
         plc.setName("plc")
         plc.setServiceParent(top)
     elif options.subCommand == "demo":
-        printer, _ = makePrinterSimService(
+        printer, _ = make_printer_sim_service(
             reactor,
             DEMO_PRINTER_LISTEN,
             jobs_dir=sub["jobs-dir"],
@@ -331,7 +330,7 @@ def buildService(
         )
         printer.setName("printer")
         printer.setServiceParent(top)
-        reader, _ = readerMaker()(
+        reader, _ = reader_maker()(
             reactor,
             DEMO_READER_LISTEN,
             script=list(DEMO_READER_SCRIPT),
@@ -340,7 +339,7 @@ def buildService(
         )
         reader.setName("reader")
         reader.setServiceParent(top)
-        plc = makePlcSimService(
+        plc = make_plc_sim_service(
             reactor, DEMO_PLC_CONNECT, DEMO_PLC_INTERVAL, DEMO_PLC_MESSAGES
         )
         plc.setName("plc")
@@ -356,4 +355,4 @@ def makeService(options: Options) -> IService:
     """
     from twisted.internet import reactor
 
-    return buildService(options, reactor)
+    return build_service(options, reactor)

@@ -698,13 +698,13 @@ class EndpointCheckTests(SynchronousTestCase):
         string is parsed too.
         """
         parsed: list[str] = []
-        real = ini.clientFromString
+        real = ini.check_client_description
 
-        def counting(reactor: object, description: str) -> object:
+        def counting(description: str) -> object:
             parsed.append(description)
-            return real(reactor, description)
+            return real(description)
 
-        self.patch(ini, "clientFromString", counting)
+        self.patch(ini, "check_client_description", counting)
         same = "tcp:host=127.0.0.1:port=4000"
         config_from_string(
             f"[reader:a]\nconnect = {same}\n[reader:b]\nconnect = {same}\n"

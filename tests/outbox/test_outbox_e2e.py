@@ -148,7 +148,7 @@ async def until_job(sim: PrinterSimulator, data: bytes) -> None:
     Wait until the printer got a job with C{data}.
     """
     while not any(job.data == data for job in sim.jobs):
-        await sim.waitForJobs(len(sim.jobs) + 1)
+        await sim.wait_for_jobs(len(sim.jobs) + 1)
 
 
 def duplicates(numbers: Sequence[int]) -> dict[int, int]:
@@ -217,7 +217,7 @@ class DurableOutboxEndToEndTests(TestCase):
         return self._keep(sim, port)
 
     def _keep(self, sim: PrinterSimulator, port: IListeningPort) -> int:
-        self.addCleanup(sim.disconnectAll)
+        self.addCleanup(sim.disconnect_all)
         self.addCleanup(port.stopListening)
         return int(port.getHost().port)  # type: ignore[attr-defined]
 
@@ -270,7 +270,7 @@ class DurableOutboxEndToEndTests(TestCase):
         down.listen(128)
         adopted = AdoptedStreamServerEndpoint(reactor, down.detach(), socket.AF_INET)
         self._keep(sim, await adopted.listen(sim))
-        await sim.waitForJobs(TOTAL)
+        await sim.wait_for_jobs(TOTAL)
         clients[0].transport.write(messages([SENTINEL]))  # type: ignore[union-attr]
         await clients[0].until(lambda data: data.endswith(acks([SENTINEL])))
         await until_job(sim, SENTINEL_JOB)

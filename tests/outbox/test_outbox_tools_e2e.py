@@ -133,7 +133,7 @@ class OutboxToolsEndToEndTests(TestCase):
         adopted = AdoptedStreamServerEndpoint(reactor, down.detach(), socket.AF_INET)
         port = await adopted.listen(sim)
         self.addCleanup(port.stopListening)
-        self.addCleanup(sim.disconnectAll)
+        self.addCleanup(sim.disconnect_all)
         kicked = daemon.logged(b"kicked by plantd-outbox")
         start = time.monotonic()
         result = await self.outbox("--json", "kick", destination)
@@ -141,7 +141,7 @@ class OutboxToolsEndToEndTests(TestCase):
         answer = json.loads(result.out)
         self.assertEqual((answer["taken_up"], answer["jobs"]), (True, {"label": 2}))
         self.assertLess(answer["after_seconds"], 2.0)
-        await sim.waitForJobs(2)
+        await sim.wait_for_jobs(2)
         elapsed = time.monotonic() - start
         self.assertEqual(
             [job.data for job in sim.jobs],

@@ -93,20 +93,20 @@ class WatchedSimulator(ReaderSimulator):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._clientWaiters: list[Deferred[float]] = []
+        self._client_waiters: list[Deferred[float]] = []
 
-    def nextClient(self) -> Deferred[float]:
+    def next_client(self) -> Deferred[float]:
         """
         Fires with the time the next client is accepted.
         """
         waiter: Deferred[float] = Deferred()
-        self._clientWaiters.append(waiter)
+        self._client_waiters.append(waiter)
         return waiter
 
-    def clientConnected(self, client: ReaderSimProtocol) -> bool:
-        accepted = super().clientConnected(client)
+    def client_connected(self, client: ReaderSimProtocol) -> bool:
+        accepted = super().client_connected(client)
         if accepted:
-            waiters, self._clientWaiters = self._clientWaiters, []
+            waiters, self._client_waiters = self._client_waiters, []
             for waiter in waiters:
                 waiter.callback(clock.seconds())
         return accepted
@@ -152,7 +152,7 @@ async def start_simulator(
     service = ReaderSimService(serverFromString(reactor, listen), simulator)
     service.startService()
     test.addCleanup(lambda: service.stopService() if service.running else None)
-    port = await within(service.whenListening(), 5)
+    port = await within(service.when_listening(), 5)
     return service, port.getHost().port
 
 
@@ -173,15 +173,15 @@ class LoopbackTests(TestCase):
         os.close(fd)
         self.addCleanup(os.remove, path)
         simulator = WatchedSimulator(clock)
-        accepted = simulator.nextClient()
+        accepted = simulator.next_client()
         _, port = await start_simulator(self, simulator, "tcp:0:interface=127.0.0.1")
         h = Harness(self, f"tcp:host=127.0.0.1:port={port}:timeout=2", allow_list=path)
         await within(accepted, 5)
 
         self.assertTrue(simulator.present("04A1B2C3"))
-        await within(simulator.waitForCommands(1), 5)
+        await within(simulator.wait_for_commands(1), 5)
         self.assertTrue(simulator.present("04FFFF", rssi="C0"))
-        await within(simulator.waitForCommands(2), 5)
+        await within(simulator.wait_for_commands(2), 5)
         self.assertEqual(
             simulator.commands,
             [
@@ -205,7 +205,7 @@ class LoopbackTests(TestCase):
         would refuse a second client).
         """
         simulator = WatchedSimulator(clock)
-        accepted = simulator.nextClient()
+        accepted = simulator.next_client()
         service, port = await start_simulator(
             self, simulator, "tcp:0:interface=127.0.0.1"
         )
@@ -220,7 +220,7 @@ class LoopbackTests(TestCase):
             lost = h.down.next()
             await within(service.stopService(), 5)
             await within(lost, 5)
-            accepted = simulator.nextClient()
+            accepted = simulator.next_client()
             connected = h.up.next()
             service, _ = await start_simulator(self, simulator, listen)
             listening = clock.seconds()

@@ -1340,7 +1340,7 @@ class OutboxServiceTests(SynchronousTestCase):
         )
         return service, action
 
-    def assertOneCritical(self, events: Sequence[LogEvent], expected: str) -> None:
+    def assert_one_critical(self, events: Sequence[LogEvent], expected: str) -> None:
         critical = [e for e in events if e["log_level"] is LogLevel.critical]
         self.assertEqual([formatEvent(e) for e in critical], [expected])
 
@@ -1358,7 +1358,7 @@ class OutboxServiceTests(SynchronousTestCase):
         service, action = self.service(state_dir)
         with capturedLogs() as events:
             self.assertRaises(OSError, service.privilegedStartService)
-        self.assertOneCritical(
+        self.assert_one_critical(
             events,
             f"/etc/plantd/plantd.ini: [plantd] state_dir: cannot create "
             f"{state_dir!r}: Not a directory",
@@ -1380,7 +1380,7 @@ class OutboxServiceTests(SynchronousTestCase):
         service, action = self.service(state_dir)
         with capturedLogs() as events:
             self.assertRaises(sqlite3.Error, service.privilegedStartService)
-        self.assertOneCritical(
+        self.assert_one_critical(
             events,
             f"/etc/plantd/plantd.ini: [plantd] state_dir: cannot open the outbox "
             f"{outbox_path(state_dir)!r}: unable to open database file",

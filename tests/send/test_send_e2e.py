@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.application.service import MultiService
-from twisted.internet import reactor as globalReactor
+from twisted.internet import reactor as global_reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import (
@@ -60,7 +60,7 @@ def send_action(body: str) -> SendAction:
     section.
     """
     config = config_from_string(f"[send:label]\n{body}\n")
-    return SendAction(config.actions["label"], globalReactor)
+    return SendAction(config.actions["label"], global_reactor)
 
 
 def write_certificates(directory: str) -> dict[str, str]:
@@ -159,9 +159,9 @@ class SendEndToEndTests(TestCase):
         A printer simulator on the real reactor until the test ends; the
         simulator and its port.
         """
-        sim = PrinterSimulator(globalReactor, **behaviour)
-        port = await sim.listen(globalReactor, description)
-        self.addCleanup(sim.disconnectAll)
+        sim = PrinterSimulator(global_reactor, **behaviour)
+        port = await sim.listen(global_reactor, description)
+        self.addCleanup(sim.disconnect_all)
         self.addCleanup(port.stopListening)
         address = port.getHost()
         assert isinstance(address, IPv4Address)
@@ -206,7 +206,7 @@ class SendEndToEndTests(TestCase):
         sim, port = await self.start_printer()
         action = self.action(port, "encoding = cp1252")
         self.assertIsNone(await self.send(action, sku="\u20ac 5"))
-        jobs = await sim.waitForJobs(1)
+        jobs = await sim.wait_for_jobs(1)
         self.assertEqual(jobs[0].data, b"^XA\x80 5^XZ")
         self.assertEqual((sim.broken, sim.empty), (0, 0))
         self.assertEqual(action.stats.bytes_out, len(jobs[0].data))
@@ -222,15 +222,15 @@ class SendEndToEndTests(TestCase):
             probe.close()
         except OSError as e:
             raise SkipTest(f"no IPv6 loopback here: {e}") from None
-        sim = PrinterSimulator(globalReactor)
-        port = await sim.listen(globalReactor, r"tcp6:0:interface=\:\:1")
-        self.addCleanup(sim.disconnectAll)
+        sim = PrinterSimulator(global_reactor)
+        port = await sim.listen(global_reactor, r"tcp6:0:interface=\:\:1")
+        self.addCleanup(sim.disconnect_all)
         self.addCleanup(port.stopListening)
         number = port.getHost().port  # type: ignore[attr-defined]
         action = send_action("destination = [[[host]]:[port]\ndata = ^XA[sku]^XZ\n")
         self.addCleanup(action.stop)
         self.assertIsNone(await self.send(action, host="::1", port=str(number)))
-        jobs = await sim.waitForJobs(1)
+        jobs = await sim.wait_for_jobs(1)
         self.assertEqual(jobs[0].data, b"^XAA1^XZ")
         self.assertTrue(jobs[0].peer.startswith("[::1]:"), jobs[0].peer)
 
@@ -243,7 +243,7 @@ class SendEndToEndTests(TestCase):
         action = self.action(port, data="[blob]")
         blob = "".join(chr(ord("a") + i % 26) for i in range(LARGE // 64)) * 64
         await self.send(action, blob=blob)
-        jobs = await sim.waitForJobs(1)
+        jobs = await sim.wait_for_jobs(1)
         self.assertEqual(jobs[0].data, blob.encode())
 
     async def test_jobs_one_after_another(self) -> None:
@@ -260,7 +260,7 @@ class SendEndToEndTests(TestCase):
         for result in results:
             assert isinstance(result, Deferred)
             await result
-        jobs = await sim.waitForJobs(5)
+        jobs = await sim.wait_for_jobs(5)
         self.assertEqual([j.data.decode() for j in jobs], payloads)
 
     async def test_disconnect_delay_holds_link(self) -> None:
@@ -271,7 +271,7 @@ class SendEndToEndTests(TestCase):
         sim, port = await self.start_printer()
         action = self.action(port, "disconnect_delay = 0.3")
         await self.send(action)
-        jobs = await sim.waitForJobs(1)
+        jobs = await sim.wait_for_jobs(1)
         self.assertGreaterEqual(jobs[0].finished - jobs[0].first_data, 0.29)
 
     async def test_save_reply(self) -> None:
@@ -306,7 +306,7 @@ class SendEndToEndTests(TestCase):
         started = time.monotonic()
         self.assertEqual(await self.send(action), {"status": "OK"})
         self.assertLess(time.monotonic() - started, 10)
-        await sim.waitForJobs(1)
+        await sim.wait_for_jobs(1)
 
     async def test_refused(self) -> None:
         """
@@ -366,10 +366,10 @@ class SendEndToEndTests(TestCase):
         action = self.action(port, "retries = 5\nretry_initial = 0.05")
         result = action.run(Event("server:line1", "x", {"sku": "A1"}, []))
         assert isinstance(result, Deferred)
-        await sim.waitForConnections(2)
+        await sim.wait_for_connections(2)
         sim.mode = "normal"
         await result
-        jobs = await sim.waitForJobs(1)
+        jobs = await sim.wait_for_jobs(1)
         self.assertEqual(jobs[0].data, b"^XAA1^XZ")
 
     async def start_tls_printer(self) -> tuple[PrinterSimulator, int, dict[str, str]]:
@@ -395,7 +395,7 @@ class SendEndToEndTests(TestCase):
             port, f"tls = yes\ntls_ca = {files['ca']}\ntls_hostname = localhost"
         )
         await self.send(by_name, sku="2")
-        jobs = await sim.waitForJobs(2)
+        jobs = await sim.wait_for_jobs(2)
         self.assertEqual([j.data for j in jobs], [b"^XA1^XZ", b"^XA2^XZ"])
 
     async def test_tls_wrong_hostname(self) -> None:
@@ -494,7 +494,7 @@ class TLSCloseEndToEndTests(TestCase):
 
         factory = TLSMemoryBIOFactory(options, False, Factory.forProtocol(build))
         port: IListeningPort = await serverFromString(
-            globalReactor, "tcp:0:interface=127.0.0.1"
+            global_reactor, "tcp:0:interface=127.0.0.1"
         ).listen(factory)
 
         async def close() -> None:
@@ -600,22 +600,22 @@ class ReplyToSenderEndToEndTests(TestCase):
         config = config_from_string(
             "[send:ack]\nreply_to_sender = yes\ndata = OK [data]\\r\\n\n"
         )
-        action = SendAction(config.actions["ack"], globalReactor)
+        action = SendAction(config.actions["ack"], global_reactor)
         server = ServerConfig(
             name="line1", listen="tcp:0", actions=("ack",), reply="echo"
         )
         trigger = ServerTrigger(
-            server, ActionChain([action]), {}, globalReactor, ServerStats()
+            server, ActionChain([action]), {}, global_reactor, ServerStats()
         )
         port: IListeningPort = await serverFromString(
-            globalReactor, "tcp:0:interface=127.0.0.1"
+            global_reactor, "tcp:0:interface=127.0.0.1"
         ).listen(trigger)
         self.addCleanup(port.stopListening)
         address = port.getHost()
         assert isinstance(address, IPv4Address)
         client = _Client(b"A1\n", len(b"OK A1\r\nA1\r\n"))
         await connectProtocol(
-            clientFromString(globalReactor, f"tcp:host=127.0.0.1:port={address.port}"),
+            clientFromString(global_reactor, f"tcp:host=127.0.0.1:port={address.port}"),
             client,
         )
         answer = await client.answered
@@ -643,9 +643,9 @@ class OutboxEndToEndTests(TestCase):
         refuses; when it comes back the jobs arrive, each once, in order;
         stopping closes everything.
         """
-        sim = PrinterSimulator(globalReactor, mode="refuse")
-        port = await sim.listen(globalReactor, "tcp:0:interface=127.0.0.1")
-        self.addCleanup(sim.disconnectAll)
+        sim = PrinterSimulator(global_reactor, mode="refuse")
+        port = await sim.listen(global_reactor, "tcp:0:interface=127.0.0.1")
+        self.addCleanup(sim.disconnect_all)
         self.addCleanup(port.stopListening)
         address = port.getHost()
         assert isinstance(address, IPv4Address)
@@ -658,7 +658,7 @@ class OutboxEndToEndTests(TestCase):
         )
         stats = Stats()
         top = MultiService()
-        actions = build_send_actions(config, globalReactor, stats, top)
+        actions = build_send_actions(config, global_reactor, stats, top)
         action = actions["label"]
         self.assertFalse(os.path.exists(state))
         top.privilegedStartService()
@@ -670,10 +670,10 @@ class OutboxEndToEndTests(TestCase):
             result = action.run(Event("server:line1", "x", {"sku": sku}, []))
             assert isinstance(result, Deferred)
             self.assertIsNone(await result)
-        await sim.waitForConnections(2)
+        await sim.wait_for_connections(2)
         self.assertEqual(sim.jobs, [])
         sim.mode = "normal"
-        jobs = await sim.waitForJobs(3)
+        jobs = await sim.wait_for_jobs(3)
         self.assertEqual([j.data for j in jobs], [b"^XA1^XZ", b"^XA2^XZ", b"^XA3^XZ"])
         self.assertTrue(os.path.exists(os.path.join(state, "outbox.sqlite3")))
 
@@ -720,7 +720,7 @@ class NeverClosingDeviceTests(TestCase):
         head = f"[plantd]\nstate_dir = {state}\n" if state else ""
         config = config_from_string(f"{head}[send:label]\n{body}\n")
         top = MultiService()
-        actions = build_send_actions(config, globalReactor, Stats(), top)
+        actions = build_send_actions(config, global_reactor, Stats(), top)
         action = actions["label"]
         assert isinstance(action, SendAction)
         action.options = replace(action.options, close_timeout=self.close_timeout)
@@ -731,7 +731,7 @@ class NeverClosingDeviceTests(TestCase):
         return action, top
 
     async def pause(self, seconds: float) -> None:
-        await deferLater(globalReactor, seconds, lambda: None)
+        await deferLater(global_reactor, seconds, lambda: None)
 
     async def one_delivery(self, queue: str, tls: bool) -> None:
         """
@@ -805,4 +805,4 @@ class NeverClosingDeviceTests(TestCase):
             f"within 0.5s (every byte acknowledged, but the session left "
             f"open); delivery not confirmed",
         )
-        self.assertEqual(await device.waitForJobs(1), [b"^XAA1^XZ"])
+        self.assertEqual(await device.wait_for_jobs(1), [b"^XAA1^XZ"])

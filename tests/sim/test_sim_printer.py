@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import reactor as globalReactor
+from twisted.internet import reactor as global_reactor
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import clientFromString, connectProtocol
@@ -26,9 +26,9 @@ from daemon.sim.printer import (
     Job,
     PrinterProtocol,
     PrinterSimulator,
-    escapeHead,
-    formatPeer,
-    makePrinterSimService,
+    escape_head,
+    format_address,
+    make_printer_sim_service,
 )
 
 PEER = IPv4Address("TCP", "10.0.0.5", 40000)
@@ -46,7 +46,7 @@ def connect(
     return protocol, transport
 
 
-def clientCloses(protocol: PrinterProtocol) -> None:
+def client_closes(protocol: PrinterProtocol) -> None:
     """
     The client closed its end cleanly.
     """
@@ -79,7 +79,7 @@ class PrinterSimulatorTests(SynchronousTestCase):
         protocol.dataReceived(b"^FDhello^FS^XZ")
         self.assertEqual(sim.jobs, [])
         self.clock.advance(3)
-        clientCloses(protocol)
+        client_closes(protocol)
         self.assertEqual(
             sim.jobs,
             [
@@ -100,7 +100,7 @@ class PrinterSimulatorTests(SynchronousTestCase):
         self.assertEqual(
             (sim.connections, sim.bytes, sim.refused, sim.replies), (1, 25, 0, 0)
         )
-        self.assertEqual(sim.openConnections, 0)
+        self.assertEqual(sim.open_connections, 0)
 
     def test_eachConnectionIsAJob(self) -> None:
         """
@@ -111,8 +111,8 @@ class PrinterSimulatorTests(SynchronousTestCase):
         second, _ = connect(sim, IPv4Address("TCP", "10.0.0.6", 5000))
         first.dataReceived(b"one")
         second.dataReceived(b"two")
-        clientCloses(second)
-        clientCloses(first)
+        client_closes(second)
+        client_closes(first)
         self.assertEqual(
             [(j.number, j.peer, j.data) for j in sim.jobs],
             [(1, "10.0.0.6:5000", b"two"), (2, "10.0.0.5:40000", b"one")],
@@ -125,7 +125,7 @@ class PrinterSimulatorTests(SynchronousTestCase):
         """
         sim = PrinterSimulator(self.clock)
         protocol, _ = connect(sim)
-        clientCloses(protocol)
+        client_closes(protocol)
         self.assertEqual((sim.jobs, sim.empty, sim.connections), ([], 1, 1))
 
     def test_brokenConnectionIsNotAJob(self) -> None:
@@ -157,7 +157,7 @@ class PrinterSimulatorTests(SynchronousTestCase):
         self.clock.advance(5)
         self.assertEqual(transport.value(), b"OK\r\n")
         self.assertFalse(transport.disconnecting)
-        clientCloses(protocol)
+        client_closes(protocol)
         self.assertEqual(
             [(j.data, j.replied) for j in sim.jobs], [(b"jobmorestill more", True)]
         )
@@ -173,7 +173,7 @@ class PrinterSimulatorTests(SynchronousTestCase):
         protocol.dataReceived(b"~HS")
         self.clock.advance(0)
         self.assertEqual(transport.value(), b"\x02status\x03")
-        clientCloses(protocol)
+        client_closes(protocol)
 
     def test_closeAfterReply(self) -> None:
         """
@@ -190,7 +190,7 @@ class PrinterSimulatorTests(SynchronousTestCase):
         self.assertEqual(transport.value(), b"OK\r\n")
         self.assertTrue(transport.disconnecting)
         protocol.dataReceived(b"ignored: the printer has closed")
-        clientCloses(protocol)
+        client_closes(protocol)
         self.assertEqual([(j.data, j.replied) for j in sim.jobs], [(b"label", True)])
 
     def test_clientClosesBeforeReply(self) -> None:
@@ -202,7 +202,7 @@ class PrinterSimulatorTests(SynchronousTestCase):
         protocol, transport = connect(sim)
         protocol.dataReceived(b"quick")
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
-        clientCloses(protocol)
+        client_closes(protocol)
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(transport.value(), b"")
         self.assertEqual([(j.data, j.replied) for j in sim.jobs], [(b"quick", False)])
@@ -246,7 +246,7 @@ class PrinterSimulatorTests(SynchronousTestCase):
         protocol.dataReceived(b"^XA")
         self.assertTrue(transport.disconnecting)
         protocol.dataReceived(b"^XZ")
-        clientCloses(protocol)
+        client_closes(protocol)
         self.assertEqual((sim.jobs, sim.closed_early, sim.bytes), ([], 1, 3))
         self.assertEqual(transport.value(), b"")
 
@@ -256,18 +256,18 @@ class PrinterSimulatorTests(SynchronousTestCase):
         after the change, not one already open.
         """
         sim = PrinterSimulator(self.clock)
-        before, beforeTransport = connect(sim)
+        before, before_transport = connect(sim)
         sim.mode = "close-early"
         sim.reply = b"late"
-        after, afterTransport = connect(sim)
+        after, after_transport = connect(sim)
         before.dataReceived(b"a")
         after.dataReceived(b"b")
-        self.assertFalse(beforeTransport.disconnecting)
-        self.assertTrue(afterTransport.disconnecting)
-        clientCloses(before)
-        clientCloses(after)
+        self.assertFalse(before_transport.disconnecting)
+        self.assertTrue(after_transport.disconnecting)
+        client_closes(before)
+        client_closes(after)
         self.assertEqual([j.data for j in sim.jobs], [b"a"])
-        self.assertEqual(beforeTransport.value(), b"")
+        self.assertEqual(before_transport.value(), b"")
 
     def test_invalidBehaviour(self) -> None:
         """
@@ -283,25 +283,25 @@ class PrinterSimulatorTests(SynchronousTestCase):
 
     def test_waitForJobs(self) -> None:
         """
-        C{waitForJobs(n)} fires with the first n jobs exactly when the n-th
+        C{wait_for_jobs(n)} fires with the first n jobs exactly when the n-th
         job completes, and at once when they already have.
         """
         sim = PrinterSimulator(self.clock)
         fired: list[list[Job]] = []
-        sim.waitForJobs(2).addCallback(fired.append)
+        sim.wait_for_jobs(2).addCallback(fired.append)
         first, _ = connect(sim)
         second, _ = connect(sim)
         third, _ = connect(sim)
         first.dataReceived(b"1")
         second.dataReceived(b"2")
         third.dataReceived(b"3")
-        clientCloses(first)
+        client_closes(first)
         self.assertEqual(fired, [])
-        clientCloses(second)
+        client_closes(second)
         self.assertEqual([[j.data for j in jobs] for jobs in fired], [[b"1", b"2"]])
-        clientCloses(third)
+        client_closes(third)
         self.assertEqual(len(fired), 1)
-        now = self.successResultOf(sim.waitForJobs(1))
+        now = self.successResultOf(sim.wait_for_jobs(1))
         self.assertEqual([j.data for j in now], [b"1"])
 
     def test_waitForJobsCancel(self) -> None:
@@ -310,21 +310,21 @@ class PrinterSimulatorTests(SynchronousTestCase):
         job does not fire it again.
         """
         sim = PrinterSimulator(self.clock)
-        d = sim.waitForJobs(1)
+        d = sim.wait_for_jobs(1)
         d.cancel()
         self.failureResultOf(d, CancelledError)
         protocol, _ = connect(sim)
         protocol.dataReceived(b"x")
-        clientCloses(protocol)
+        client_closes(protocol)
         self.assertEqual(len(sim.jobs), 1)
 
     def test_waitForConnections(self) -> None:
         """
-        C{waitForConnections(n)} fires once n connections have been accepted,
+        C{wait_for_connections(n)} fires once n connections have been accepted,
         whatever the mode (a refused connection counts).
         """
         sim = PrinterSimulator(self.clock, mode="refuse")
-        d = sim.waitForConnections(2)
+        d = sim.wait_for_connections(2)
         protocol, _ = connect(sim)
         self.assertNoResult(d)
         protocol.connectionLost(Failure(ConnectionAborted()))
@@ -334,22 +334,22 @@ class PrinterSimulatorTests(SynchronousTestCase):
 
     def test_disconnectAll(self) -> None:
         """
-        C{disconnectAll} aborts every open connection, cancels their pending
+        C{disconnect_all} aborts every open connection, cancels their pending
         replies, and fires once they have all been lost.
         """
         sim = PrinterSimulator(self.clock, reply=b"OK", reply_delay=5)
-        one, oneTransport = connect(sim)
-        two, twoTransport = connect(sim)
+        one, one_transport = connect(sim)
+        two, two_transport = connect(sim)
         one.dataReceived(b"partial")
-        d = sim.disconnectAll()
-        self.assertTrue(oneTransport.disconnected)
-        self.assertTrue(twoTransport.disconnected)
+        d = sim.disconnect_all()
+        self.assertTrue(one_transport.disconnected)
+        self.assertTrue(two_transport.disconnected)
         one.connectionLost(Failure(ConnectionAborted()))
         self.assertNoResult(d)
         two.connectionLost(Failure(ConnectionAborted()))
         self.assertIsNone(self.successResultOf(d))
-        self.assertEqual((sim.jobs, sim.broken, sim.openConnections), ([], 1, 0))
-        self.assertIsNone(self.successResultOf(sim.disconnectAll()))
+        self.assertEqual((sim.jobs, sim.broken, sim.open_connections), ([], 1, 0))
+        self.assertIsNone(self.successResultOf(sim.disconnect_all()))
 
 
 class JobsDirectoryTests(SynchronousTestCase):
@@ -361,10 +361,10 @@ class JobsDirectoryTests(SynchronousTestCase):
         self.clock = Clock()
         self.dir = Path(self.mktemp())
 
-    def sendJob(self, sim: PrinterSimulator, data: bytes) -> None:
+    def send_job(self, sim: PrinterSimulator, data: bytes) -> None:
         protocol, _ = connect(sim)
         protocol.dataReceived(data)
-        clientCloses(protocol)
+        client_closes(protocol)
 
     def test_filePerJob(self) -> None:
         """
@@ -372,8 +372,8 @@ class JobsDirectoryTests(SynchronousTestCase):
         directory is created when needed, and no temporary file is left.
         """
         sim = PrinterSimulator(self.clock, jobs_dir=self.dir / "printer")
-        self.sendJob(sim, b"first\x00\xff")
-        self.sendJob(sim, b"second")
+        self.send_job(sim, b"first\x00\xff")
+        self.send_job(sim, b"second")
         directory = self.dir / "printer"
         self.assertEqual(
             sorted(os.listdir(directory)), ["job-000001.prn", "job-000002.prn"]
@@ -394,7 +394,7 @@ class JobsDirectoryTests(SynchronousTestCase):
         (self.dir / "job-000007.prn").write_bytes(b"old")
         (self.dir / "job-notanumber.prn").write_bytes(b"other")
         sim = PrinterSimulator(self.clock, jobs_dir=self.dir)
-        self.sendJob(sim, b"new")
+        self.send_job(sim, b"new")
         self.assertEqual((self.dir / "job-000007.prn").read_bytes(), b"old")
         self.assertEqual((self.dir / "job-000008.prn").read_bytes(), b"new")
         self.assertEqual(sim.jobs[0].number, 1)
@@ -405,12 +405,12 @@ class JobsDirectoryTests(SynchronousTestCase):
         the failure is logged, and the job is still kept in memory.
         """
 
-        def failingReplace(src: object, dst: object) -> None:
+        def failing_replace(src: object, dst: object) -> None:
             raise PermissionError("denied")
 
-        self.patch(os, "replace", failingReplace)
+        self.patch(os, "replace", failing_replace)
         sim = PrinterSimulator(self.clock, jobs_dir=self.dir)
-        self.sendJob(sim, b"data")
+        self.send_job(sim, b"data")
         self.assertEqual(os.listdir(self.dir), [])
         self.assertEqual([(j.data, j.path) for j in sim.jobs], [(b"data", None)])
         self.assertEqual(len(self.flushLoggedErrors(PermissionError)), 1)
@@ -422,8 +422,8 @@ class JobsDirectoryTests(SynchronousTestCase):
         """
         self.dir.write_bytes(b"a file, not a directory")
         sim = PrinterSimulator(self.clock, jobs_dir=self.dir)
-        self.sendJob(sim, b"one")
-        self.sendJob(sim, b"two")
+        self.send_job(sim, b"one")
+        self.send_job(sim, b"two")
         self.assertEqual([j.data for j in sim.jobs], [b"one", b"two"])
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 2)
 
@@ -438,21 +438,21 @@ class HelperTests(SynchronousTestCase):
         Control and non-ASCII bytes are escaped, and a long job is cut with an
         ellipsis.
         """
-        self.assertEqual(escapeHead(b"^XA\r\n\x00\xe9'"), "^XA\\r\\n\\x00\\xe9'")
-        self.assertEqual(escapeHead(b"abcdef", limit=3), "abc...")
-        self.assertEqual(escapeHead(b"abc", limit=3), "abc")
+        self.assertEqual(escape_head(b"^XA\r\n\x00\xe9'"), "^XA\\r\\n\\x00\\xe9'")
+        self.assertEqual(escape_head(b"abcdef", limit=3), "abc...")
+        self.assertEqual(escape_head(b"abc", limit=3), "abc")
 
     def test_formatPeer(self) -> None:
         """
         IPv4 peers are host:port, IPv6 peers [host]:port.
         """
-        self.assertEqual(formatPeer(PEER), "10.0.0.5:40000")
-        self.assertEqual(formatPeer(IPv6Address("TCP", "::1", 9100)), "[::1]:9100")
+        self.assertEqual(format_address(PEER), "10.0.0.5:40000")
+        self.assertEqual(format_address(IPv6Address("TCP", "::1", 9100)), "[::1]:9100")
 
 
 class MakePrinterSimServiceTests(SynchronousTestCase):
     """
-    L{makePrinterSimService} with a memory reactor.
+    L{make_printer_sim_service} with a memory reactor.
     """
 
     def test_listensOnlyWhenStarted(self) -> None:
@@ -462,7 +462,7 @@ class MakePrinterSimServiceTests(SynchronousTestCase):
         connections.
         """
         reactor = MemoryReactorClock()
-        service, sim = makePrinterSimService(
+        service, sim = make_printer_sim_service(
             reactor, "tcp:9101:interface=127.0.0.1", reply=b"OK", reply_delay=1
         )
         self.assertEqual(reactor.tcpServers, [])
@@ -486,24 +486,24 @@ class MakePrinterSimServiceTests(SynchronousTestCase):
 class _Client(Protocol):
     """
     A client that sends C{payload} when connected, collects what comes back,
-    and closes after C{closeAfter} bytes of reply (or at once when that is 0).
+    and closes after C{close_after} bytes of reply (or at once when that is 0).
     """
 
-    def __init__(self, payload: bytes, closeAfter: int | None = None) -> None:
+    def __init__(self, payload: bytes, close_after: int | None = None) -> None:
         self.payload = payload
-        self.closeAfter = closeAfter
+        self.close_after = close_after
         self.received = b""
         self.reason: Failure | None = None
         self.lost: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:
         self.transport.write(self.payload)  # type: ignore[union-attr]
-        if self.closeAfter == 0:
+        if self.close_after == 0:
             self.transport.loseConnection()  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
-        if self.closeAfter is not None and len(self.received) >= self.closeAfter:
+        if self.close_after is not None and len(self.received) >= self.close_after:
             self.transport.loseConnection()  # type: ignore[union-attr]
 
     async def closed(self) -> Failure:
@@ -526,33 +526,33 @@ class PrinterEndToEndTests(TestCase):
 
     timeout = 30
 
-    async def startPrinter(self, **behaviour: Any) -> tuple[PrinterSimulator, int]:
+    async def start_printer(self, **behaviour: Any) -> tuple[PrinterSimulator, int]:
         """
         A simulator on the real reactor, listening on a free loopback port
         until the test ends; the simulator and its port number.
         """
-        sim = PrinterSimulator(globalReactor, **behaviour)
-        port = await sim.listen(globalReactor, "tcp:0:interface=127.0.0.1")
-        self.addCleanup(sim.disconnectAll)
+        sim = PrinterSimulator(global_reactor, **behaviour)
+        port = await sim.listen(global_reactor, "tcp:0:interface=127.0.0.1")
+        self.addCleanup(sim.disconnect_all)
         self.addCleanup(port.stopListening)
         address = port.getHost()
         assert isinstance(address, IPv4Address)
         return sim, address.port
 
-    async def connectClient(self, port: int, client: _Client) -> _Client:
+    async def connect_client(self, port: int, client: _Client) -> _Client:
         """
         Connect C{client} to the printer on C{port}; abort it when the test
         ends if it is still open.
         """
-        endpoint = clientFromString(globalReactor, f"tcp:host=127.0.0.1:port={port}")
+        endpoint = clientFromString(global_reactor, f"tcp:host=127.0.0.1:port={port}")
         await connectProtocol(endpoint, client)
 
-        def abortIfOpen() -> Deferred[None]:
+        def abort_if_open() -> Deferred[None]:
             if not client.lost.called:
                 client.transport.abortConnection()  # type: ignore[union-attr]
             return client.lost
 
-        self.addCleanup(abortIfOpen)
+        self.addCleanup(abort_if_open)
         return client
 
     def test_jobAndReply(self) -> Deferred[None]:
@@ -562,9 +562,9 @@ class PrinterEndToEndTests(TestCase):
         """
 
         async def run() -> None:
-            sim, port = await self.startPrinter(reply=b"OK\r\n", reply_delay=0.01)
-            client = await self.connectClient(port, _Client(b"^XA^XZ", closeAfter=4))
-            jobs = await sim.waitForJobs(1)
+            sim, port = await self.start_printer(reply=b"OK\r\n", reply_delay=0.01)
+            client = await self.connect_client(port, _Client(b"^XA^XZ", close_after=4))
+            jobs = await sim.wait_for_jobs(1)
             reason = await client.closed()
             self.assertEqual(client.received, b"OK\r\n")
             self.assertTrue(reason.check(ConnectionDone))
@@ -580,10 +580,10 @@ class PrinterEndToEndTests(TestCase):
         """
 
         async def run() -> None:
-            sim, port = await self.startPrinter(reply=b"\x06", close_after_reply=True)
-            client = await self.connectClient(port, _Client(b"label"))
+            sim, port = await self.start_printer(reply=b"\x06", close_after_reply=True)
+            client = await self.connect_client(port, _Client(b"label"))
             reason = await client.closed()
-            jobs = await sim.waitForJobs(1)
+            jobs = await sim.wait_for_jobs(1)
             self.assertEqual(client.received, b"\x06")
             self.assertTrue(reason.check(ConnectionDone))
             self.assertEqual(jobs[0].data, b"label")
@@ -597,8 +597,8 @@ class PrinterEndToEndTests(TestCase):
         """
 
         async def run() -> None:
-            sim, port = await self.startPrinter(mode="refuse")
-            client = await self.connectClient(port, _Client(b"job"))
+            sim, port = await self.start_printer(mode="refuse")
+            client = await self.connect_client(port, _Client(b"job"))
             reason = await client.closed()
             self.assertTrue(reason.check(ConnectionLost), reason)
             self.assertFalse(reason.check(ConnectionDone))
@@ -606,7 +606,7 @@ class PrinterEndToEndTests(TestCase):
 
         return Deferred.fromCoroutine(run())
 
-    async def ioRounds(self, done: Deferred[None]) -> int:
+    async def io_rounds(self, done: Deferred[None]) -> int:
         """
         Let the reactor run rounds of I/O (zero-delay turns, no sleeping)
         until C{done} fires or L{IO_ROUNDS} rounds have passed.
@@ -615,7 +615,7 @@ class PrinterEndToEndTests(TestCase):
         """
         rounds = 0
         while not done.called and rounds < IO_ROUNDS:
-            await deferLater(globalReactor, 0, lambda: None)
+            await deferLater(global_reactor, 0, lambda: None)
             rounds += 1
         return rounds
 
@@ -627,12 +627,14 @@ class PrinterEndToEndTests(TestCase):
         """
 
         async def run() -> None:
-            sim, port = await self.startPrinter()
-            client = await self.connectClient(port, _Client(b"x" * LARGE, closeAfter=0))
-            await sim.waitForConnections(1)
-            rounds = await self.ioRounds(client.lost)
+            sim, port = await self.start_printer()
+            client = await self.connect_client(
+                port, _Client(b"x" * LARGE, close_after=0)
+            )
+            await sim.wait_for_connections(1)
+            rounds = await self.io_rounds(client.lost)
             self.assertTrue(client.lost.called, f"not flushed after {rounds} rounds")
-            jobs = await sim.waitForJobs(1)
+            jobs = await sim.wait_for_jobs(1)
             self.assertEqual(len(jobs[0].data), LARGE)
 
         return Deferred.fromCoroutine(run())
@@ -647,16 +649,18 @@ class PrinterEndToEndTests(TestCase):
         """
 
         async def run() -> None:
-            sim, port = await self.startPrinter(mode="no-read")
-            client = await self.connectClient(port, _Client(b"x" * LARGE, closeAfter=0))
-            await sim.waitForConnections(1)
-            rounds = await self.ioRounds(client.lost)
+            sim, port = await self.start_printer(mode="no-read")
+            client = await self.connect_client(
+                port, _Client(b"x" * LARGE, close_after=0)
+            )
+            await sim.wait_for_connections(1)
+            rounds = await self.io_rounds(client.lost)
             self.assertEqual(rounds, IO_ROUNDS)
             self.assertFalse(client.lost.called)
             transport = client.transport
             assert transport is not None
             self.assertTrue(transport.disconnecting)  # type: ignore[attr-defined]
-            self.assertEqual((sim.bytes, sim.jobs, sim.openConnections), (0, [], 1))
+            self.assertEqual((sim.bytes, sim.jobs, sim.open_connections), (0, [], 1))
 
         return Deferred.fromCoroutine(run())
 

@@ -2,7 +2,7 @@
 Tests for L{daemon.sim.reader}: the SpringCore reader simulator.
 """
 
-from twisted.internet import reactor as globalReactor
+from twisted.internet import reactor as global_reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import clientFromString
@@ -27,7 +27,7 @@ from daemon.sim.reader import (
     ReaderSimProtocol,
     ReaderSimService,
     ReaderSimulator,
-    makeReaderSimService,
+    make_reader_sim_service,
     split_commands,
 )
 
@@ -393,39 +393,39 @@ class CommandTests(SynchronousTestCase):
 
     def test_waitForCommands(self) -> None:
         """
-        L{ReaderSimulator.waitForCommands} fires once that many commands have
+        L{ReaderSimulator.wait_for_commands} fires once that many commands have
         been received (at once if they already have).
         """
-        waiting = self.simulator.waitForCommands(2)
+        waiting = self.simulator.wait_for_commands(2)
         self.client.send(b"$SCCMD;SEQ=60")
         self.assertNoResult(waiting)
         self.client.send(b"bad")
         self.successResultOf(waiting)
-        self.successResultOf(self.simulator.waitForCommands(1))
+        self.successResultOf(self.simulator.wait_for_commands(1))
 
 
 class ServiceTests(SynchronousTestCase):
     """
-    L{makeReaderSimService} builds a service that listens only once started.
+    L{make_reader_sim_service} builds a service that listens only once started.
     """
 
     def test_listensWhenStarted(self) -> None:
         """
         Nothing listens before C{startService}; then the endpoint string's
-        port serves the simulator, C{whenListening} gives the port, and
+        port serves the simulator, C{when_listening} gives the port, and
         stopping closes the connected client.
         """
         reactor = MemoryReactorClock()
-        service, simulator = makeReaderSimService(
+        service, simulator = make_reader_sim_service(
             reactor, "tcp:4000:interface=127.0.0.1", script=["01"]
         )
         assert isinstance(service, ReaderSimService)
         self.assertEqual(reactor.tcpServers, [])
         service.startService()
-        [(portNumber, factory, _, interface)] = reactor.tcpServers
-        self.assertEqual((portNumber, interface), (4000, "127.0.0.1"))
+        [(port_number, factory, _, interface)] = reactor.tcpServers
+        self.assertEqual((port_number, interface), (4000, "127.0.0.1"))
         self.assertIs(factory, simulator)
-        port = self.successResultOf(service.whenListening())
+        port = self.successResultOf(service.when_listening())
         self.assertEqual(port.getHost().port, 4000)  # type: ignore[attr-defined]
 
         client = Client(simulator)
@@ -440,7 +440,7 @@ class ServiceTests(SynchronousTestCase):
         """
         Stopping a service that never started is harmless.
         """
-        service, _ = makeReaderSimService(MemoryReactorClock(), "tcp:4000")
+        service, _ = make_reader_sim_service(MemoryReactorClock(), "tcp:4000")
         self.successResultOf(service.stopService())
 
 
@@ -452,12 +452,12 @@ class RecordingLimitTests(SynchronousTestCase):
     def test_oldestDropped(self) -> None:
         """
         Past L{MAX_RECORDED_COMMANDS}, the oldest records are dropped while
-        the counter and L{ReaderSimulator.waitForCommands} keep counting.
+        the counter and L{ReaderSimulator.wait_for_commands} keep counting.
         """
         clock = Clock()
         simulator = ReaderSimulator(clock)
         client = Client(simulator)
-        waiting = simulator.waitForCommands(MAX_RECORDED_COMMANDS + 2)
+        waiting = simulator.wait_for_commands(MAX_RECORDED_COMMANDS + 2)
         client.send(b"$SCCMD;SEQ=61" + b"$SCCMD;SEQ=60" * (MAX_RECORDED_COMMANDS + 1))
         self.successResultOf(waiting)
         self.assertEqual(len(simulator.commands), MAX_RECORDED_COMMANDS)
@@ -477,8 +477,8 @@ class VendorSampleClient(Protocol):
         self._expected = expected
         self._buffer = b""
         self.lines: list[bytes] = []
-        self.gotFirstLine: Deferred[None] = Deferred()
-        self.gotLines: Deferred[None] = Deferred()
+        self.got_first_line: Deferred[None] = Deferred()
+        self.got_lines: Deferred[None] = Deferred()
         self.lost: Deferred[None] = Deferred()
 
     def dataReceived(self, data: bytes) -> None:
@@ -489,9 +489,9 @@ class VendorSampleClient(Protocol):
             assert self.transport is not None
             self.transport.write(b"$SCCMD;SEQ=60")
             if len(self.lines) == 1:
-                self.gotFirstLine.callback(None)
+                self.got_first_line.callback(None)
             if len(self.lines) == self._expected:
-                self.gotLines.callback(None)
+                self.got_lines.callback(None)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost.callback(None)
@@ -510,8 +510,8 @@ class EndToEndTests(TestCase):
         unterminated commands are all recorded as valid, and a second client
         is refused while the first is connected.
         """
-        service, simulator = makeReaderSimService(
-            globalReactor,
+        service, simulator = make_reader_sim_service(
+            global_reactor,
             "tcp:0:interface=127.0.0.1",
             script=["04A1B2C3", "04D5E6F7"],
             interval=0.05,
@@ -520,23 +520,23 @@ class EndToEndTests(TestCase):
         assert isinstance(service, ReaderSimService)
         service.startService()
         self.addCleanup(lambda: service.stopService() if service.running else None)
-        port = await service.whenListening()
+        port = await service.when_listening()
         number = port.getHost().port  # type: ignore[attr-defined]
         endpoint = clientFromString(
-            globalReactor, f"tcp:host=127.0.0.1:port={number}:timeout=5"
+            global_reactor, f"tcp:host=127.0.0.1:port={number}:timeout=5"
         )
 
         first = VendorSampleClient(expected=3)
         await endpoint.connect(Factory.forProtocol(lambda: first))
-        await first.gotFirstLine  # the greeting: the simulator holds this client
+        await first.got_first_line  # the greeting: the simulator holds this client
         second = VendorSampleClient(expected=1)
         await endpoint.connect(Factory.forProtocol(lambda: second))
         await second.lost
         self.assertEqual(second.lines, [])
         self.assertEqual(simulator.counters.refused, 1)
 
-        await first.gotLines
-        await simulator.waitForCommands(3)
+        await first.got_lines
+        await simulator.wait_for_commands(3)
         tags = []
         for line in first.lines:
             message = parse_scrdr(line, "lenient")

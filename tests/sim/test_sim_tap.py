@@ -25,8 +25,8 @@ from daemon.sim.plc import (
     RETRY_MAX_DELAY,
     PlcSimService,
     PlcSimulator,
-    makePlcSimService,
-    renderMessage,
+    make_plc_sim_service,
+    render_message,
 )
 from daemon.sim.printer import PrinterSimulator
 
@@ -45,7 +45,7 @@ class OptionsTests(SynchronousTestCase):
     Command-line parsing of every subcommand.
     """
 
-    def assertUsageError(self, argv: Sequence[str], *fragments: str) -> None:
+    def assert_usage_error(self, argv: Sequence[str], *fragments: str) -> None:
         """
         Parsing C{argv} fails with a usage error containing every fragment.
         """
@@ -57,8 +57,8 @@ class OptionsTests(SynchronousTestCase):
         """
         Without a subcommand the error lists the choices.
         """
-        self.assertUsageError([], "printer, reader, plc or demo")
-        self.assertUsageError(["scale"], "scale")
+        self.assert_usage_error([], "printer, reader, plc or demo")
+        self.assert_usage_error(["scale"], "scale")
 
     def test_printerDefaults(self) -> None:
         """
@@ -110,18 +110,20 @@ class OptionsTests(SynchronousTestCase):
         A bad endpoint, delay, mode or escape is a usage error naming the
         option and the value.
         """
-        self.assertUsageError(["printer", "--listen", "tcp:abc"], "--listen", "tcp:abc")
-        self.assertUsageError(["printer", "--listen", "nope:1"], "--listen", "nope:1")
-        self.assertUsageError(
+        self.assert_usage_error(
+            ["printer", "--listen", "tcp:abc"], "--listen", "tcp:abc"
+        )
+        self.assert_usage_error(["printer", "--listen", "nope:1"], "--listen", "nope:1")
+        self.assert_usage_error(
             ["printer", "--listen", "tcp:1:bogus=2"], "--listen", "bogus"
         )
         for delay in ("-1", "soon", "inf", "nan"):
-            self.assertUsageError(
+            self.assert_usage_error(
                 ["printer", "--reply-delay", delay], "--reply-delay", repr(delay)
             )
-        self.assertUsageError(["printer", "--mode", "jammed"], "--mode", "jammed")
-        self.assertUsageError(["printer", "--reply", r"\x4"], "--reply", "\\x")
-        self.assertUsageError(["printer", "--reply", "ünïcode€"], "--reply", "\\xHH")
+        self.assert_usage_error(["printer", "--mode", "jammed"], "--mode", "jammed")
+        self.assert_usage_error(["printer", "--reply", r"\x4"], "--reply", "\\x")
+        self.assert_usage_error(["printer", "--reply", "ünïcode€"], "--reply", "\\xHH")
 
     def test_readerOptions(self) -> None:
         """
@@ -145,10 +147,12 @@ class OptionsTests(SynchronousTestCase):
             (sub["listen"], sub["script"], sub["interval"]),
             ("tcp:4001", ("04a1", "0B"), 0.5),
         )
-        self.assertUsageError(["reader", "--script", "04A1,badge"], "--script", "badge")
-        self.assertUsageError(["reader", "--script", "04A1,,05"], "--script", "''")
-        self.assertUsageError(["reader", "--interval", "0"], "--interval")
-        self.assertUsageError(["reader", "--listen", "tcp:"], "--listen")
+        self.assert_usage_error(
+            ["reader", "--script", "04A1,badge"], "--script", "badge"
+        )
+        self.assert_usage_error(["reader", "--script", "04A1,,05"], "--script", "''")
+        self.assert_usage_error(["reader", "--interval", "0"], "--interval")
+        self.assert_usage_error(["reader", "--listen", "tcp:"], "--listen")
 
     def test_plcOptions(self) -> None:
         """
@@ -174,12 +178,14 @@ class OptionsTests(SynchronousTestCase):
             (sub["connect"], sub["interval"], sub["message"]),
             ("tcp:host=10.0.0.1:port=9300:timeout=2", 1.5, ["A;{n}", "B;1"]),
         )
-        self.assertUsageError(
+        self.assert_usage_error(
             ["plc", "--connect", "tcp:host=127.0.0.1"], "--connect", "port"
         )
-        self.assertUsageError(["plc", "--connect", "tcp:9200:interface=x"], "--connect")
-        self.assertUsageError(["plc", "--interval", "-5"], "--interval")
-        self.assertUsageError(["plc", "--message", "{sku};{qty}"], "--message", "sku")
+        self.assert_usage_error(
+            ["plc", "--connect", "tcp:9200:interface=x"], "--connect"
+        )
+        self.assert_usage_error(["plc", "--interval", "-5"], "--interval")
+        self.assert_usage_error(["plc", "--message", "{sku};{qty}"], "--message", "sku")
 
     def test_plcDefaultMessagesNotShared(self) -> None:
         """
@@ -226,7 +232,7 @@ class OptionsTests(SynchronousTestCase):
 
 class _FakeReaderMaker:
     """
-    Stands in for L{daemon.sim.reader.makeReaderSimService} and records how
+    Stands in for L{daemon.sim.reader.make_reader_sim_service} and records how
     it was called.
     """
 
@@ -247,7 +253,7 @@ class _FakeReaderMaker:
 
 class BuildServiceTests(SynchronousTestCase):
     """
-    L{tap.buildService} builds the services each subcommand asks for, and
+    L{tap.build_service} builds the services each subcommand asks for, and
     nothing listens or connects before they are started.
     """
 
@@ -256,9 +262,9 @@ class BuildServiceTests(SynchronousTestCase):
         self.reader = _FakeReaderMaker()
 
     def build(self, *argv: str) -> MultiService:
-        return tap.buildService(parse(*argv), self.reactor, lambda: self.reader)
+        return tap.build_service(parse(*argv), self.reactor, lambda: self.reader)
 
-    def assertIdle(self) -> None:
+    def assert_idle(self) -> None:
         self.assertEqual(
             (
                 self.reactor.tcpServers,
@@ -289,7 +295,7 @@ class BuildServiceTests(SynchronousTestCase):
             "--close-after-reply",
         )
         self.assertEqual([s.name for s in top], ["printer"])
-        self.assertIdle()
+        self.assert_idle()
         service = top.getServiceNamed("printer")
         assert isinstance(service, StreamServerEndpointService)
         sim = service.factory
@@ -320,7 +326,7 @@ class BuildServiceTests(SynchronousTestCase):
             [(self.reactor, "tcp:4000:interface=127.0.0.1", ["01", "02"], 1.5, True)],
         )
         self.assertEqual([s.name for s in top], ["reader"])
-        self.assertIdle()
+        self.assert_idle()
 
     def test_realReader(self) -> None:
         """
@@ -328,13 +334,13 @@ class BuildServiceTests(SynchronousTestCase):
         listens only once started.
         """
         try:
-            from daemon.sim.reader import makeReaderSimService  # noqa: F401
+            from daemon.sim.reader import make_reader_sim_service  # noqa: F401
         except ImportError:
             raise self.skipTest("daemon.sim.reader is not there yet") from None
-        top = tap.buildService(
+        top = tap.build_service(
             parse("reader", "--listen", "tcp:4555:interface=127.0.0.1"), self.reactor
         )
-        self.assertIdle()
+        self.assert_idle()
         top.startService()
         self.assertEqual(
             [(port, interface) for port, _, _, interface in self.reactor.tcpServers],
@@ -358,7 +364,7 @@ class BuildServiceTests(SynchronousTestCase):
             "M{n}",
         )
         self.assertEqual([s.name for s in top], ["plc"])
-        self.assertIdle()
+        self.assert_idle()
         plc = top.getServiceNamed("plc")
         assert isinstance(plc, PlcSimService)
         self.assertEqual(
@@ -381,7 +387,7 @@ class BuildServiceTests(SynchronousTestCase):
         """
         top = self.build("demo", "--jobs-dir", "var/printer")
         self.assertEqual([s.name for s in top], ["printer", "reader", "plc"])
-        self.assertIdle()
+        self.assert_idle()
         printer = top.getServiceNamed("printer")
         assert isinstance(printer, StreamServerEndpointService)
         sim = printer.factory
@@ -474,10 +480,10 @@ class RenderMessageTests(SynchronousTestCase):
         C{{n}} is the message number, with format specs; literal braces are
         doubled; CR LF is added unless the text ends with a line feed.
         """
-        self.assertEqual(renderMessage("SKU{n:04d};3", 7), b"SKU0007;3\r\n")
-        self.assertEqual(renderMessage("{{x}};{n}", 12), b"{x};12\r\n")
-        self.assertEqual(renderMessage("raw\n", 1), b"raw\n")
-        self.assertEqual(renderMessage("caf\u00e9", 1), b"caf\xc3\xa9\r\n")
+        self.assertEqual(render_message("SKU{n:04d};3", 7), b"SKU0007;3\r\n")
+        self.assertEqual(render_message("{{x}};{n}", 12), b"{x};12\r\n")
+        self.assertEqual(render_message("raw\n", 1), b"raw\n")
+        self.assertEqual(render_message("caf\u00e9", 1), b"caf\xc3\xa9\r\n")
 
     def test_invalid(self) -> None:
         """
@@ -485,7 +491,7 @@ class RenderMessageTests(SynchronousTestCase):
         naming the template.
         """
         for template in ("{sku}", "{}", "{0}", "{n", "{n.real.x}", "{n:q}"):
-            e = self.assertRaises(ValueError, renderMessage, template, 1)
+            e = self.assertRaises(ValueError, render_message, template, 1)
             self.assertIn(repr(template), str(e))
 
 
@@ -496,7 +502,7 @@ class PlcSimulatorTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.reactor = MemoryReactorClock()
-        self.service = makePlcSimService(
+        self.service = make_plc_sim_service(
             self.reactor,
             "tcp:host=127.0.0.1:port=9200",
             interval=5,
@@ -552,7 +558,7 @@ class PlcSimulatorTests(SynchronousTestCase):
         protocol.dataReceived(b"OK SKU-1001\r\nNA")
         protocol.dataReceived(b"K\nrest")
         self.assertEqual(list(self.sim.replies), [b"OK SKU-1001", b"NAK"])
-        self.assertEqual(self.sim.replyCount, 2)
+        self.assertEqual(self.sim.reply_count, 2)
         self.stop(protocol)
 
     def test_longReplyAborts(self) -> None:
@@ -563,7 +569,7 @@ class PlcSimulatorTests(SynchronousTestCase):
         protocol, transport = self.accept()
         protocol.dataReceived(b"x" * (MAX_REPLY_LINE + 1))
         self.assertTrue(transport.disconnecting)
-        self.assertEqual(self.sim.replyCount, 0)
+        self.assertEqual(self.sim.reply_count, 0)
         self.stop(protocol)
 
     def test_reconnectsAndResumes(self) -> None:
@@ -608,12 +614,16 @@ class PlcSimulatorTests(SynchronousTestCase):
         ValueErrors at build time.
         """
         good = "tcp:host=127.0.0.1:port=9200"
-        self.assertRaises(ValueError, makePlcSimService, self.reactor, good, 0, ["a"])
-        self.assertRaises(ValueError, makePlcSimService, self.reactor, good, 1, [])
-        self.assertRaises(ValueError, makePlcSimService, self.reactor, good, 1, ["{x}"])
+        self.assertRaises(
+            ValueError, make_plc_sim_service, self.reactor, good, 0, ["a"]
+        )
+        self.assertRaises(ValueError, make_plc_sim_service, self.reactor, good, 1, [])
+        self.assertRaises(
+            ValueError, make_plc_sim_service, self.reactor, good, 1, ["{x}"]
+        )
         for bad in ("tcp:host=127.0.0.1", "nope:1", "tcp:host=a:port=b"):
             self.assertRaises(
-                ValueError, makePlcSimService, self.reactor, bad, 1, ["a"]
+                ValueError, make_plc_sim_service, self.reactor, bad, 1, ["a"]
             )
         self.assertIsInstance(
             PlcSimulator(self.reactor, 1, ["a"]).buildProtocol(None), Protocol

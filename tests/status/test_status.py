@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import reactor as globalReactor
+from twisted.internet import reactor as global_reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.task import Clock
@@ -813,7 +813,7 @@ class StatusEndToEndTests(TestCase):
         """
         stats = Stats()
         stats.server("line1").frames = 11
-        service = StatusService(globalReactor, "tcp:0:interface=127.0.0.1", stats)
+        service = StatusService(global_reactor, "tcp:0:interface=127.0.0.1", stats)
         service.startService()
         # Stopping twice is harmless, so the cleanup may run after the test
         # stopped it already.
@@ -822,9 +822,9 @@ class StatusEndToEndTests(TestCase):
         address = service.port.getHost()
         assert isinstance(address, IPv4Address)
         port = address.port
-        pool = HTTPConnectionPool(globalReactor, persistent=True)
+        pool = HTTPConnectionPool(global_reactor, persistent=True)
         self.addCleanup(pool.closeCachedConnections)
-        agent = Agent(globalReactor, pool=pool)
+        agent = Agent(global_reactor, pool=pool)
 
         base = f"http://127.0.0.1:{port}".encode()
         response = await agent.request(b"GET", base + b"/metrics")
