@@ -50,8 +50,8 @@ class DescriptionCheckTests(SynchronousTestCase):
         A description the parsers refuse raises (the callers turn it into
         their own error).
         """
-        self.assertRaises(Exception, check_server_description, "tcp:notaport")
-        self.assertRaises(Exception, check_client_description, "nosuch:host=x")
+        self.assertRaises(ValueError, check_server_description, "tcp:notaport")
+        self.assertRaises(ValueError, check_client_description, "nosuch:host=x")
 
     def test_product_code_imports_no_test_helpers(self) -> None:
         """
