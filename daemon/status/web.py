@@ -52,7 +52,7 @@ from twisted.web.server import Site
 from daemon.core import logs
 from daemon.core.listening import ListeningService
 from daemon.core.networks import Network, host_allowed
-from daemon.core.peers import host_port, join_host_port
+from daemon.core.peers import format_address, host_port, join_host_port
 from daemon.status.devices import (
     BACKING_OFF,
     FAILING,
@@ -677,7 +677,7 @@ class StatusSite(Site):
             self.counters.over_limit += 1
             self._log.warn(
                 "status: refusing {peer}: {limit} connections open already",
-                peer=addr,
+                peer=format_address(addr),
                 limit=MAX_CONNECTIONS,
             )
             return None
@@ -727,7 +727,7 @@ class StatusSite(Site):
             method=request.method,
             uri=request.uri,
             code=request.code,
-            peer=request.getClientAddress(),
+            peer=format_address(request.getClientAddress()),
         )
 
     def close_all(self) -> list[Deferred[None]]:

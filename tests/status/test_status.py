@@ -644,16 +644,17 @@ class RoutingTests(SynchronousTestCase):
             response = self.request(b"HEAD", path)
             self.assertTrue(response.startswith(b"HTTP/1.1 200 "))
             head, _, rest = response.partition(b"\r\n\r\n")
-            getHead, _, getBody = got.partition(b"\r\n\r\n")
+            get_head, _, get_body = got.partition(b"\r\n\r\n")
             self.assertEqual(rest, b"")
-            self.assertIn(b"\r\nContent-Length: %d" % (len(getBody),), head)
-            self.assertIn(b"\r\nContent-Length: %d" % (len(getBody),), getHead)
+            self.assertIn(b"\r\nContent-Length: %d" % (len(get_body),), head)
+            self.assertIn(b"\r\nContent-Length: %d" % (len(get_body),), get_head)
         self.assertEqual([e for e in events if e["log_level"] > LogLevel.debug], [])
 
     def test_access_log_quiet(self) -> None:
         """
         A request logs nothing above debug level: scrapes do not fill the
-        daemon's log.  The access line is there at debug level.
+        daemon's log.  The access line is there at debug level, its peer
+        written as C{host:port}.
         """
         events: list[LogEvent] = []
         observer = cast(ILogObserver, events.append)
@@ -665,14 +666,21 @@ class RoutingTests(SynchronousTestCase):
         self.assertEqual(len(access), 1)
         self.assertEqual(access[0]["log_level"], LogLevel.debug)
         self.assertEqual(access[0]["code"], 200)
+        self.assertRegex(access[0]["peer"], r"^[0-9.]+:[0-9]+$")
 
     def test_connection_cap(self) -> None:
         """
         At most L{MAX_CONNECTIONS} connections are open at once; the next
-        one is refused until one closes.
+        one is refused (logged with the peer as C{host:port}) until one
+        closes.
         """
         open_ = [self.connect() for _ in range(MAX_CONNECTIONS)]
+        events: list[LogEvent] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         self.assertIsNone(self.site.buildProtocol(PEER))
+        self.assertEqual([e["peer"] for e in events], ["127.0.0.1:50000"])
         channel, _ = open_.pop()
         channel.connectionLost(Failure(ConnectionDone()))
         open_.append(self.connect())
