@@ -195,6 +195,8 @@ def _sections(config: Config) -> dict[str, tuple[str, str, Any]]:
         ("server", config.servers),
         ("send", config.sends),
         ("reader", config.readers),
+        ("broker", getattr(config, "brokers", ())),
+        ("publish", tuple(getattr(config, "publishes", {}).values())),
     ):
         for item in items:
             result[f"{kind}:{item.name}"] = (kind, item.name, item)
@@ -376,6 +378,18 @@ class Reloader:
         from daemon.status.stats import ActionStats
 
         top = self.top
+        mqtt = [
+            label
+            for label in (*plan.added, *plan.removed, *(c.label for c in plan.changed))
+            if label.partition(":")[0] in ("broker", "publish")
+        ]
+        if mqtt:
+            raise ConfigError(
+                new.path,
+                mqtt[0],
+                None,
+                "[broker:…] and [publish:…] sections change only with a restart",
+            )
         limiters = next(
             (a.limiters for a in top.actions.values() if isinstance(a, SendAction)),
             LinkLimiters(),
@@ -473,7 +487,7 @@ class Reloader:
         outboxes = [
             s for s in top.phases[Phase.OUTBOXES] if isinstance(s, OutboxService)
         ]
-        names = {s.name for s in new.sends}
+        names = {s.name for s in new.sends} | set(getattr(new, "publishes", {}))
         going_actions = {
             name: a
             for name, a in top.actions.items()
@@ -511,6 +525,11 @@ class Reloader:
                 outboxes[0].add_action(action)
         # Keep the order of the file.
         ordered = {s.name: top.actions[s.name] for s in new.sends}
+        ordered.update(
+            (name, top.actions[name])
+            for name in getattr(new, "publishes", {})
+            if name in top.actions
+        )
         top.actions.clear()
         top.actions.update(ordered)
 

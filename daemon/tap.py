@@ -210,16 +210,20 @@ class Phase(enum.Enum):
     """
 
     STATUS = "status"
+    BROKERS = "brokers"
     OUTBOXES = "outboxes"
     ACTIONS = "actions"
     READERS = "readers"
     LISTENERS = "listeners"
 
 
-#: The order phases start in: the status page first, then the outboxes are
-#: recovered, then the actions and readers; nothing listens before that.
+#: The order phases start in: the status page first, then the MQTT broker
+#: connections begin (on their own threads; nothing waits for them), then
+#: the outboxes are recovered, then the actions and readers; nothing listens
+#: before that.
 START_ORDER: tuple[Phase, ...] = (
     Phase.STATUS,
+    Phase.BROKERS,
     Phase.OUTBOXES,
     Phase.ACTIONS,
     Phase.READERS,
@@ -230,12 +234,14 @@ START_ORDER: tuple[Phase, ...] = (
 #: listeners first (clients get the replies already due), then readers, then
 #: actions (device links close cleanly), then the outboxes (which would
 #: otherwise cancel deliveries whose links are closing cleanly), then the
-#: status page.
+#: broker connections (after everything that publishes or subscribes), then
+#: the status page.
 STOP_ORDER: tuple[Phase, ...] = (
     Phase.LISTENERS,
     Phase.READERS,
     Phase.ACTIONS,
     Phase.OUTBOXES,
+    Phase.BROKERS,
     Phase.STATUS,
 )
 
@@ -274,6 +280,8 @@ class PlantdService(MultiService):
         self.log_observer: ILogObserver | None = None
         self.listeners: dict[str, ListenerService] = {}
         self.actions: dict[str, IAction] = {}
+        #: the ``[broker:NAME]`` connections by name
+        self.brokers: dict[str, Any] = {}
         self.phases: dict[Phase, PhaseService] = {}
         for phase in START_ORDER:
             group = PhaseService(phase)
@@ -403,6 +411,12 @@ def build_service(
             ),
             Phase.STATUS,
         )
+    if config.brokers:
+        from daemon.mqtt.client import BrokerService, build_brokers
+
+        top.brokers = build_brokers(config, reactor, stats)
+        for broker in top.brokers.values():
+            top.add(BrokerService(broker), Phase.BROKERS)
     actions = build_actions(config, reactor, stats, top.phases[Phase.OUTBOXES])
     top.actions = actions
     top.add(ActionsService(actions), Phase.ACTIONS)

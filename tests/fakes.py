@@ -14,6 +14,12 @@ from zope.interface import implementer
 
 from daemon.core.actions import ActionFailed, ActionResult, Event, IAction
 from daemon.core.notify import IStartedLater
+from daemon.mqtt.interfaces import (
+    BrokerUnavailable,
+    IBrokerClient,
+    Message,
+    MessageHandler,
+)
 from daemon.reader.session import IReaderOwner, ReaderSession
 from daemon.status.stats import ActionStats
 
@@ -129,3 +135,71 @@ class SlowStartService(Service):
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(None)
+
+
+@implementer(IBrokerClient)
+class FakeBrokerClient:
+    """
+    A broker connection that the test drives: L{publish} records each
+    message with the Deferred it returned, which the test fires (the
+    broker's PUBACK) or fails; L{deliver} hands a message to the matching
+    subscriptions and returns what their handlers returned.
+    """
+
+    def __init__(self, name: str = "hub", connected: bool = True) -> None:
+        self.name = name
+        self.connected = connected
+        #: (topic, payload, qos, retain, properties, Deferred) per publish
+        self.published: list[
+            tuple[str, bytes, int, bool, dict[str, str], Deferred[None]]
+        ] = []
+        self.subscriptions: list[tuple[str, int, MessageHandler]] = []
+        self.on_connected: list[Any] = []
+        #: fire each publish's Deferred at once (an always-acking broker)
+        self.auto_ack = False
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        properties: Mapping[str, str],
+    ) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        if not self.connected:
+            d.errback(BrokerUnavailable(f"broker {self.name} not connected"))
+            return d
+        self.published.append((topic, payload, qos, retain, dict(properties), d))
+        if self.auto_ack:
+            d.callback(None)
+        return d
+
+    def subscribe(self, topic_filter: str, qos: int, handler: MessageHandler) -> None:
+        self.subscriptions.append((topic_filter, qos, handler))
+
+    def come_up(self) -> None:
+        """
+        The connection (re)opens: tell the connect listeners.
+        """
+        self.connected = True
+        for listener in list(self.on_connected):
+            listener()
+
+    def go_down(self) -> None:
+        """
+        The connection is lost: every unacknowledged publish fails.
+        """
+        self.connected = False
+        for *_, d in self.published:
+            if not d.called:
+                d.errback(BrokerUnavailable(f"broker {self.name}: connection lost"))
+
+    def deliver(self, message: Message) -> list[Deferred[None] | None]:
+        from paho.mqtt.client import topic_matches_sub
+
+        return [
+            handler(message)
+            for topic_filter, _, handler in self.subscriptions
+            if topic_matches_sub(topic_filter, message.topic)
+        ]

@@ -9,10 +9,12 @@ Import the public names from here: C{from daemon.config import Config}.
 from daemon.config.ini import config_from_string, read_config
 from daemon.config.model import (
     AcceptRule,
+    BrokerConfig,
     Config,
     ConfigError,
     DaemonConfig,
     ParseSpec,
+    PublishConfig,
     QueueConfig,
     ReaderConfig,
     ReplyUntil,
@@ -24,10 +26,12 @@ from daemon.config.model import (
 
 __all__ = [
     "AcceptRule",
+    "BrokerConfig",
     "Config",
     "ConfigError",
     "DaemonConfig",
     "ParseSpec",
+    "PublishConfig",
     "QueueConfig",
     "ReaderConfig",
     "ReplyUntil",

@@ -5,7 +5,7 @@ exist, and templates use only variables something defines.
 
 from __future__ import annotations
 
-from daemon.config.model import Config, ConfigError
+from daemon.config.model import Config, ConfigError, PublishConfig
 from daemon.core.events import (
     READER_EVENT_VARIABLES,
     READER_STATE_VARIABLES,
@@ -88,10 +88,15 @@ def _check_chain(
     each one uses is defined by the event, [variables] or an earlier
     action.  Returns what is defined after the last action.
     """
+    publishes = getattr(config, "publishes", {})
     for name in names:
+        publish = publishes.get(name)
+        if publish is not None:
+            _check_publish(config, section, publish, defined, open_names)
+            continue
         action = config.actions.get(name)
         if action is None:
-            known = ", ".join(sorted(config.actions)) or "none defined"
+            known = ", ".join(sorted([*config.actions, *publishes])) or "none defined"
             raise ConfigError(
                 config.path,
                 section,
@@ -120,6 +125,30 @@ def _check_chain(
                     )
         defined = defined | action.defines
     return defined
+
+
+def _check_publish(
+    config: Config,
+    section: str,
+    publish: PublishConfig,
+    defined: frozenset[str],
+    open_names: bool,
+) -> None:
+    """
+    The variables of a publish action's topic and payload templates.
+    """
+    for key, template in (("topic", publish.topic), ("payload", publish.payload)):
+        if template is None:
+            continue
+        missing = template.undefined(defined)
+        if missing and not open_names:
+            raise ConfigError(
+                config.path,
+                f"publish:{publish.name}",
+                key,
+                f"variable [{missing[0]}] is not defined for [{section}] "
+                f"(by the event, [variables] or an earlier action's save_reply)",
+            )
 
 
 def _check_template(

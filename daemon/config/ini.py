@@ -25,11 +25,13 @@ from typing import Literal, TypeVar
 from daemon.config.checks import check_references
 from daemon.config.model import (
     AcceptRule,
+    BrokerConfig,
     Config,
     ConfigError,
     DaemonConfig,
     Network,
     ParseSpec,
+    PublishConfig,
     QueueConfig,
     ReaderConfig,
     ReplyUntil,
@@ -134,6 +136,42 @@ KEYS: Mapping[str, frozenset[str]] = MappingProxyType(
                 "on_disconnect",
             }
         ),
+        "broker": frozenset(
+            {
+                "url",
+                "client_id",
+                "protocol",
+                "keepalive",
+                "clean_start",
+                "username",
+                "password_file",
+                "tls_ca",
+                "tls_cert",
+                "tls_key",
+                "retry_initial",
+                "retry_max",
+                "state_topic",
+            }
+        ),
+        "publish": frozenset(
+            {
+                "broker",
+                "topic",
+                "payload",
+                "qos",
+                "retain",
+                "encoding",
+                "retries",
+                "retry_initial",
+                "retry_max",
+                "queue",
+                "max_jobs",
+                "max_bytes",
+                "when_full",
+                "max_attempts",
+                "max_age",
+            }
+        ),
     }
 )
 
@@ -146,6 +184,7 @@ VERBATIM_KEYS: Mapping[str, frozenset[str]] = MappingProxyType(
         "server": frozenset({"reply", "error_reply", "parse", "delimiter"}),
         "send": frozenset({"data", "destination", "reply_until"}),
         "reader": frozenset({"accept_if"}),
+        "publish": frozenset({"topic", "payload"}),
     }
 )
 _INLINE_COMMENT = re.compile(r"\s[;#].*$", re.DOTALL)
@@ -204,6 +243,8 @@ def config_from_string(
     servers: list[ServerConfig] = []
     sends: list[SendConfig] = []
     readers: list[ReaderConfig] = []
+    brokers: list[BrokerConfig] = []
+    publishes: list[PublishConfig] = []
     endpoints = _Endpoints()
     for name in parser.sections():
         section = _Section(path, name, dict(parser.items(name)), endpoints, base)
@@ -212,7 +253,7 @@ def config_from_string(
             daemon = _daemon(section)
         elif name == "variables":
             variables = _variables(section)
-        elif kind in ("server", "send", "reader") and label:
+        elif kind in ("server", "send", "reader", "broker", "publish") and label:
             if not is_variable_name(label):
                 raise ConfigError(
                     path,
@@ -225,6 +266,10 @@ def config_from_string(
                 servers.append(_server(section, label))
             elif kind == "send":
                 sends.append(_send(section, label))
+            elif kind == "broker":
+                brokers.append(_broker(section, label))
+            elif kind == "publish":
+                publishes.append(_publish(section, label))
             else:
                 readers.append(_reader(section, label))
         else:
@@ -233,11 +278,13 @@ def config_from_string(
                 name,
                 None,
                 "unknown section; expected [plantd], [variables], "
-                "[server:NAME], [send:NAME] or [reader:NAME]",
+                "[server:NAME], [send:NAME], [reader:NAME], [broker:NAME] "
+                "or [publish:NAME]",
             )
         section.finish()
 
     actions = {s.name: s for s in sends}
+    _check_mqtt(path, actions, brokers, publishes)
     config = Config(
         path=path,
         daemon=daemon,
@@ -246,6 +293,8 @@ def config_from_string(
         sends=tuple(sends),
         readers=tuple(readers),
         actions=MappingProxyType(actions),
+        brokers=tuple(brokers),
+        publishes=MappingProxyType({p.name: p for p in publishes}),
     )
     check_references(config)
     return config
@@ -882,3 +931,186 @@ def _accept_rule(s: _Section) -> AcceptRule | None:
     except re.error as e:
         raise s.error("accept_if", f"bad regular expression: {e}") from None
     return AcceptRule(m.group(1), pattern)
+
+
+# ---------------------------------------------------------------------------
+# MQTT: [broker:NAME] and [publish:NAME].
+
+_MQTT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+
+
+def _broker_url(s: _Section) -> tuple[str, str, int, bool]:
+    """
+    C{url}: ``mqtt://host[:port]`` or ``mqtts://host[:port]``.
+    """
+    from urllib.parse import urlsplit
+
+    url = s.required("url", "mqtt://host:1883 or mqtts://host:8883")
+    expected = f"expected mqtt://host:port or mqtts://host:port; got {url!r}"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise s.error("url", expected) from None
+    if (
+        parts.scheme not in _MQTT_PORTS
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.username
+    ):
+        raise s.error("url", expected)
+    return (
+        url,
+        parts.hostname,
+        port or _MQTT_PORTS[parts.scheme],
+        (parts.scheme == "mqtts"),
+    )
+
+
+def default_client_id(name: str) -> str:
+    """
+    The client id of ``[broker:NAME]`` without C{client_id}: the host's
+    name and the section's, the same at every start.
+    """
+    import socket
+
+    host = socket.gethostname().split(".")[0] or "host"
+    return f"plantd-{host}-{name}"
+
+
+def _topic_name(s: _Section, key: str, value: str) -> str:
+    if "+" in value or "#" in value or "\x00" in value:
+        raise s.error(key, f"a topic to publish to has no + or #; got {value!r}")
+    if len(value.encode("utf-8")) > 65535:
+        raise s.error(key, "a topic is at most 65535 bytes")
+    return value
+
+
+def _broker(s: _Section, name: str) -> BrokerConfig:
+    url, host, port, tls = _broker_url(s)
+    client_id = s.string("client_id", default_client_id(name))
+    if len(client_id.encode("utf-8")) > 65535:
+        raise s.error("client_id", "at most 65535 bytes")
+    protocol = s.choice("protocol", "5", ("5", "3.1.1"))
+    keepalive = s.integer("keepalive", 30, minimum=5, maximum=65535)
+    clean_start = s.boolean("clean_start", False)
+    username = s.optional("username")
+    password_file = s.readable_file("password_file")
+    if password_file is not None and username is None:
+        raise s.error("password_file", "needs username")
+    tls_ca = s.readable_file("tls_ca")
+    tls_cert = s.readable_file("tls_cert")
+    tls_key = s.readable_file("tls_key")
+    if not tls:
+        for key, value in (
+            ("tls_ca", tls_ca),
+            ("tls_cert", tls_cert),
+            ("tls_key", tls_key),
+        ):
+            if value is not None:
+                raise s.error(key, "only used with an mqtts:// url")
+    if (tls_cert is None) != (tls_key is None):
+        raise s.error("tls_cert", "tls_cert and tls_key go together")
+    retry = _retry(s, BrokerConfig.retry)
+    _check_retry(s, retry)
+    state_topic = s.optional("state_topic")
+    if state_topic is not None:
+        _topic_name(s, "state_topic", state_topic)
+    return BrokerConfig(
+        name=name,
+        url=url,
+        host=host,
+        port=port,
+        tls=tls,
+        client_id=client_id,
+        protocol=protocol,  # type: ignore[arg-type]
+        keepalive=keepalive,
+        clean_start=clean_start,
+        username=username,
+        password_file=password_file,
+        tls_ca=tls_ca,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        retry=retry,
+        state_topic=state_topic,
+    )
+
+
+def _publish(s: _Section, name: str) -> PublishConfig:
+    broker = s.required("broker", "the name of a [broker:NAME] section")
+    topic = s.template("topic")
+    if topic is None:
+        raise s.error("topic", "required: the topic to publish to (a template)")
+    if topic.constant is not None:
+        _topic_name(s, "topic", topic.constant)
+    payload_text = s.raw("payload")
+    if not payload_text:
+        raise s.error("payload", "required: a template, or json")
+    payload = None if payload_text == "json" else s.template("payload")
+    qos = s.integer("qos", 1, minimum=0, maximum=1)
+    retain = s.boolean("retain", False)
+    encoding = s.codec("encoding", "utf-8")
+    mode = s.choice("queue", "none", ("none", "memory", "durable"))
+    if mode == "none":
+        for key in ("max_attempts", "max_age", "max_jobs", "max_bytes", "when_full"):
+            if s.has(key):
+                raise s.error(key, "only used with queue = memory or durable")
+    elif s.has("retries"):
+        raise s.error("retries", "only used with queue = none (the outbox retries)")
+    retries = s.integer("retries", 0, minimum=0)
+    retry = _retry(s, PublishConfig.retry)
+    queue = _queue(s, mode)
+    _check_retry(s, retry)
+    return PublishConfig(
+        name=name,
+        broker=broker,
+        topic=topic,
+        payload=payload,
+        qos=qos,
+        retain=retain,
+        encoding=encoding,
+        retries=retries,
+        retry=retry,
+        queue=queue,
+    )
+
+
+def _check_mqtt(
+    path: str,
+    sends: Mapping[str, SendConfig],
+    brokers: list[BrokerConfig],
+    publishes: list[PublishConfig],
+) -> None:
+    """
+    A publish names a broker that exists, and no send has its name; two
+    brokers never share a client id (the broker would drop one of them).
+    """
+    names = {b.name for b in brokers}
+    for p in publishes:
+        section = f"publish:{p.name}"
+        if p.name in sends:
+            raise ConfigError(
+                path,
+                section,
+                None,
+                f"[send:{p.name}] has the same name; an action's name is used once",
+            )
+        if p.broker not in names:
+            known = ", ".join(sorted(names)) or "none defined"
+            raise ConfigError(
+                path,
+                section,
+                "broker",
+                f"no [broker:{p.broker}] section (brokers: {known})",
+            )
+    seen: dict[tuple[str, int, str], str] = {}
+    for b in brokers:
+        other = seen.setdefault((b.host, b.port, b.client_id), b.name)
+        if other != b.name:
+            raise ConfigError(
+                path,
+                f"broker:{b.name}",
+                "client_id",
+                f"{b.client_id!r} is also [broker:{other}]'s client id",
+            )

@@ -272,6 +272,72 @@ class ReaderConfig:
 
 
 @dataclass(frozen=True)
+class BrokerConfig:
+    """
+    ``[broker:NAME]``: one MQTT broker connection, shared by the publish
+    actions and subscribe triggers that name it.
+
+    @ivar url: ``mqtt://host:port`` or ``mqtts://host:port`` (TLS).
+    @ivar client_id: the MQTT client id, stable across restarts so that the
+        broker finds our session again.
+    @ivar protocol: ``5`` or ``3.1.1``.
+    @ivar clean_start: start a new session at each connect (``no``: the
+        broker keeps our subscriptions and QoS 1 messages while we are away).
+    @ivar password_file: the file whose first line is the password.
+    @ivar retry: the wait between reconnects.
+    @ivar state_topic: where the retained ``online`` / ``offline`` (the will)
+        go, or None.
+    """
+
+    name: str
+    url: str
+    host: str
+    port: int
+    tls: bool
+    client_id: str
+    protocol: Literal["5", "3.1.1"] = "5"
+    keepalive: int = 30
+    clean_start: bool = False
+    username: str | None = None
+    password_file: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    retry: RetryConfig = RetryConfig(1.0, 30.0)
+    state_topic: str | None = None
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    """
+    ``[publish:NAME]``: an action that publishes each event to a broker.
+
+    @ivar payload: the payload template, or None for ``payload = json`` (one
+        object with the event's variables, an ``id`` and a ``time``).
+    @ivar retry: the outbox's wait between tries (queued), or between the
+        C{retries} immediate tries (``queue = none``).
+    """
+
+    name: str
+    broker: str
+    topic: Template
+    payload: Template | None = None
+    qos: int = 1
+    retain: bool = False
+    encoding: str = "utf-8"
+    retries: int = 0
+    retry: RetryConfig = RetryConfig(1.0, 60.0)
+    queue: QueueConfig = QueueConfig()
+
+    @property
+    def defines(self) -> frozenset[str]:
+        """
+        A publish gives no variables to the actions after it.
+        """
+        return frozenset()
+
+
+@dataclass(frozen=True)
 class Config:
     """
     The whole configuration file.
@@ -284,5 +350,12 @@ class Config:
     sends: tuple[SendConfig, ...] = ()
     readers: tuple[ReaderConfig, ...] = ()
     actions: Mapping[str, SendConfig] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    #: ``[broker:NAME]`` sections, in file order
+    brokers: tuple[BrokerConfig, ...] = ()
+    #: ``[publish:NAME]`` actions by name (L{actions} holds the send ones;
+    #: a name is used by one action only)
+    publishes: Mapping[str, PublishConfig] = field(
         default_factory=lambda: MappingProxyType({})
     )

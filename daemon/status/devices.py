@@ -158,7 +158,37 @@ class TriggerState:
         return True
 
 
-Device = DestinationState | ReaderState | TriggerState
+@dataclass(frozen=True, slots=True)
+class BrokerState:
+    """
+    One MQTT broker connection (``[broker:NAME]``), now.
+
+    @ivar url: the broker's C{url}.
+    @ivar state: L{CONNECTED} or L{DISCONNECTED}.
+    @ivar connected_since: when the current session opened.
+    @ivar in_flight: publishes sent and not yet acknowledged (PUBACK).
+    @ivar last_error: why the connection was last lost or refused.
+    @ivar error_since: when it was lost (while it is).
+    @ivar reconnects: sessions opened after the first one.
+    @ivar next_reconnect_in: seconds before the next connection attempt.
+    """
+
+    broker: str
+    url: str
+    state: str
+    connected_since: float | None
+    in_flight: int
+    last_error: str | None
+    error_since: float | None
+    reconnects: int
+    next_reconnect_in: float | None
+
+    @property
+    def up(self) -> bool:
+        return self.state == CONNECTED
+
+
+Device = DestinationState | ReaderState | TriggerState | BrokerState
 
 
 class _Track:

@@ -28,6 +28,7 @@ from daemon.status.devices import (
     IDLE,
     LISTENING,
     OK,
+    BrokerState,
     DestinationState,
     Device,
     ReaderState,
@@ -234,6 +235,33 @@ def _trigger(t: TriggerState, now: float) -> tuple[str, list[str]]:
     return what, lines
 
 
+def _broker(b: BrokerState, now: float) -> tuple[str, list[str]]:
+    e = html.escape
+    what = (
+        f'<span class="what">Broker {e(b.broker)}</span>'
+        f'<br><span class="sub">{e(b.url)}</span>'
+    )
+    lines = []
+    if b.state == CONNECTED:
+        if b.connected_since is not None:
+            lines.append(f"connected since {e(moment(b.connected_since, now))}")
+    else:
+        since = (
+            f" since {e(moment(b.error_since, now))}"
+            if b.error_since is not None
+            else ""
+        )
+        error = f": {e(b.last_error)}" if b.last_error else ""
+        lines.append(f'<span class="err">Not connected{since}{error}</span>')
+        if b.next_reconnect_in is not None:
+            lines.append(f"next try in {ago(b.next_reconnect_in)}")
+    if b.in_flight:
+        lines.append(f"{b.in_flight} messages waiting for the broker's ack")
+    if b.reconnects:
+        lines.append(f"{b.reconnects} reconnects since start")
+    return what, lines
+
+
 def device_row(device: Device, now: float) -> str:
     """
     One table row for C{device}.
@@ -242,6 +270,8 @@ def device_row(device: Device, now: float) -> str:
         what, lines = _destination(device, now)
     elif isinstance(device, ReaderState):
         what, lines = _reader(device, now)
+    elif isinstance(device, BrokerState):
+        what, lines = _broker(device, now)
     else:
         what, lines = _trigger(device, now)
     words, css = WORDS.get(device.state, (device.state, "idle"))
@@ -257,9 +287,9 @@ def ordered(devices: Mapping[str, Sequence[Device]]) -> list[Device]:
     Every device, problems first, then warnings; in each group
     destinations, readers, listeners, in the order given.
     """
-    rank = {"destination": 0, "reader": 1, "trigger": 2}
+    rank = {"destination": 0, "reader": 1, "broker": 2, "trigger": 3}
     flat = [
-        (severity(d), rank.get(kind, 3), i, d)
+        (severity(d), rank.get(kind, 4), i, d)
         for kind, named in devices.items()
         for i, d in enumerate(named)
     ]

@@ -58,6 +58,7 @@ from daemon.status.devices import (
     FAILING,
     IDLE,
     OK,
+    BrokerState,
     DestinationState,
     Device,
     ReaderState,
@@ -426,9 +427,29 @@ def device_families(
         "When a client of the server trigger last sent something (POSIX time).",
         labels=["trigger"],
     )
+    broker_up = GaugeMetricFamily(
+        f"{PREFIX}_broker_up",
+        "1 while the MQTT broker connection is up.",
+        labels=["broker"],
+    )
+    broker_in_flight = GaugeMetricFamily(
+        f"{PREFIX}_broker_in_flight",
+        "Messages published to the broker and not yet acknowledged.",
+        labels=["broker"],
+    )
+    broker_since = GaugeMetricFamily(
+        f"{PREFIX}_broker_connected_since_timestamp_seconds",
+        "When the broker session opened (POSIX time).",
+        labels=["broker"],
+    )
     for kind in sorted(devices):
         for d in devices[kind]:
-            if isinstance(d, DestinationState):
+            if isinstance(d, BrokerState):
+                broker_up.add_metric([d.broker], 1.0 if d.up else 0.0)
+                broker_in_flight.add_metric([d.broker], float(d.in_flight))
+                if d.connected_since is not None:
+                    broker_since.add_metric([d.broker], d.connected_since)
+            elif isinstance(d, DestinationState):
                 labels = [d.action, d.destination]
                 up.add_metric(labels, 1.0 if d.up else 0.0)
                 for name in DESTINATION_STATES:
@@ -455,6 +476,7 @@ def device_families(
                     last_data.add_metric([d.trigger], d.last_data)
     yield from (up, state, waiting, oldest, failures, success, failing_since)
     yield from (reader_up, reader_since, reader_badge, clients, last_data)
+    yield from (broker_up, broker_in_flight, broker_since)
     yield CounterMetricFamily(
         f"{PREFIX}_events",
         "Notable events recorded (connects, failures, refusals, dead letters).",
