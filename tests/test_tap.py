@@ -57,7 +57,7 @@ class PhaseOrderTests(SynchronousTestCase):
         """
         self.assertEqual(
             [p.value for p in STOP_ORDER],
-            ["listeners", "readers", "actions", "outboxes", "status"],
+            ["listeners", "readers", "actions", "outboxes", "brokers", "status"],
         )
 
     def test_start_order(self) -> None:
@@ -111,7 +111,13 @@ class StopOrderTests(SynchronousTestCase):
         """
         log: list[str] = []
         top = PlantdService(config_from_string(""), Stats())
-        for phase in (Phase.ACTIONS, Phase.STATUS, Phase.LISTENERS, Phase.READERS):
+        for phase in (
+            Phase.ACTIONS,
+            Phase.STATUS,
+            Phase.BROKERS,
+            Phase.LISTENERS,
+            Phase.READERS,
+        ):
             top.add(Recorder(phase.value, log, hold=False), phase)
         top.add(Recorder("outboxes", log, hold=False), Phase.OUTBOXES)
         top.startService()
@@ -167,8 +173,8 @@ class BuildServiceTests(SynchronousTestCase):
 
     def test_phases(self) -> None:
         """
-        The status page, the outbox, the actions, a reader and a listener
-        each land in their phase.
+        The status page, a broker, the outbox, the actions, a reader and a
+        listener each land in their phase.
         """
         config = config_from_string(
             "[plantd]\nstatus = tcp:0:interface=127.0.0.1\n"
@@ -176,6 +182,7 @@ class BuildServiceTests(SynchronousTestCase):
             "[send:out]\ndestination = tcp:host=127.0.0.1:port=9\n"
             "data = x\nqueue = memory\n"
             "[reader:door]\nconnect = tcp:host=127.0.0.1:port=9\n"
+            "[broker:hub]\nurl = mqtt://127.0.0.1:9\n"
         )
         top = build_service(config, MemoryReactorClock())
         kinds = {
@@ -186,6 +193,7 @@ class BuildServiceTests(SynchronousTestCase):
             kinds,
             {
                 Phase.STATUS: ["StatusService"],
+                Phase.BROKERS: ["BrokerService"],
                 Phase.OUTBOXES: ["OutboxService"],
                 Phase.ACTIONS: [ActionsService.__name__],
                 Phase.READERS: ["ReaderService"],
