@@ -4,11 +4,19 @@ Fakes shared by unit tests (no reactor, no sockets).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectingCancelledError, ConnectionRefusedError
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+)
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -20,6 +28,8 @@ from daemon.mqtt.interfaces import (
     Message,
     MessageHandler,
 )
+from daemon.outbox.jobs import Job
+from daemon.outbox.memory import MemoryJobStore
 from daemon.reader.session import IReaderOwner, ReaderSession
 from daemon.status.stats import ActionStats
 
@@ -203,3 +213,155 @@ class FakeBrokerClient:
             for topic_filter, _, handler in self.subscriptions
             if topic_matches_sub(topic_filter, message.topic)
         ]
+
+
+@implementer(IStreamClientEndpoint)
+class FakeEndpoint:
+    """
+    A client endpoint whose connection attempts the test completes or fails.
+
+    @ivar attempts: (factory, Deferred) per C{connect} call, oldest first.
+    @ivar cancelled: how many attempts were cancelled (each fails with
+        C{ConnectingCancelledError}, as a real endpoint's does).
+    """
+
+    def __init__(
+        self,
+        address: IPv4Address,
+        transport: Callable[[], StringTransport] | None = None,
+    ) -> None:
+        """
+        @param address: the peer: given to C{buildProtocol}, and the default
+            transport's peer address.
+        @param transport: makes the transport of an accepted attempt; by
+            default a C{StringTransport} with C{address} as its peer.
+        """
+        self.address = address
+        self._transport = transport
+        self.attempts: list[tuple[IProtocolFactory, Deferred[IProtocol]]] = []
+        self.cancelled = 0
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        def cancel(d: Deferred[IProtocol]) -> None:
+            self.cancelled += 1
+            d.errback(ConnectingCancelledError(self.address))
+
+        d: Deferred[IProtocol] = Deferred(cancel)
+        self.attempts.append((factory, d))
+        return d
+
+    def accept(
+        self, transport: StringTransport | None = None, index: int = -1
+    ) -> tuple[Any, Any]:
+        """
+        Attempt C{index} connects: its protocol is built and connected to
+        C{transport} (a new one by default).
+
+        @return: the protocol and its transport.
+        """
+        factory, d = self.attempts[index]
+        protocol: Any = factory.buildProtocol(self.address)
+        assert protocol is not None
+        if transport is None:
+            transport = (
+                self._transport()
+                if self._transport is not None
+                else StringTransport(peerAddress=self.address)
+            )
+        protocol.makeConnection(transport)
+        d.callback(protocol)
+        return protocol, transport
+
+    def refuse(self, error: Exception | None = None, index: int = -1) -> None:
+        """
+        Attempt C{index} fails (connection refused by default).
+        """
+        self.attempts[index][1].errback(Failure(error or ConnectionRefusedError()))
+
+
+class DeviceDown(Exception):
+    """
+    The fake device refused a job.
+    """
+
+
+class FakeDevice:
+    """
+    An outbox's C{deliver} callback: every call returns a L{Deferred} the
+    test fires.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Job, Deferred[object]]] = []
+        self.cancelled: list[Job] = []
+        self._call_waiters: list[Deferred[Job]] = []
+
+    def __call__(self, job: Job) -> Deferred[object]:
+        d: Deferred[object] = Deferred(lambda _: self.cancelled.append(job))
+        self.calls.append((job, d))
+        waiters, self._call_waiters = self._call_waiters, []
+        for waiter in waiters:
+            waiter.callback(job)
+        return d
+
+    def next_call(self) -> Deferred[Job]:
+        """
+        Fires with the job of the next delivery attempt.
+        """
+        d: Deferred[Job] = Deferred()
+        self._call_waiters.append(d)
+        return d
+
+    def pending(self) -> list[Job]:
+        """
+        The jobs whose delivery attempt is still waiting.
+        """
+        return [job for job, d in self.calls if not d.called]
+
+    def accept(self, destination: str | None = None) -> Job:
+        """
+        The oldest pending call (for C{destination}) succeeds.
+        """
+        for job, d in self.calls:
+            if not d.called and destination in (None, job.destination):
+                d.callback(None)
+                return job
+        raise AssertionError(f"no pending delivery for {destination}")
+
+    def refuse(self, destination: str | None = None, why: str = "refused") -> Job:
+        """
+        The oldest pending call (for C{destination}) fails.
+        """
+        for job, d in self.calls:
+            if not d.called and destination in (None, job.destination):
+                d.errback(DeviceDown(why))
+                return job
+        raise AssertionError(f"no pending delivery for {destination}")
+
+    def payloads(self) -> list[bytes]:
+        """
+        The payloads of every attempt, in order.
+        """
+        return [job.payload for job, _ in self.calls]
+
+
+class SlowRemoveStore(MemoryJobStore):
+    """
+    A memory store whose removals take effect when the test commits them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.removals: list[tuple[int, Deferred[bool]]] = []
+
+    def remove(self, job_id: int) -> Deferred[bool]:
+        held: Deferred[bool] = Deferred()
+        self.removals.append((job_id, held))
+        return held
+
+    def commit_removal(self) -> None:
+        """
+        The oldest removal takes effect.
+        """
+        job_id, held = self.removals.pop(0)
+        super().remove(job_id).chainDeferred(held)

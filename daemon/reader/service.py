@@ -31,7 +31,7 @@ from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectingCancelledError, ConnectionDone
 from twisted.internet.interfaces import (
     IDelayedCall,
     IProtocolFactory,
@@ -356,7 +356,9 @@ class ReaderService(Service):
         self._next_attempt_at = None
 
     def _attempt_failed(self, failure: Failure) -> None:
-        if failure.check(CancelledError) and self._stopping:
+        # A real endpoint cancelled while connecting fails with
+        # ConnectingCancelledError, not CancelledError.
+        if failure.check(CancelledError, ConnectingCancelledError) and self._stopping:
             return
         stats = self.stats
         stats.connect_failures += 1

@@ -50,69 +50,11 @@ from daemon.outbox.store import (
     open_database,
     outbox_path,
 )
+from tests.fakes import DeviceDown, FakeDevice, SlowRemoveStore
 from tests.support import HeldCommit
 
 reactor = cast(IReactorFromThreads, _reactor)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(daemon.__file__)))
-
-
-class DeviceDown(Exception):
-    """
-    The fake device refused a job.
-    """
-
-
-class FakeDevice:
-    """
-    A C{deliver} callback: every call returns a L{Deferred} the test fires.
-    """
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Job, Deferred[object]]] = []
-        self.cancelled: list[Job] = []
-        self._call_waiters: list[Deferred[Job]] = []
-
-    def __call__(self, job: Job) -> Deferred[object]:
-        d: Deferred[object] = Deferred(lambda _: self.cancelled.append(job))
-        self.calls.append((job, d))
-        waiters, self._call_waiters = self._call_waiters, []
-        for waiter in waiters:
-            waiter.callback(job)
-        return d
-
-    def next_call(self) -> Deferred[Job]:
-        """
-        Fires with the job of the next delivery attempt.
-        """
-        d: Deferred[Job] = Deferred()
-        self._call_waiters.append(d)
-        return d
-
-    def pending(self) -> list[Job]:
-        return [job for job, d in self.calls if not d.called]
-
-    def accept(self, destination: str | None = None) -> Job:
-        """
-        The oldest pending call (for C{destination}) succeeds.
-        """
-        for job, d in self.calls:
-            if not d.called and destination in (None, job.destination):
-                d.callback(None)
-                return job
-        raise AssertionError(f"no pending delivery for {destination}")
-
-    def refuse(self, destination: str | None = None, why: str = "refused") -> Job:
-        """
-        The oldest pending call (for C{destination}) fails.
-        """
-        for job, d in self.calls:
-            if not d.called and destination in (None, job.destination):
-                d.errback(DeviceDown(why))
-                return job
-        raise AssertionError(f"no pending delivery for {destination}")
-
-    def payloads(self) -> list[bytes]:
-        return [job.payload for job, _ in self.calls]
 
 
 def capture_logs(test: SynchronousTestCase, cls: type) -> list[LogEvent]:
@@ -805,8 +747,6 @@ class JobStoreInterfaceTests(TestCase):
         """
         The fake stores other tests use stand for a real L{IJobStore}.
         """
-        from tests.server.test_backpressure import SlowRemoveStore
-
         self.assertTrue(verifyObject(IJobStore, SlowRemoveStore()))
 
 

@@ -18,23 +18,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import (
     ConnectionAborted,
     ConnectionDone,
     ConnectionLost,
-    ConnectionRefusedError,
 )
-from twisted.internet.interfaces import (
-    IProtocol,
-    IProtocolFactory,
-    IStreamClientEndpoint,
-)
+from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 
 from daemon.config import AcceptRule, ConfigError, ReaderConfig, RetryConfig
 from daemon.core import logs
@@ -50,7 +45,7 @@ from daemon.reader.scrdr import build_greeting, build_scrdr
 from daemon.reader.service import FAILURE_SUMMARY_INTERVAL, STOP_GRACE, ReaderService
 from daemon.reader.session import MAX_LINE, MAX_PENDING_ANSWERS, ReaderSession
 from daemon.status.stats import Stats
-from tests.fakes import FakeAction
+from tests.fakes import FakeAction, FakeEndpoint
 
 RANDOM = 0.625
 """The tests' fixed random number for the backoff's jitter."""
@@ -64,43 +59,15 @@ DENY = b"$SCCMD;SEQ=61\r\n"
 WINK = b"$SCCMD;SEQ=0E\r\n"
 
 
-@implementer(IStreamClientEndpoint)
-class FakeEndpoint:
+#: The reader the fake endpoints connect to.
+READER_ADDRESS = IPv4Address("TCP", "10.0.0.60", 4000)
+
+
+def reader_endpoint() -> FakeEndpoint:
     """
-    A client endpoint whose connection attempts the test completes or fails.
+    A fake endpoint to the reader at L{READER_ADDRESS}.
     """
-
-    def __init__(self) -> None:
-        self.attempts: list[tuple[IProtocolFactory, Deferred[IProtocol]]] = []
-        self.cancelled = 0
-
-    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
-        def cancel(d: Deferred[IProtocol]) -> None:
-            self.cancelled += 1
-
-        d: Deferred[IProtocol] = Deferred(cancel)
-        self.attempts.append((factory, d))
-        return d
-
-    def fail(self, error: Exception | None = None) -> None:
-        """
-        The last attempt fails (connection refused by default).
-        """
-        _, d = self.attempts[-1]
-        d.errback(Failure(error or ConnectionRefusedError()))
-
-    def succeed(self, port: int = 4000) -> Connection:
-        """
-        The last attempt connects.
-        """
-        factory, d = self.attempts[-1]
-        address = IPv4Address("TCP", "10.0.0.60", port)
-        proxy = factory.buildProtocol(address)
-        assert proxy is not None
-        transport = StringTransport(peerAddress=address)
-        proxy.makeConnection(transport)
-        d.callback(proxy)
-        return Connection(proxy, transport)
+    return FakeEndpoint(READER_ADDRESS)
 
 
 class Connection:
@@ -112,6 +79,13 @@ class Connection:
         self.proxy = proxy
         self.transport = transport
         self.session: ReaderSession = proxy._protocol  # type: ignore[attr-defined]
+
+    @classmethod
+    def accept(cls, endpoint: FakeEndpoint) -> Connection:
+        """
+        The last attempt of C{endpoint} connects.
+        """
+        return cls(*endpoint.accept())
 
     def receive(self, data: bytes) -> None:
         """
@@ -165,11 +139,12 @@ class Harness:
         self,
         config: ReaderConfig | None = None,
         variables: Mapping[str, str] | None = None,
+        endpoint: IStreamClientEndpoint | None = None,
     ) -> None:
         self.random = RANDOM
         self.clock = Clock()
         self.clock.advance(1_000_000)
-        self.endpoint = FakeEndpoint()
+        self.endpoint: Any = endpoint or reader_endpoint()
         self.stats = Stats()
         self.action = FakeAction("check")
         self.connected = FakeAction("up")
@@ -196,7 +171,7 @@ class Harness:
         Start the service and complete its first connection attempt.
         """
         self.service.startService()
-        return self.endpoint.succeed()
+        return Connection.accept(self.endpoint)
 
     def stop(self, test: SynchronousTestCase) -> None:
         """
@@ -784,7 +759,7 @@ class EventTests(SynchronousTestCase):
         self.assertGreaterEqual(len(messages(events, LogLevel.debug)), 2)
         c.lose()
         h.clock.advance(h.next_delay())
-        c2 = h.endpoint.succeed()
+        c2 = Connection.accept(h.endpoint)
         with capturedLogs() as events:
             c2.receive(b"garbage\r\n")
         self.assertEqual(len(messages(events, LogLevel.warn)), 1)
@@ -942,7 +917,7 @@ class SessionAnswerTests(SynchronousTestCase):
         c.receive(badge("01"))
         c.lose(ConnectionLost())
         h.clock.advance(h.next_delay())
-        c2 = h.endpoint.succeed()
+        c2 = Connection.accept(h.endpoint)
         with capturedLogs() as events:
             h.action.pending[0].callback({"ok": "yes"})
         self.assertEqual(c.written(), b"")
@@ -1132,7 +1107,7 @@ class FlowControlTests(SynchronousTestCase):
         self.assertEqual(c.transport.producerState, "paused")
         self.assertEqual(len(h.action.events), MAX_PENDING_ANSWERS)
         h.clock.advance(h.next_delay())
-        c2 = h.endpoint.succeed()
+        c2 = Connection.accept(h.endpoint)
         c2.receive(badge("02"))
         self.assertEqual(len(h.action.events), MAX_PENDING_ANSWERS + 1)
         self.assertEqual(c2.written(), WINK)
@@ -1432,7 +1407,7 @@ class RetryDelayTests(SynchronousTestCase):
             on_disconnect=ActionChain([]),
             variables={},
             stats=Stats(),
-            endpoint=FakeEndpoint(),
+            endpoint=reader_endpoint(),
             random=random,
         )
         return service._retry_delay
@@ -1502,7 +1477,7 @@ class ReconnectTests(SynchronousTestCase):
         delays = []
         for attempt in range(1, 8):
             self.assertEqual(len(h.endpoint.attempts), attempt)
-            h.endpoint.fail()
+            h.endpoint.refuse()
             delays.append(h.next_delay())
             h.clock.advance(delays[-1] - 0.001)
             self.assertEqual(len(h.endpoint.attempts), attempt)
@@ -1511,7 +1486,7 @@ class ReconnectTests(SynchronousTestCase):
             delays, [d * SHORTER for d in (1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0)]
         )
         self.assertEqual(h.counters["connect_failures"], 7)
-        h.endpoint.succeed().lose()
+        Connection.accept(h.endpoint).lose()
         h.stop(self)
 
     def test_never_above_retry_max(self) -> None:
@@ -1526,13 +1501,13 @@ class ReconnectTests(SynchronousTestCase):
             h.service.startService()
             delays = []
             for _ in range(6):
-                h.endpoint.fail()
+                h.endpoint.refuse()
                 delays.append(h.next_delay())
                 h.clock.advance(delays[-1])
             for delay, base in zip(delays, (0.5, 1.0, 2.0, 3.0, 3.0, 3.0), strict=True):
                 self.assertAlmostEqual(delay, base * factor, delta=1e-9)
                 self.assertLessEqual(delay, 3.0)
-            h.endpoint.succeed().lose()
+            Connection.accept(h.endpoint).lose()
             h.stop(self)
 
     def test_after_loss(self) -> None:
@@ -1547,7 +1522,7 @@ class ReconnectTests(SynchronousTestCase):
         self.assertEqual(h.next_delay(), 1.0 * SHORTER)
         h.clock.advance(h.next_delay())
         self.assertEqual(len(h.endpoint.attempts), 2)
-        h.endpoint.fail()
+        h.endpoint.refuse()
         self.assertEqual(h.next_delay(), 2.0 * SHORTER)
         h.stop(self)
 
@@ -1561,14 +1536,14 @@ class ReconnectTests(SynchronousTestCase):
         delays = []
         with capturedLogs() as events:
             for _ in range(5):
-                h.endpoint.succeed().lose()
+                Connection.accept(h.endpoint).lose()
                 delays.append(h.next_delay())
                 h.clock.advance(delays[-1])
         self.assertEqual(delays, [d * SHORTER for d in (2.0, 4.0, 8.0, 8.0, 8.0)])
         warnings = messages(events, LogLevel.warn)
         self.assertEqual(len(warnings), 1, warnings)
         self.assertIn("closed the session before sending anything", warnings[0])
-        c = h.endpoint.succeed()
+        c = Connection.accept(h.endpoint)
         c.receive(build_greeting())
         c.lose()
         self.assertEqual(h.next_delay(), 1.0 * SHORTER)
@@ -1581,7 +1556,7 @@ class ReconnectTests(SynchronousTestCase):
         """
         h = Harness()
         h.service.startService()
-        h.endpoint.fail()
+        h.endpoint.refuse()
         self.assertEqual(len(h.clock.getDelayedCalls()), 1)
         h.stop(self)
         h.clock.advance(100)
@@ -1596,6 +1571,20 @@ class ReconnectTests(SynchronousTestCase):
         with capturedLogs() as events:
             h.stop(self)
         self.assertEqual(h.endpoint.cancelled, 1)
+        self.assertEqual(messages(events, LogLevel.warn), [])
+        self.assertEqual(h.counters["connect_failures"], 0)
+
+    def test_stop_while_connecting_real_endpoint(self) -> None:
+        """
+        A real TCP endpoint cancelled while connecting fails with
+        C{ConnectingCancelledError}: that is quiet too, and no failure.
+        """
+        reactor = MemoryReactorClock()
+        h = Harness(endpoint=TCP4ClientEndpoint(reactor, "10.0.0.60", 4000))
+        h.service.startService()
+        self.assertEqual(len(reactor.tcpClients), 1)
+        with capturedLogs() as events:
+            h.stop(self)
         self.assertEqual(messages(events, LogLevel.warn), [])
         self.assertEqual(h.counters["connect_failures"], 0)
 
@@ -1636,7 +1625,7 @@ class ReconnectTests(SynchronousTestCase):
         h.stop(self)
         h.service.startService()
         self.assertEqual(len(h.endpoint.attempts), 2)
-        h.endpoint.succeed().lose()
+        Connection.accept(h.endpoint).lose()
         h.stop(self)
 
     def test_logs(self) -> None:
@@ -1654,9 +1643,9 @@ class ReconnectTests(SynchronousTestCase):
             start = h.clock.seconds()
             while h.clock.seconds() - start < 2 * FAILURE_SUMMARY_INTERVAL + 10:
                 h.clock.advance(h.next_delay())
-                h.endpoint.fail()
+                h.endpoint.refuse()
             h.clock.advance(h.next_delay())
-            c = h.endpoint.succeed()
+            c = Connection.accept(h.endpoint)
         warnings = messages(events, LogLevel.warn)
         self.assertEqual(len(warnings), 4, warnings)
         self.assertEqual(
@@ -1696,14 +1685,14 @@ class ReconnectTests(SynchronousTestCase):
         h.service.startService()
         logs.set_level("info")
         with capturedLogs() as events:
-            h.endpoint.fail()
+            h.endpoint.refuse()
         self.assertEqual(len(h.clock.getDelayedCalls()), 1)
         self.assertEqual(retry_lines(events), [])
 
         logs.set_level("debug")
         h.clock.advance(h.next_delay())
         with capturedLogs() as events:
-            h.endpoint.fail()
+            h.endpoint.refuse()
         [line] = retry_lines(events)
         self.assertEqual(line["log_level"], LogLevel.debug)
         self.assertIn("tcp:host=10.0.0.60:port=4000", formatEvent(line))

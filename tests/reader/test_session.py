@@ -30,7 +30,7 @@ from daemon.reader.session import (
     SessionState,
 )
 from tests.fakes import FakeReaderOwner
-from tests.reader.test_reader import FakeEndpoint
+from tests.reader.test_reader import reader_endpoint
 
 St, In, Out = SessionState, SessionInput, SessionOutput
 
@@ -75,7 +75,7 @@ class SeamTests(SynchronousTestCase):
         """
         The reader tests' fake endpoint provides L{IStreamClientEndpoint}.
         """
-        self.assertTrue(verifyObject(IStreamClientEndpoint, FakeEndpoint()))
+        self.assertTrue(verifyObject(IStreamClientEndpoint, reader_endpoint()))
 
 
 class TransitionTableTests(SynchronousTestCase):

@@ -18,11 +18,9 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint
 from twisted.internet.error import (
-    ConnectingCancelledError,
     ConnectionAborted,
     ConnectionDone,
     ConnectionLost,
-    ConnectionRefusedError,
     TimeoutError,
 )
 from twisted.internet.interfaces import (
@@ -65,6 +63,7 @@ from daemon.send.machine import LinkState
 from daemon.send.reply import ReplyBuffer
 from daemon.send.tls import TLSSettings, describe_tls_failure
 from daemon.status.stats import Stats
+from tests.fakes import FakeEndpoint
 
 PRINTER = "10.0.0.40:9100"
 
@@ -139,46 +138,12 @@ class TLSTransport(StringTransport):
         pass
 
 
-class FakeEndpoint:
+def printer_endpoint() -> FakeEndpoint:
     """
-    A client endpoint whose connection attempts the test completes.
-
-    @ivar attempts: (factory, Deferred) per connect call, oldest first.
+    A fake endpoint to the printer at L{PRINTER}, whose accepted attempts
+    get a L{HalfCloseTransport}.
     """
-
-    def __init__(self) -> None:
-        self.attempts: list[tuple[Factory, Deferred[Protocol]]] = []
-        self.cancelled = 0
-
-    def connect(self, factory: Factory) -> Deferred[Protocol]:
-        def cancel(d: Deferred[Protocol]) -> None:
-            self.cancelled += 1
-            d.errback(ConnectingCancelledError(IPv4Address("TCP", "10.0.0.40", 9100)))
-
-        d: Deferred[Protocol] = Deferred(cancel)
-        self.attempts.append((factory, d))
-        return d
-
-    def accept(
-        self, transport: StringTransport | None = None, index: int = -1
-    ) -> tuple[Protocol, StringTransport]:
-        """
-        Complete attempt C{index}: the device accepted.
-        """
-        factory, d = self.attempts[index]
-        protocol: Any = factory.buildProtocol(IPv4Address("TCP", "10.0.0.40", 9100))
-        assert protocol is not None
-        if transport is None:
-            transport = HalfCloseTransport()
-        protocol.makeConnection(transport)
-        d.callback(protocol)
-        return protocol, transport
-
-    def refuse(self, index: int = -1) -> None:
-        """
-        Fail attempt C{index}: the device refused.
-        """
-        self.attempts[index][1].errback(ConnectionRefusedError())
+    return FakeEndpoint(IPv4Address("TCP", "10.0.0.40", 9100), HalfCloseTransport)
 
 
 def device_closes(protocol: Protocol) -> None:
@@ -398,7 +363,7 @@ class LinkTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.clock = Clock()
-        self.endpoint = FakeEndpoint()
+        self.endpoint = printer_endpoint()
         self.gone: list[Link] = []
 
     def tearDown(self) -> None:
@@ -408,7 +373,7 @@ class LinkTests(SynchronousTestCase):
         return Link(
             self.clock,
             PRINTER,
-            self.endpoint,  # type: ignore[arg-type]
+            self.endpoint,
             payload,
             LinkOptions(**options),
             self.gone.append,
@@ -524,7 +489,7 @@ class LinkTests(SynchronousTestCase):
         d = link.start()
         protocol, transport = self.endpoint.accept()
         assert isinstance(transport, HalfCloseTransport)
-        protocol.readConnectionLost()  # type: ignore[attr-defined]
+        protocol.readConnectionLost()
         self.assertTrue(transport.aborted)
         lost(protocol, ConnectionAborted())
         failure = self.failureResultOf(d, ActionFailed)
@@ -647,7 +612,7 @@ class LinkTests(SynchronousTestCase):
         d = link.start()
         protocol, transport = self.endpoint.accept()
         protocol.dataReceived(b"bye")
-        protocol.readConnectionLost()  # type: ignore[attr-defined]
+        protocol.readConnectionLost()
         self.assertTrue(transport.disconnecting)
         lost(protocol, ConnectionDone())
         self.assertEqual(self.successResultOf(d), b"bye")
@@ -660,15 +625,15 @@ class LinkTests(SynchronousTestCase):
         """
         d = self.link().start()
         protocol, transport = self.endpoint.accept()
-        protocol.readConnectionLost()  # type: ignore[attr-defined]
+        protocol.readConnectionLost()
         self.assertFalse(transport.disconnecting)
-        protocol.writeConnectionLost()  # type: ignore[attr-defined]
+        protocol.writeConnectionLost()
         self.assertTrue(transport.disconnecting)
         lost(protocol, ConnectionDone())
         self.successResultOf(d)
         d = self.link().start()
         protocol, transport = self.endpoint.accept()
-        protocol.readConnectionLost()  # type: ignore[attr-defined]
+        protocol.readConnectionLost()
         lost(protocol, ConnectionLost("Broken pipe"))
         self.failureResultOf(d, ActionFailed)
 
@@ -690,7 +655,7 @@ class LinkTests(SynchronousTestCase):
         d = link.start()
         protocol, transport = self.endpoint.accept()
         assert isinstance(transport, HalfCloseTransport)
-        protocol.writeConnectionLost()  # type: ignore[attr-defined]
+        protocol.writeConnectionLost()
         self.clock.advance(CLOSE_TIMEOUT)
         self.assertTrue(transport.disconnecting)
         self.assertFalse(transport.aborted)
@@ -721,7 +686,7 @@ class LinkTests(SynchronousTestCase):
         d = link.start()
         protocol, transport = self.endpoint.accept(TLSTransport())
         self.assertIs(link.state, LinkState.SENDING)
-        protocol.handshakeCompleted()  # type: ignore[attr-defined]
+        protocol.handshakeCompleted()
         self.assertIs(link.state, LinkState.CLOSING)
         self.assertTrue(transport.disconnecting)
         lost(protocol, ConnectionDone())
@@ -734,7 +699,7 @@ class LinkTests(SynchronousTestCase):
         link = self.link(**options)
         d = link.start()
         protocol, _ = self.endpoint.accept(TLSTransport())
-        protocol.handshakeCompleted()  # type: ignore[attr-defined]
+        protocol.handshakeCompleted()
         return link, d, protocol
 
     def test_tls_close_timeout_fails(self) -> None:
@@ -923,14 +888,14 @@ class SendActionTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def endpoint(self, destination: Destination) -> FakeEndpoint:
-        return self.endpoints.setdefault(destination.key, FakeEndpoint())
+        return self.endpoints.setdefault(destination.key, printer_endpoint())
 
     def action(self, **kwargs: Any) -> SendAction:
         return SendAction(
             send_config(**kwargs),
             self.clock,
             limiters=self.limiters,
-            endpoint_factory=self.endpoint,  # type: ignore[arg-type]
+            endpoint_factory=self.endpoint,
             random=lambda: self.jitter,
         )
 
@@ -1099,8 +1064,8 @@ class SendActionTests(SynchronousTestCase):
         self.assertEqual(len(printer.attempts), 1)
         self.assertEqual(len(self.printer("10.0.0.41:9100").attempts), 1)
         protocol, _ = printer.accept()
-        protocol.writeConnectionLost()  # type: ignore[attr-defined]
-        protocol.readConnectionLost()  # type: ignore[attr-defined]
+        protocol.writeConnectionLost()
+        protocol.readConnectionLost()
         self.assertEqual(len(printer.attempts), 1)
         protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(len(printer.attempts), 2)
@@ -1204,14 +1169,14 @@ class SendActionTests(SynchronousTestCase):
         action = self.action(disconnect_delay=30.0)
         d = action.run(event())
         protocol, transport = self.printer().accept(TLSTransport())
-        protocol.handshakeCompleted()  # type: ignore[attr-defined]
+        protocol.handshakeCompleted()
         stopped = action.stop()
         self.assertTrue(transport.disconnecting)
-        self.assertFalse(transport.aborted)  # type: ignore[attr-defined]
+        self.assertFalse(transport.aborted)
         self.clock.advance(CLOSE_TIMEOUT - 0.001)
-        self.assertFalse(transport.aborted)  # type: ignore[attr-defined]
+        self.assertFalse(transport.aborted)
         self.clock.advance(0.001)
-        self.assertTrue(transport.aborted)  # type: ignore[attr-defined]
+        self.assertTrue(transport.aborted)
         self.assertNoResult(stopped)
         lost(protocol, ConnectionLost())
         self.successResultOf(stopped)
@@ -1267,7 +1232,7 @@ class OutboxStartTests(SynchronousTestCase):
         action = SendAction(
             send_config(queue=QueueConfig(mode="durable")),
             Clock(),
-            endpoint_factory=lambda destination: FakeEndpoint(),  # type: ignore[arg-type,return-value]
+            endpoint_factory=lambda destination: printer_endpoint(),
         )
         outbox = FakeOutbox()
         action.attach_outbox(outbox)  # type: ignore[arg-type]
@@ -1333,7 +1298,7 @@ class OutboxServiceTests(SynchronousTestCase):
         action = SendAction(
             send_config(queue=QueueConfig(mode="durable")),
             Clock(),
-            endpoint_factory=lambda destination: FakeEndpoint(),  # type: ignore[arg-type,return-value]
+            endpoint_factory=lambda destination: printer_endpoint(),
         )
         service = OutboxService(
             MemoryReactorClock(), state_dir, [action], "/etc/plantd/plantd.ini"
@@ -1468,8 +1433,8 @@ actions = label, ack
         self.assertEqual(len(list(top)), 1)
         label = actions["label"]
         assert isinstance(label, SendAction)
-        endpoint = FakeEndpoint()
-        label.endpoint_factory = lambda destination: endpoint  # type: ignore[assignment,return-value]
+        endpoint = printer_endpoint()
+        label.endpoint_factory = lambda destination: endpoint
         top.startService()
         e = event(data="x")
         d = label.run(e)

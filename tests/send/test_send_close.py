@@ -29,7 +29,12 @@ from daemon.send.tcpinfo import (
     SendQueue,
     probe_send_queue,
 )
-from tests.send.test_send import PRINTER, FakeEndpoint, HalfCloseTransport, TLSTransport
+from tests.send.test_send import (
+    PRINTER,
+    HalfCloseTransport,
+    TLSTransport,
+    printer_endpoint,
+)
 
 ESTABLISHED = 1
 PAYLOAD = b"^XA0123^XZ\r\n"  # 12 bytes
@@ -82,7 +87,7 @@ class CloseTimeoutTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.clock = Clock()
-        self.endpoint = FakeEndpoint()
+        self.endpoint = printer_endpoint()
 
     def tearDown(self) -> None:
         self.assertEqual(self.clock.getDelayedCalls(), [])
@@ -93,7 +98,7 @@ class CloseTimeoutTests(SynchronousTestCase):
         link = Link(
             self.clock,
             PRINTER,
-            self.endpoint,  # type: ignore[arg-type]
+            self.endpoint,
             PAYLOAD,
             LinkOptions(**options),
         )

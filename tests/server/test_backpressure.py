@@ -34,7 +34,6 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from daemon.config import config_from_string
 from daemon.core.actions import ActionChain
-from daemon.outbox.jobs import Job
 from daemon.outbox.memory import MemoryJobStore
 from daemon.outbox.outbox import Outbox
 from daemon.outbox.service import outbox_policy
@@ -44,6 +43,7 @@ from daemon.send.destination import Destination
 from daemon.server.connection import ServerConnection
 from daemon.server.trigger import ServerTrigger
 from daemon.status.stats import ServerStats
+from tests.fakes import FakeDevice, SlowRemoveStore
 from tests.support import HeldCommit
 
 reactor = cast(IReactorFromThreads, _reactor)
@@ -71,36 +71,6 @@ def acks(*numbers: int) -> bytes:
     The replies to messages C{numbers}, in that order.
     """
     return b"".join(b"ACK %d\r\n" % n for n in numbers)
-
-
-class FakeDevice:
-    """
-    The outbox's C{deliver}: every attempt waits until the test accepts it.
-    """
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Job, Deferred[object]]] = []
-
-    def __call__(self, job: Job) -> Deferred[object]:
-        d: Deferred[object] = Deferred()
-        self.calls.append((job, d))
-        return d
-
-    def accept(self) -> bytes:
-        """
-        The oldest attempt still waiting succeeds; its payload.
-        """
-        for job, d in self.calls:
-            if not d.called:
-                d.callback(None)
-                return job.payload
-        raise AssertionError("no delivery is waiting")
-
-    def payloads(self) -> list[bytes]:
-        """
-        The payloads of every attempt, in order.
-        """
-        return [job.payload for job, _ in self.calls]
 
 
 def no_links(destination: Destination) -> IStreamClientEndpoint:
@@ -224,7 +194,7 @@ class BlockTests(SynchronousTestCase):
         self.assertEqual((snapshot.pending, snapshot.waiting_puts), (3, 2))
         self.assertEqual(rig.outbox.stored, 3)
 
-        self.assertEqual(rig.device.accept(), b"1\r\n")
+        self.assertEqual(rig.device.accept().payload, b"1\r\n")
         self.assertEqual(transport.value(), acks(1, 2, 3, 4))
         self.assertEqual(rig.outbox.stored, 4)
         self.assertEqual(transport.producerState, "producing")
@@ -234,10 +204,10 @@ class BlockTests(SynchronousTestCase):
         self.assertEqual(transport.producerState, "paused")
         self.assertEqual(rig.outbox.snapshot().waiting_puts, 2)
 
-        self.assertEqual(rig.device.accept(), b"2\r\n")
+        self.assertEqual(rig.device.accept().payload, b"2\r\n")
         self.assertEqual(transport.value(), acks(1, 2, 3, 4, 5))
         self.assertEqual(transport.producerState, "producing")
-        self.assertEqual(rig.device.accept(), b"3\r\n")
+        self.assertEqual(rig.device.accept().payload, b"3\r\n")
         self.assertEqual(transport.value(), acks(1, 2, 3, 4, 5, 6))
         self.assertEqual(rig.outbox.stored, 6)
         for _ in range(3):
@@ -309,28 +279,6 @@ class RejectTests(SynchronousTestCase):
         self.assertEqual(rig.clock.getDelayedCalls(), [])
 
 
-class SlowRemoveStore(MemoryJobStore):
-    """
-    A memory store whose removals take effect when the test commits them.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.removals: list[tuple[int, Deferred[bool]]] = []
-
-    def remove(self, job_id: int) -> Deferred[bool]:
-        held: Deferred[bool] = Deferred()
-        self.removals.append((job_id, held))
-        return held
-
-    def commit_removal(self) -> None:
-        """
-        The oldest removal takes effect.
-        """
-        job_id, held = self.removals.pop(0)
-        super().remove(job_id).chainDeferred(held)
-
-
 class DeliveryPacingTests(SynchronousTestCase):
     """
     A destination's next job goes out only once the delivered one is
@@ -350,13 +298,13 @@ class DeliveryPacingTests(SynchronousTestCase):
         protocol = rig.connect()
         protocol.dataReceived(b"1\n2\n3\n")
         self.assertEqual(rig.transport.value(), acks(1, 2, 3))
-        self.assertEqual(rig.device.accept(), b"1\r\n")
+        self.assertEqual(rig.device.accept().payload, b"1\r\n")
         self.assertEqual(rig.device.payloads(), [b"1\r\n"])
         self.assertEqual(len(store.removals), 1)
         store.commit_removal()
         self.assertEqual(rig.device.payloads(), [b"1\r\n", b"2\r\n"])
 
-        self.assertEqual(rig.device.accept(), b"2\r\n")
+        self.assertEqual(rig.device.accept().payload, b"2\r\n")
         stopped = rig.finish()
         self.assertNoResult(stopped)
         self.assertEqual(rig.device.payloads(), [b"1\r\n", b"2\r\n"])
