@@ -185,6 +185,12 @@ def summary(config: Config) -> Iterator[str]:
             f"[reader:{r.name}] connect {r.connect}, keepalive {r.keepalive}s, "
             f"{decide}, actions {actions}"
         )
+    for sub in config.subscribes:
+        actions = ", ".join(sub.actions) or "none"
+        yield (
+            f"[subscribe:{sub.name}] {sub.topic} on [broker:{sub.broker}], "
+            f"qos {sub.qos}, dedupe {sub.dedupe:g}s, actions {actions}"
+        )
 
 
 class ActionsService(Service):
@@ -447,6 +453,20 @@ def build_service(
         listener = ListenerService(reactor, server.listen, trigger)
         top.add(listener, Phase.LISTENERS)
         top.listeners[server.name] = listener
+    if config.subscribes:
+        from daemon.mqtt.subscribe import build_subscribe_triggers
+
+        # Subscriptions register before any broker connects
+        # (privilegedStartService); messages run once the listeners phase
+        # starts, and stop being taken first at shutdown.
+        for subscription in build_subscribe_triggers(
+            config,
+            top.brokers,
+            lambda names: ActionChain([actions[n] for n in names]),
+            reactor,
+            stats,
+        ):
+            top.add(subscription, Phase.LISTENERS)
     return top
 
 

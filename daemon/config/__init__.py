@@ -21,6 +21,7 @@ from daemon.config.model import (
     RetryConfig,
     SendConfig,
     ServerConfig,
+    SubscribeConfig,
     TLSConfig,
 )
 
@@ -38,6 +39,7 @@ __all__ = [
     "RetryConfig",
     "SendConfig",
     "ServerConfig",
+    "SubscribeConfig",
     "TLSConfig",
     "config_from_string",
     "read_config",

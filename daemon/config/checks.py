@@ -11,6 +11,7 @@ from daemon.core.events import (
     READER_STATE_VARIABLES,
     SERVER_ERROR_VARIABLES,
     SERVER_EVENT_VARIABLES,
+    SUBSCRIBE_EVENT_VARIABLES,
 )
 from daemon.core.template import Template
 
@@ -72,6 +73,28 @@ def check_references(config: Config) -> None:
                 False,
                 sender=False,
             )
+    brokers = {b.name for b in config.brokers}
+    for sub in config.subscribes:
+        section = f"subscribe:{sub.name}"
+        if sub.broker not in brokers:
+            known = ", ".join(sorted(brokers)) or "none defined"
+            raise ConfigError(
+                config.path,
+                section,
+                "broker",
+                f"no [broker:{sub.broker}] section (brokers: {known})",
+            )
+        event = globals_ | SUBSCRIBE_EVENT_VARIABLES
+        parsed = sub.parse.variables() if sub.parse is not None else frozenset()
+        _check_chain(
+            config,
+            section,
+            "actions",
+            sub.actions,
+            event | (parsed or frozenset()),
+            sub.parse is not None and parsed is None,
+            sender=False,
+        )
 
 
 def _check_chain(

@@ -38,6 +38,7 @@ from daemon.config.model import (
     RetryConfig,
     SendConfig,
     ServerConfig,
+    SubscribeConfig,
     TLSConfig,
 )
 from daemon.core import logs
@@ -172,6 +173,9 @@ KEYS: Mapping[str, frozenset[str]] = MappingProxyType(
                 "max_age",
             }
         ),
+        "subscribe": frozenset(
+            {"broker", "topic", "qos", "parse", "actions", "encoding", "dedupe"}
+        ),
     }
 )
 
@@ -185,6 +189,7 @@ VERBATIM_KEYS: Mapping[str, frozenset[str]] = MappingProxyType(
         "send": frozenset({"data", "destination", "reply_until"}),
         "reader": frozenset({"accept_if"}),
         "publish": frozenset({"topic", "payload"}),
+        "subscribe": frozenset({"parse", "topic"}),
     }
 )
 _INLINE_COMMENT = re.compile(r"\s[;#].*$", re.DOTALL)
@@ -245,6 +250,7 @@ def config_from_string(
     readers: list[ReaderConfig] = []
     brokers: list[BrokerConfig] = []
     publishes: list[PublishConfig] = []
+    subscribes: list[SubscribeConfig] = []
     endpoints = _Endpoints()
     for name in parser.sections():
         section = _Section(path, name, dict(parser.items(name)), endpoints, base)
@@ -253,7 +259,10 @@ def config_from_string(
             daemon = _daemon(section)
         elif name == "variables":
             variables = _variables(section)
-        elif kind in ("server", "send", "reader", "broker", "publish") and label:
+        elif (
+            kind in ("server", "send", "reader", "broker", "publish", "subscribe")
+            and label
+        ):
             if not is_variable_name(label):
                 raise ConfigError(
                     path,
@@ -270,6 +279,8 @@ def config_from_string(
                 brokers.append(_broker(section, label))
             elif kind == "publish":
                 publishes.append(_publish(section, label))
+            elif kind == "subscribe":
+                subscribes.append(_subscribe(section, label))
             else:
                 readers.append(_reader(section, label))
         else:
@@ -278,8 +289,8 @@ def config_from_string(
                 name,
                 None,
                 "unknown section; expected [plantd], [variables], "
-                "[server:NAME], [send:NAME], [reader:NAME], [broker:NAME] "
-                "or [publish:NAME]",
+                "[server:NAME], [send:NAME], [reader:NAME], [broker:NAME], "
+                "[publish:NAME] or [subscribe:NAME]",
             )
         section.finish()
 
@@ -292,6 +303,7 @@ def config_from_string(
         servers=tuple(servers),
         sends=tuple(sends),
         readers=tuple(readers),
+        subscribes=tuple(subscribes),
         actions=MappingProxyType(actions),
         brokers=tuple(brokers),
         publishes=MappingProxyType({p.name: p for p in publishes}),
@@ -1114,3 +1126,26 @@ def _check_mqtt(
                 "client_id",
                 f"{b.client_id!r} is also [broker:{other}]'s client id",
             )
+
+
+def _subscribe(s: _Section, name: str) -> SubscribeConfig:
+    from daemon.mqtt.subscribe import check_topic_filter
+
+    broker = s.required("broker", "the NAME of a [broker:NAME] section")
+    if not is_variable_name(broker):
+        raise s.error("broker", f"expected a broker's NAME; got {broker!r}")
+    topic = s.required("topic", "a topic filter (plant/line1/+/scan, plant/#)")
+    try:
+        check_topic_filter(topic)
+    except ValueError as e:
+        raise s.error("topic", str(e)) from None
+    return SubscribeConfig(
+        name=name,
+        broker=broker,
+        topic=topic,
+        qos=int(s.choice("qos", "1", ("0", "1"))),
+        parse=_parse_spec(s),
+        actions=s.names("actions"),
+        encoding=s.codec("encoding", "utf-8"),
+        dedupe=s.seconds("dedupe", SubscribeConfig.dedupe),
+    )

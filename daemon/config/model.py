@@ -338,6 +338,28 @@ class PublishConfig:
 
 
 @dataclass(frozen=True)
+class SubscribeConfig:
+    """
+    ``[subscribe:NAME]``: a trigger for the messages a broker delivers on a
+    topic filter.
+
+    @ivar broker: the NAME of the ``[broker:NAME]`` to subscribe through.
+    @ivar topic: the topic filter (``+`` one level, ``#`` the rest).
+    @ivar dedupe: seconds a message id is remembered to drop a repeat
+        (0: no deduplication).
+    """
+
+    name: str
+    broker: str
+    topic: str
+    qos: int = 1
+    parse: ParseSpec | None = None
+    actions: tuple[str, ...] = ()
+    encoding: str = "utf-8"
+    dedupe: float = 600.0
+
+
+@dataclass(frozen=True)
 class Config:
     """
     The whole configuration file.
@@ -349,6 +371,7 @@ class Config:
     servers: tuple[ServerConfig, ...] = ()
     sends: tuple[SendConfig, ...] = ()
     readers: tuple[ReaderConfig, ...] = ()
+    subscribes: tuple[SubscribeConfig, ...] = ()
     actions: Mapping[str, SendConfig] = field(
         default_factory=lambda: MappingProxyType({})
     )

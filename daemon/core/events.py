@@ -89,8 +89,23 @@ READER_STATE: Mapping[str, str] = MappingProxyType(
     }
 )
 
+# -- subscribe trigger events ([subscribe:NAME], one per broker message)
+
+TOPIC = "topic"
+
+#: What every subscribe trigger event carries (a parse rule adds its names).
+SUBSCRIBE_EVENT: Mapping[str, str] = MappingProxyType(
+    {
+        DATA: "the message's payload, decoded with the trigger's encoding",
+        TOPIC: "the topic it was published to (plant/line1/scan)",
+        TRIGGER: "the trigger's NAME from [subscribe:NAME]",
+        TIMESTAMP: "when the message arrived, ISO 8601 local time",
+    }
+)
+
 #: The names alone, for checking templates.
 SERVER_EVENT_VARIABLES = frozenset(SERVER_EVENT)
 SERVER_ERROR_VARIABLES = frozenset(SERVER_ERROR)
 READER_EVENT_VARIABLES = frozenset(READER_EVENT)
 READER_STATE_VARIABLES = frozenset(READER_STATE)
+SUBSCRIBE_EVENT_VARIABLES = frozenset(SUBSCRIBE_EVENT)
