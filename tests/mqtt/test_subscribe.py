@@ -204,9 +204,7 @@ class AcknowledgementTests(SynchronousTestCase):
         A message that does not fit the parse rule, or does not decode,
         is acknowledged and dropped (a redelivery would fail forever).
         """
-        config = config_from_string(
-            SECTION + "parse = regex:^(?P<n>\\d+)$\n"
-        )
+        config = config_from_string(SECTION + "parse = regex:^(?P<n>\\d+)$\n")
         h = Harness(parse=config.subscribes[0].parse)
         bad = h.deliver(message("a", b"letters"))
         undecodable = h.deliver(message("b", b"\xff"))
