@@ -506,3 +506,34 @@ class StatsTests(SynchronousTestCase):
         self.assertEqual(
             stats.metric_kind("subscribe", "duplicates"), MetricKind.COUNTER
         )
+
+
+class BuildServiceTests(SynchronousTestCase):
+    def test_wired_in_listeners_phase(self) -> None:
+        """
+        A C{[subscribe:NAME]} becomes a L{SubscribeService} in the listeners
+        phase (it stops taking messages first), on its broker's client, its
+        actions in order, its counters registered under C{subscribe}; and
+        C{--check-config} has a line for it.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from daemon.tap import Phase, build_service, summary
+
+        config = config_from_string(
+            SECTION + "actions = out\n"
+            "[send:out]\ndestination = tcp:host=127.0.0.1:port=9\n"
+            "data = [data]\nqueue = memory\n"
+        )
+        top = build_service(config, MemoryReactorClock())
+        (service,) = [
+            s for s in top.phases[Phase.LISTENERS] if isinstance(s, SubscribeService)
+        ]
+        self.assertIs(service.trigger.client, top.brokers["site"])
+        self.assertEqual([a.name for a in service.trigger.chain.actions], ["out"])
+        self.assertIn("cmds", top.stats.snapshot()["subscribe"])
+        self.assertIn(
+            "[subscribe:cmds] plant/+/scan on [broker:site], qos 1, dedupe 600s, "
+            "actions out",
+            list(summary(config)),
+        )
