@@ -171,6 +171,17 @@ def summary(config: Config) -> Iterator[str]:
             f"[send:{a.name}] to {target}, encoding {a.encoding}, "
             f"queue {a.queue.mode}, disconnect_delay {a.disconnect_delay}s{extra}"
         )
+    for b in config.brokers:
+        yield (
+            f"[broker:{b.name}] {b.url} as {b.client_id}, MQTT {b.protocol}, "
+            f"clean_start {'yes' if b.clean_start else 'no'}"
+        )
+    for p in config.publishes.values():
+        payload = "json" if p.payload is None else p.payload.source
+        yield (
+            f"[publish:{p.name}] to {p.topic.source} on broker {p.broker}, "
+            f"payload {payload}, qos {p.qos}, queue {p.queue.mode}"
+        )
     for r in config.readers:
         if r.allow_list:
             decide = f"allow_list {r.allow_list}"
@@ -424,6 +435,14 @@ def build_service(
         for broker in top.brokers.values():
             top.add(BrokerService(broker), Phase.BROKERS)
     actions = build_actions(config, reactor, stats, top.phases[Phase.OUTBOXES])
+    if config.publishes:
+        from daemon.mqtt.publish import build_publish_actions
+
+        actions.update(
+            build_publish_actions(
+                config, reactor, stats, top.phases[Phase.OUTBOXES], top.brokers
+            )
+        )
     top.actions = actions
     top.add(ActionsService(actions), Phase.ACTIONS)
     if config.readers:

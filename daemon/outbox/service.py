@@ -6,6 +6,7 @@ opened at start-up, stopped last.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
@@ -13,7 +14,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from daemon.config import SendConfig
+from daemon.config import PublishConfig, SendConfig
 from daemon.core import logs
 from daemon.core.notify import IStartedLater
 from daemon.outbox.jobs import OutboxPolicy
@@ -22,10 +23,16 @@ from daemon.outbox.outbox import Outbox
 from daemon.outbox.store import IJobStore, SqliteJobStore, outbox_path
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from daemon.mqtt.publish import PublishAction
     from daemon.send.action import SendAction
 
+    #: an action with an outbox: a send or a publish
+    QueuedAction: TypeAlias = SendAction | PublishAction
 
-def outbox_policy(config: SendConfig) -> OutboxPolicy:
+
+def outbox_policy(config: SendConfig | PublishConfig) -> OutboxPolicy:
     """
     The outbox policy of a queued action.
     """
@@ -63,12 +70,12 @@ class OutboxService(Service):
         self,
         reactor: Any,
         state_dir: str,
-        actions: list[SendAction],
+        actions: Iterable[QueuedAction],
         path: str = "<config>",
     ) -> None:
         self.reactor = reactor
         self.state_dir = state_dir
-        self.actions = actions
+        self.actions = list(actions)
         self.path = path
         self._stores: list[IJobStore] = []
         self._opened = False
@@ -111,7 +118,7 @@ class OutboxService(Service):
         for action in self.actions:
             self._attach(action, durable)
 
-    def _attach(self, action: SendAction, durable: IJobStore | None) -> None:
+    def _attach(self, action: QueuedAction, durable: IJobStore | None) -> None:
         """
         Give C{action} its outbox: on C{durable} with ``queue = durable``,
         else on a memory store of its own.
@@ -133,7 +140,7 @@ class OutboxService(Service):
         )
         action.attach_outbox(outbox)
 
-    def add_action(self, action: SendAction) -> None:
+    def add_action(self, action: QueuedAction) -> None:
         """
         Open and start the outbox of C{action}, added by a reload while
         the daemon runs (the durable store is opened if it is not yet).
@@ -150,7 +157,7 @@ class OutboxService(Service):
         if self.running:
             action.start_outbox()
 
-    def remove_action(self, action: SendAction) -> Deferred[None]:
+    def remove_action(self, action: QueuedAction) -> Deferred[None]:
         """
         Stop the outbox of C{action}, removed by a reload.  Its jobs stay in
         the store: durable ones on disk (``plantd-outbox`` lists them), and

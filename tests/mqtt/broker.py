@@ -200,14 +200,27 @@ class Subscriber:
     receives is in L{messages}.  L{wait_for} waits (bounded) for a count.
     """
 
-    def __init__(self, port: int, topic_filter: str, tls_ca: str | None = None) -> None:
+    def __init__(
+        self,
+        port: int,
+        topic_filter: str,
+        tls_ca: str | None = None,
+        session: str | None = None,
+    ) -> None:
+        """
+        @param session: a client id whose session the broker keeps (an
+            hour) while this subscriber is away, reconnecting on its own.
+        """
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.messages: list[Received] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=session or "", protocol=mqtt.MQTTv5
+        )
+        client.reconnect_delay_set(0.2, 0.5)  # type: ignore[arg-type]
         if tls_ca is not None:
             client.tls_set(ca_certs=tls_ca)
 
@@ -231,7 +244,20 @@ class Subscriber:
         client.on_connect = on_connect
         client.on_subscribe = on_subscribe
         client.on_message = on_message
-        client.connect("127.0.0.1", port, 30)
+        properties = None
+        if session is not None:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = 3600
+        client.connect(
+            "127.0.0.1",
+            port,
+            30,
+            clean_start=session is None,
+            properties=properties,
+        )
         client.loop_start()
         self.client = client
 
