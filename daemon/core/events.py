@@ -38,6 +38,18 @@ TAG_DATA = "tag_data"
 TAG_DETAILS = "tag_details"
 READER = "reader"
 
+#: The eight C{$SCRDR} fields, in the order the reader sends them.
+SCRDR_FIELDS = (
+    INTERFACE,
+    PROTOCOL,
+    TEMPLATE,
+    RSSI,
+    TAG_ID,
+    MOVE,
+    TAG_DATA,
+    TAG_DETAILS,
+)
+
 # -- reader connection-state events (on_connect / on_disconnect)
 
 STATE = "state"

@@ -22,6 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from daemon.core import events
+
 MAX_MESSAGE = 65536
 """Longest reader -> host line, in bytes, without the CR LF."""
 
@@ -45,16 +47,8 @@ SCCMD_PREFIX = b"$SCCMD"
 GREETING = b"$SCRDR\r\n"
 """The empty message some firmware sends when a client connects."""
 
-FIELD_NAMES = (
-    "interface",
-    "protocol",
-    "template",
-    "rssi",
-    "tag_id",
-    "move",
-    "tag_data",
-    "tag_details",
-)
+#: The field names, from the catalogue of event variables.
+FIELD_NAMES = events.SCRDR_FIELDS
 MOVES = frozenset({"", "I", "R", "IR"})
 
 _HEX2 = re.compile(r"[0-9A-Fa-f]{2}")

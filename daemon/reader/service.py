@@ -48,7 +48,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from daemon.config import ReaderConfig
-from daemon.core import logs
+from daemon.core import events, logs
 from daemon.core.actions import ActionChain, Event, Outcome, timestamp
 from daemon.core.replies import Slot
 from daemon.reader.decide import Decider, Verdict
@@ -579,8 +579,8 @@ class ReaderService(Service):
     def _event(self, session: ReaderSession, message: ScrdrMessage) -> Event:
         variables = dict(self.variables)
         variables.update(message.variables())
-        variables["reader"] = self.reader
-        variables["timestamp"] = timestamp(self.clock.seconds())
+        variables[events.READER] = self.reader
+        variables[events.TIMESTAMP] = timestamp(self.clock.seconds())
         return Event(self.section, session.peer, variables, None)
 
     def _badge(self, session: ReaderSession, message: ScrdrMessage) -> None:
@@ -622,7 +622,9 @@ class ReaderService(Service):
         self._count_outcome(outcome)
         verdict, data = self.decider.after(event.variables, outcome)
         self._count(verdict)
-        self._log_verdict(event.peer, event.variables.get("tag_id", ""), verdict.value)
+        self._log_verdict(
+            event.peer, event.variables.get(events.TAG_ID, ""), verdict.value
+        )
         return data
 
     def _log_verdict(self, peer: str, tag_id: str, verdict: str) -> None:
@@ -647,7 +649,7 @@ class ReaderService(Service):
                 "session was lost; dropped, not sent to a later session",
                 section=self.section,
                 peer=event.peer,
-                tag_id=event.variables.get("tag_id"),
+                tag_id=event.variables.get(events.TAG_ID),
             )
 
     def _count(self, verdict: Verdict) -> None:
@@ -668,10 +670,10 @@ class ReaderService(Service):
         if not chain.actions:
             return
         variables = dict(self.variables)
-        variables["reader"] = self.reader
-        variables["timestamp"] = timestamp(self.clock.seconds())
-        variables["state"] = state
-        variables["peer"] = session.peer
+        variables[events.READER] = self.reader
+        variables[events.TIMESTAMP] = timestamp(self.clock.seconds())
+        variables[events.STATE] = state
+        variables[events.PEER] = session.peer
         outcome = chain.run(Event(self.section, session.peer, variables, None))
         if isinstance(outcome, Deferred):
             outcome.addCallback(self._count_outcome)

@@ -106,6 +106,7 @@ def render(
     variables = dict(config.variables)
     variables[events.PEER_HOST] = DRY_PEER_HOST
     variables[events.PEER_PORT] = DRY_PEER_PORT
+    variables[events.PEER_CERT] = ""  # as from a client without a certificate
     variables[events.TRIGGER] = server.name
     variables[events.SEQ] = "1"
     variables[events.TIMESTAMP] = timestamp(now)
