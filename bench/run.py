@@ -201,7 +201,9 @@ class Server:
     One server process under load, pinned to the server CPU.
     """
 
-    def __init__(self, kind: str, ports: Ports, workdir: str) -> None:
+    def __init__(
+        self, kind: str, ports: Ports, workdir: str, fast_io: bool = True
+    ) -> None:
         self.kind = kind
         self.ports = ports
         self.log = os.path.join(workdir, f"{kind}.log")
@@ -212,7 +214,12 @@ class Server:
             with open(config, "w") as f:
                 f.write(
                     plantd_config(
-                        state, ports.echo, ports.relay, ports.sink, ports.status
+                        state,
+                        ports.echo,
+                        ports.relay,
+                        ports.sink,
+                        ports.status,
+                        fast_io,
                     )
                 )
             argv = [
@@ -466,6 +473,7 @@ async def bench_all(
             "seconds": args.seconds,
             "warmup": args.warmup,
             "jobs": args.jobs,
+            "fast_io": args.fast_io,
         },
         "runs": {kind: {} for kind in SERVERS},
         "durable": [],
@@ -475,7 +483,7 @@ async def bench_all(
         for kind in SERVERS if args.only != "d" else ():
             with tempfile.TemporaryDirectory(dir=build) as workdir:
                 ports = Ports(*free_ports(4))
-                server = Server(kind, ports, workdir)
+                server = Server(kind, ports, workdir, args.fast_io == "yes")
                 try:
                     server.wait_listening()
                     for s in scenarios:
@@ -547,6 +555,12 @@ async def main(reactor: Any, argv: list[str]) -> None:
         " outbox: store/deliver per queue kind; ack: durable ACK latency",
     )
     parser.add_argument("--json", default=None, help="results file")
+    parser.add_argument(
+        "--fast-io",
+        choices=["yes", "no"],
+        default="yes",
+        help="plantd's [plantd] fast_io (no: Twisted's own transports)",
+    )
     parser.add_argument(
         "--away", type=float, default=15.0, help="ack: seconds the printer is away"
     )

@@ -25,6 +25,7 @@ PLANTD_CONFIG = """\
 [plantd]
 state_dir = {state_dir}
 status = tcp:{status_port}:interface=127.0.0.1
+fast_io = {fast_io}
 
 [server:echo]
 listen = tcp:{echo_port}:interface=127.0.0.1
@@ -61,11 +62,19 @@ write_timeout = 10
 
 
 def plantd_config(
-    state_dir: str, echo_port: int, relay_port: int, sink_port: int, status_port: int
+    state_dir: str,
+    echo_port: int,
+    relay_port: int,
+    sink_port: int,
+    status_port: int,
+    fast_io: bool = True,
 ) -> str:
     """
     The benchmark's daemon config: an echo trigger and a relay trigger whose
     replies are byte for byte those of the bare servers.
+
+    @param fast_io: C{[plantd] fast_io} (``make bench BENCH_ARGS="--fast-io
+        no"`` compares Twisted's own transports).
     """
     return PLANTD_CONFIG.format(
         state_dir=state_dir,
@@ -73,6 +82,7 @@ def plantd_config(
         relay_port=relay_port,
         sink_port=sink_port,
         status_port=status_port,
+        fast_io="yes" if fast_io else "no",
     )
 
 

@@ -568,7 +568,9 @@ class Reloader:
             states = getattr(trigger, "device_states", None)
             if register is not None and states is not None:
                 register("trigger", server.name, states)
-            listener = ListenerService(self.reactor, server.listen, trigger)
+            listener = ListenerService(
+                self.reactor, server.listen, trigger, fast_io=old.daemon.fast_io
+            )
             try:
                 top.add(listener, Phase.LISTENERS)
             except CannotListenError:

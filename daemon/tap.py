@@ -154,7 +154,11 @@ def summary(config: Config) -> Iterator[str]:
     """
     yield f"{config.path}: OK"
     status = config.daemon.status or "off"
-    yield f"[plantd] state_dir={config.daemon.state_dir} status={status}"
+    fast_io = "yes" if config.daemon.fast_io else "no"
+    yield (
+        f"[plantd] state_dir={config.daemon.state_dir} status={status} "
+        f"fast_io={fast_io}"
+    )
     for s in config.servers:
         actions = ", ".join(s.actions) or "none"
         allow = " ".join(str(n) for n in s.allow) or "any"
@@ -424,7 +428,11 @@ def build_service(
 
         top.add(
             StatusService(
-                reactor, config.daemon.status, stats, config.daemon.status_allow
+                reactor,
+                config.daemon.status,
+                stats,
+                config.daemon.status_allow,
+                fast_io=config.daemon.fast_io,
             ),
             Phase.STATUS,
         )
@@ -469,7 +477,9 @@ def build_service(
             stats.events,
         )
         stats.register_devices("trigger", server.name, trigger.device_states)
-        listener = ListenerService(reactor, server.listen, trigger)
+        listener = ListenerService(
+            reactor, server.listen, trigger, fast_io=config.daemon.fast_io
+        )
         top.add(listener, Phase.LISTENERS)
         top.listeners[server.name] = listener
     if config.subscribes:

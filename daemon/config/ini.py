@@ -62,7 +62,14 @@ T = TypeVar("T")
 KEYS: Mapping[str, frozenset[str]] = MappingProxyType(
     {
         "plantd": frozenset(
-            {"state_dir", "status", "status_allow", "log_format", "log_level"}
+            {
+                "state_dir",
+                "status",
+                "status_allow",
+                "log_format",
+                "log_level",
+                "fast_io",
+            }
         ),
         "server": frozenset(
             {
@@ -605,6 +612,7 @@ def _daemon(s: _Section) -> DaemonConfig:
         status_allow=_networks(s, "status_allow"),
         log_format=s.choice("log_format", DaemonConfig.log_format, ("text", "json")),
         log_level=s.choice("log_level", DaemonConfig.log_level, logs.LEVELS),
+        fast_io=s.boolean("fast_io", DaemonConfig.fast_io),
     )
 
 

@@ -64,6 +64,9 @@ class DaemonConfig:
     #: the least severe level logged (C{--log-level} wins at start-up; a
     #: reload applies a changed one)
     log_level: str = "info"
+    #: server connections send a reply at once when nothing is buffered
+    #: (L{daemon.core.fastio}); C{False}: Twisted's own transports
+    fast_io: bool = True
 
 
 @dataclass(frozen=True)

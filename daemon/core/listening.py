@@ -11,6 +11,10 @@ TLS listeners (``ssl:``) give a protocol that provides
 C{IHalfCloseableProtocol} the half-close that plain TCP gives it; see
 L{daemon.core.tlshalfclose}.  They refuse TLS older than 1.2
 (L{ListeningService.configure_tls}).
+
+With C{fast_io} (``[plantd] fast_io``, the default) TCP listeners, TLS ones
+and adopted (``systemd:``) TCP sockets send replies at once when nothing is
+buffered (L{daemon.core.fastio}); without it they are Twisted's own.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from daemon.core import logs
+from daemon.core.fastio import FastIOReactor
 from daemon.core.peers import format_address
 from daemon.core.tlshalfclose import HalfCloseTLSReactor
 
@@ -39,14 +44,18 @@ class ListeningService(Service):
     Listens on C{description} with the factory L{build_factory} returns.
 
     @ivar label: how logs and errors name it (``[server:orders]``).
+    @ivar fast_io: listen with L{daemon.core.fastio}'s transports.
     """
 
     log = Logger(observer=logs.observer)
 
-    def __init__(self, reactor: Any, description: str, label: str) -> None:
+    def __init__(
+        self, reactor: Any, description: str, label: str, fast_io: bool = True
+    ) -> None:
         self.reactor = reactor
         self.description = description
         self.label = label
+        self.fast_io = fast_io
         self.port: IListeningPort | None = None
         self._failure: CannotListenError | None = None
 
@@ -72,8 +81,9 @@ class ListeningService(Service):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
+        reactor = FastIOReactor(self.reactor) if self.fast_io else self.reactor
         endpoint = serverFromString(
-            HalfCloseTLSReactor(self.reactor, self.configure_tls), self.description
+            HalfCloseTLSReactor(reactor, self.configure_tls), self.description
         )
         endpoint.listen(self.build_factory()).addCallbacks(
             self._listening, self._cannot
@@ -84,9 +94,11 @@ class ListeningService(Service):
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
         self.log.info(
-            "{label} listening on {address}",
+            "{label} listening on {address}{stock}",
             label=self.label,
             address=format_address(port.getHost()),
+            fast_io=self.fast_io,
+            stock="" if self.fast_io else " (fast_io = no: Twisted's own transports)",
         )
 
     def _cannot(self, failure: Failure) -> None:

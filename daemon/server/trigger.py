@@ -228,8 +228,14 @@ class ListenerService(ListeningService):
     stop).
     """
 
-    def __init__(self, reactor: Any, description: str, trigger: ServerTrigger) -> None:
-        super().__init__(reactor, description, f"[{trigger.section}]")
+    def __init__(
+        self,
+        reactor: Any,
+        description: str,
+        trigger: ServerTrigger,
+        fast_io: bool = True,
+    ) -> None:
+        super().__init__(reactor, description, f"[{trigger.section}]", fast_io)
         self.trigger = trigger
 
     def build_factory(self) -> ServerTrigger:

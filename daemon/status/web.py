@@ -780,11 +780,13 @@ class StatusService(ListeningService):
         description: str,
         stats: Stats,
         allow: tuple[Network, ...] = (),
+        fast_io: bool = True,
     ) -> None:
         """
         @param allow: the C{status_allow} networks; empty: everyone.
+        @param fast_io: see L{ListeningService}.
         """
-        super().__init__(reactor, description, "[plantd] status")
+        super().__init__(reactor, description, "[plantd] status", fast_io)
         self.stats = stats
         self.allow = allow
         self.counters = stats.add("status", "http", StatusSiteStats())

@@ -1,0 +1,145 @@
+"""
+Replies sent at once: a TCP server transport whose C{write} calls
+C{send(2)} directly when nothing is buffered, as asyncio does.
+
+Twisted's own transport only buffers in C{write}: every reply costs an
+C{epoll_ctl} to watch the socket for writing, a reactor turn to send it, and
+another C{epoll_ctl} to stop watching.  L{FastServer.write} sends at once
+when the transport holds no unsent data and nothing else has a say over
+its writes (a pull producer, a half-close or close under way, an abort,
+C{startTLS}); whatever the kernel does not take (a partial send,
+C{EAGAIN}, or any error) is handed to Twisted's own C{write}, which
+buffers it, watches the socket and pauses a streaming producer exactly as
+without this module.  Errors are never reported from C{write}: the
+reactor's next C{doWrite} meets them and loses the connection as it always
+does, so C{connectionLost} keeps its place and order.
+
+Only server connections of the listeners plantd makes use it
+(L{FastIOReactor}: C{listenTCP} for ``tcp:``/``tcp6:`` and, under
+L{daemon.core.tlshalfclose}, ``ssl:``; C{adoptStreamPort} for ``systemd:``
+TCP sockets).  TLS goes through it: the TLS layer's ciphertext is what the
+TCP transport writes.  ``[plantd] fast_io = no`` listens with Twisted's own
+ports instead.
+
+This is the only module of plantd that reaches into Twisted's TCP
+internals.  It subclasses L{twisted.internet.tcp.Server} and
+L{twisted.internet.tcp.Port} (replacing the port's C{transport} class, as
+its docstring allows), calls C{tcp.Port._fromListeningDescriptor}, and reads
+C{dataBuffer}, C{_tempDataLen}, C{_writeDisconnecting}, C{_aborting},
+C{TLS}, C{producer}, C{streamingProducer}, C{producerPaused}, C{connected},
+C{disconnecting} and C{socket} of the transport.
+C{tests/core/test_fastio.py} checks that the installed Twisted still has
+each of them with the meaning relied on here, so that an upgrade fails
+loudly instead of silently reordering or losing replies.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.internet.posixbase import PosixReactorBase
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+
+
+class FastServer(tcp.Server):
+    """
+    A server connection whose C{write} sends at once when it can (see the
+    module's docstring); everything else is Twisted's.
+    """
+
+    def write(self, data: bytes) -> None:
+        if (
+            self._tempDataLen
+            or self.dataBuffer
+            or type(data) is not bytes
+            or not data
+            or not self.connected
+            or self.disconnecting
+            or self._writeDisconnecting
+            or self._aborting
+            or self.TLS
+            or (
+                self.producer is not None
+                and (not self.streamingProducer or self.producerPaused)
+            )
+        ):
+            # Something is queued or someone else decides: Twisted's path
+            # (which also rejects what is not bytes and drops writes to a
+            # closed connection).
+            tcp.Server.write(self, data)
+            return
+        try:
+            sent = self.socket.send(data)
+        except OSError:
+            # EAGAIN, ENOBUFS, or the connection failing: buffered, and the
+            # reactor's doWrite retries it or loses the connection.
+            sent = 0
+        if sent < len(data):
+            tcp.Server.write(self, data[sent:])
+
+
+class FastPort(tcp.Port):
+    """
+    A TCP listening port whose connections are L{FastServer}s.
+    """
+
+    transport = FastServer
+
+
+def _stock(reactor: Any, name: str) -> bool:
+    """
+    Whether C{reactor}'s method C{name} is Twisted's own POSIX one (which
+    makes a C{tcp.Port}); a fake reactor in tests, or another kind of
+    reactor, keeps its own.
+    """
+    return getattr(type(reactor), name, None) is getattr(PosixReactorBase, name)
+
+
+class FastIOReactor:
+    """
+    The reactor, except that C{listenTCP} and C{adoptStreamPort} (what
+    ``tcp:``, ``ssl:`` through L{daemon.core.tlshalfclose} and ``systemd:``
+    endpoints call) listen with a L{FastPort} where the reactor's own would
+    make a C{tcp.Port}.  Everything else is the reactor's own.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+    def listenTCP(
+        self,
+        port: int,
+        factory: IProtocolFactory,
+        backlog: int = 50,
+        interface: str = "",
+    ) -> IListeningPort:
+        if not _stock(self._reactor, "listenTCP"):
+            own: IListeningPort = self._reactor.listenTCP(
+                port, factory, backlog, interface
+            )
+            return own
+        listening = FastPort(port, factory, backlog, interface, self._reactor)
+        listening.startListening()
+        return listening
+
+    def adoptStreamPort(
+        self, fileDescriptor: int, addressFamily: int, factory: IProtocolFactory
+    ) -> IListeningPort:
+        if addressFamily not in (socket.AF_INET, socket.AF_INET6) or not _stock(
+            self._reactor, "adoptStreamPort"
+        ):
+            # AF_UNIX, or not Twisted's POSIX reactor: the reactor's own.
+            adopted: IListeningPort = self._reactor.adoptStreamPort(
+                fileDescriptor, addressFamily, factory
+            )
+            return adopted
+        listening = FastPort._fromListeningDescriptor(
+            self._reactor, fileDescriptor, addressFamily, factory
+        )
+        listening.startListening()
+        return listening

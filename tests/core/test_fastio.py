@@ -1,0 +1,765 @@
+"""
+Tests for L{daemon.core.fastio}, and a guard on the Twisted internals it
+relies on: if an upgrade of Twisted renames or changes one of them, these
+tests fail by name instead of replies being silently reordered or lost.
+
+The unit tests drive a transport over a real loopback TCP connection with
+a memory reactor standing in for the poller: C{getWriters()} shows whether
+a write went through the reactor, and C{doWrite()} is called by hand where
+the reactor would call it.
+"""
+
+from __future__ import annotations
+
+import errno
+import inspect
+import os
+import socket
+from typing import Any
+
+import twisted.test
+from twisted.internet import _newtls, abstract, main, tcp
+from twisted.internet import reactor as _reactor
+from twisted.internet import unix as unix_module
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.posixbase import PosixReactorBase
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.ssl import CertificateOptions
+from twisted.internet.testing import MemoryReactorClock
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
+
+from daemon.config import ConfigError, config_from_string
+from daemon.core.fastio import FastIOReactor, FastPort, FastServer
+from daemon.core.listening import ListeningService
+from daemon.core.tlshalfclose import HalfCloseTLSReactor
+from daemon.tap import Phase, build_service, summary
+from tests.support import Collector, connect_client
+
+PEM = os.path.join(os.path.dirname(twisted.test.__file__), "server.pem")
+
+
+@implementer(IHalfCloseableProtocol)
+class Recording(Protocol):
+    """
+    Records the end of its output and its connection.
+    """
+
+    def __init__(self) -> None:
+        self.write_closed = False
+        self.lost: Failure | None = None
+
+    def readConnectionLost(self) -> None:
+        pass
+
+    def writeConnectionLost(self) -> None:
+        self.write_closed = True
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.lost = reason
+
+
+@implementer(IPushProducer)
+class Producer:
+    """
+    Records what the transport asks of it.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pauseProducing(self) -> None:
+        self.calls.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.calls.append("resume")
+
+    def stopProducing(self) -> None:
+        self.calls.append("stop")
+
+
+class _Port:
+    """
+    What a server transport asks of its port.
+    """
+
+    _realPortNumber = 1
+
+
+def tcp_pair(small: bool = False) -> tuple[socket.socket, socket.socket]:
+    """
+    Both ends of a loopback TCP connection: (server side, client side).
+
+    @param small: shrink the buffers, so that a few hundred KiB fill them.
+    """
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    client = socket.socket()
+    if small:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(listener.getsockname())
+    server, _ = listener.accept()
+    listener.close()
+    if small:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    return server, client
+
+
+class Harness:
+    """
+    A transport of class C{kind} over a loopback connection, on a memory
+    reactor.
+    """
+
+    def __init__(self, kind: type[tcp.Server] = FastServer, small: bool = False):
+        self.reactor = MemoryReactorClock()
+        self.server_socket, self.client = tcp_pair(small)
+        self.client.settimeout(5)
+        self.protocol = Recording()
+        self.transport = kind(
+            self.server_socket,
+            self.protocol,
+            ("127.0.0.1", 2),
+            _Port(),  # type: ignore[arg-type]
+            0,
+            self.reactor,
+        )
+        self.protocol.makeConnection(self.transport)
+
+    def watched(self) -> bool:
+        """
+        Whether the transport waits for the reactor to write.
+        """
+        return self.transport in self.reactor.getWriters()
+
+    def read(self, count: int) -> bytes:
+        data = b""
+        while len(data) < count:
+            chunk = self.client.recv(count - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    def drain(self) -> tuple[bytes, object]:
+        """
+        Read on the client side, and write as the reactor would (while the
+        transport is watched), until the transport has nothing left; what
+        the client got, and what the last C{doWrite} returned.
+        """
+        received = b""
+        result: object = None
+        self.client.setblocking(False)
+        while self.watched():
+            try:
+                received += self.client.recv(2**20)
+            except BlockingIOError:
+                pass
+            result = self.transport.doWrite()
+            if result is not None:
+                break
+        self.client.setblocking(True)
+        self.client.settimeout(0.2)
+        try:
+            while chunk := self.client.recv(2**20):
+                received += chunk
+        except TimeoutError:
+            pass
+        self.client.settimeout(5)
+        return received, result
+
+    def close(self) -> None:
+        self.server_socket.close()
+        self.client.close()
+
+
+class FakeSocket:
+    """
+    The transport's socket, except that C{send} raises C{errors} first.
+    """
+
+    def __init__(self, real: socket.socket, *errors: OSError) -> None:
+        self.real = real
+        self.errors = list(errors)
+
+    def send(self, data: Any) -> int:
+        if self.errors:
+            raise self.errors.pop(0)
+        return self.real.send(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+class TwistedInternalsGuardTests(SynchronousTestCase):
+    """
+    The private names of Twisted's TCP transport and port that
+    L{daemon.core.fastio} uses still exist, with the meaning it relies on.
+    """
+
+    def test_port_builds_its_transport_attribute(self) -> None:
+        """
+        C{tcp.Port.transport} is C{tcp.Server}, and C{Port.doRead} builds
+        each accepted connection by calling C{self.transport} (which
+        L{FastPort} replaces) with the arguments of C{Server.__init__}.
+        """
+        self.assertIs(tcp.Port.transport, tcp.Server)
+        self.assertIn("self.transport(", inspect.getsource(tcp.Port.doRead))
+        self.assertEqual(
+            list(inspect.signature(tcp.Server.__init__).parameters),
+            ["self", "sock", "protocol", "client", "server", "sessionno", "reactor"],
+        )
+
+    def test_from_listening_descriptor(self) -> None:
+        """
+        C{tcp.Port._fromListeningDescriptor(reactor, fd, addressFamily,
+        factory)} is a classmethod building an instance of the class it is
+        called on (what the reactor's C{adoptStreamPort} calls).
+        """
+        method = inspect.getattr_static(tcp.Port, "_fromListeningDescriptor")
+        self.assertIsInstance(method, classmethod)
+        self.assertEqual(
+            list(inspect.signature(tcp.Port._fromListeningDescriptor).parameters),
+            ["reactor", "fd", "addressFamily", "factory"],
+        )
+        listener = socket.socket()
+        self.addCleanup(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.setblocking(False)
+        port = FastPort._fromListeningDescriptor(
+            MemoryReactorClock(), listener.fileno(), socket.AF_INET, Factory()
+        )
+        self.assertIsInstance(port, FastPort)
+        port._preexistingSocket.close()
+
+    def test_reactor_listens_with_tcp_port(self) -> None:
+        """
+        The POSIX reactor's own C{listenTCP} is C{tcp.Port(port, factory,
+        backlog, interface, reactor)} then C{startListening}, and its
+        C{adoptStreamPort} for TCP C{tcp.Port._fromListeningDescriptor} then
+        C{startListening}: what L{FastIOReactor} does with L{FastPort}.  The
+        reactor the tests run on (the daemon's: epoll) has both unchanged,
+        so fast_io applies to it.
+        """
+        source = inspect.getsource(PosixReactorBase.listenTCP)
+        self.assertIn("tcp.Port(port, factory, backlog, interface, self)", source)
+        self.assertIn(".startListening()", source)
+        source = inspect.getsource(PosixReactorBase.adoptStreamPort)
+        self.assertIn("tcp.Port._fromListeningDescriptor(", source)
+        self.assertIn(".startListening()", source)
+        self.assertIsInstance(_reactor, PosixReactorBase)
+        for name in ("listenTCP", "adoptStreamPort"):
+            self.assertIs(
+                getattr(type(_reactor), name), getattr(PosixReactorBase, name), name
+            )
+
+    def test_other_reactors_keep_their_own(self) -> None:
+        """
+        A reactor that is not Twisted's POSIX one (here a memory reactor)
+        listens and adopts with its own methods.
+        """
+        reactor = MemoryReactorClock()
+        fast = FastIOReactor(reactor)
+        fast.listenTCP(0, Factory(), 5, "127.0.0.1")
+        self.assertEqual(len(reactor.tcpServers), 1)
+        fast.adoptStreamPort(99, socket.AF_INET, Factory())
+        self.assertEqual(len(reactor.adoptedPorts), 1)
+
+    def test_buffer_attributes(self) -> None:
+        """
+        A new transport has nothing buffered: C{dataBuffer} is empty and
+        C{_tempDataLen} zero; the flags read by L{FastServer.write} start
+        false and C{producer} is None.
+        """
+        harness = Harness(tcp.Server)
+        self.addCleanup(harness.close)
+        transport = harness.transport
+        self.assertEqual(transport.dataBuffer, b"")
+        self.assertEqual(transport._tempDataLen, 0)
+        self.assertEqual(transport._tempDataBuffer, [])
+        for flag in (
+            "_writeDisconnecting",
+            "_writeDisconnected",
+            "_aborting",
+            "TLS",
+            "disconnecting",
+            "streamingProducer",
+            "producerPaused",
+        ):
+            self.assertFalse(getattr(transport, flag), flag)
+        self.assertIsNone(transport.producer)
+        self.assertTrue(transport.connected)
+        self.assertIsInstance(transport.socket, socket.socket)
+
+    def test_stock_write_buffers(self) -> None:
+        """
+        Twisted's C{write} (what L{FastServer} falls back to) only buffers:
+        C{_tempDataLen} counts the bytes, the reactor watches for writing;
+        its C{doWrite} sends them and, once everything went out, empties
+        C{dataBuffer}, zeroes C{_tempDataLen} and stops watching.
+        """
+        harness = Harness(tcp.Server)
+        self.addCleanup(harness.close)
+        self.assertIs(tcp.Server.write, _newtls.ConnectionMixin.write)
+        harness.transport.write(b"abc")
+        self.assertEqual(harness.transport._tempDataLen, 3)
+        self.assertTrue(harness.watched())
+        received, result = harness.drain()
+        self.assertEqual((received, result), (b"abc", None))
+        self.assertEqual(harness.transport.dataBuffer, b"")
+        self.assertEqual(harness.transport._tempDataLen, 0)
+        self.assertFalse(harness.watched())
+
+    def test_flags_set_by_what_they_mean(self) -> None:
+        """
+        C{loseWriteConnection} sets C{_writeDisconnecting},
+        C{abortConnection} sets C{_aborting}, C{loseConnection} sets
+        C{disconnecting}, C{registerProducer} sets C{producer} and
+        C{streamingProducer}, C{startTLS} sets C{TLS}.
+        """
+        harness = Harness(tcp.Server)
+        self.addCleanup(harness.close)
+        harness.transport.loseWriteConnection()
+        self.assertTrue(harness.transport._writeDisconnecting)
+        harness.transport.abortConnection()
+        self.assertTrue(harness.transport._aborting)
+        harness = Harness(tcp.Server)
+        self.addCleanup(harness.close)
+        producer = Producer()
+        harness.transport.registerProducer(producer, True)
+        self.assertIs(harness.transport.producer, producer)
+        self.assertTrue(harness.transport.streamingProducer)
+        harness.transport.loseConnection()
+        self.assertTrue(harness.transport.disconnecting)
+        harness = Harness(tcp.Server)
+        self.addCleanup(harness.close)
+        harness.transport.startTLS(CertificateOptions())
+        self.assertTrue(harness.transport.TLS)
+
+    def test_pause_when_buffer_full(self) -> None:
+        """
+        Twisted pauses a streaming producer when more than C{bufferSize}
+        bytes are buffered (C{producerPaused}), and resumes it once
+        C{doWrite} has sent them all.
+        """
+        harness = Harness(tcp.Server, small=True)
+        self.addCleanup(harness.close)
+        producer = Producer()
+        harness.transport.registerProducer(producer, True)
+        harness.transport.write(b"x" * (harness.transport.bufferSize + 1))
+        self.assertTrue(harness.transport.producerPaused)
+        self.assertEqual(producer.calls, ["pause"])
+        harness.drain()
+        self.assertEqual(producer.calls, ["pause", "resume"])
+        self.assertFalse(harness.transport.producerPaused)
+
+    def test_send_errors_reported_by_do_write(self) -> None:
+        """
+        C{doWrite} (through C{writeSomeData}) treats C{EAGAIN} as nothing
+        sent and any other error as the connection lost: what
+        L{FastServer.write} leaves to it.
+        """
+        harness = Harness(tcp.Server)
+        self.addCleanup(harness.close)
+        harness.transport.write(b"abc")
+        harness.transport.socket = FakeSocket(  # type: ignore[assignment]
+            harness.server_socket, BlockingIOError(errno.EAGAIN, "again")
+        )
+        self.assertIsNone(harness.transport.doWrite())
+        self.assertTrue(harness.watched())
+        harness.transport.socket = FakeSocket(  # type: ignore[assignment]
+            harness.server_socket, BrokenPipeError(errno.EPIPE, "pipe")
+        )
+        self.assertIs(harness.transport.doWrite(), main.CONNECTION_LOST)
+
+    def test_lose_connection_closes_from_do_write(self) -> None:
+        """
+        With nothing buffered, C{loseConnection} watches for writing and
+        C{doWrite} then returns C{CONNECTION_DONE} (the reactor closes).
+        """
+        harness = Harness(tcp.Server)
+        self.addCleanup(harness.close)
+        harness.transport.loseConnection()
+        self.assertTrue(harness.watched())
+        self.assertIs(harness.transport.doWrite(), main.CONNECTION_DONE)
+
+    def test_tls_transport_writes_ciphertext_to_its_transport(self) -> None:
+        """
+        Twisted's TLS protocol hands its ciphertext to the TCP transport's
+        C{write}, so TLS listeners get L{FastServer.write} too.
+        """
+        self.assertIn("self.transport.write(", inspect.getsource(TLSMemoryBIOProtocol))
+
+    def test_file_descriptor_send_limit_unchanged(self) -> None:
+        """
+        C{abstract.FileDescriptor.write} is what C{ConnectionMixin.write}
+        calls without TLS (the buffering L{FastServer} falls back to).
+        """
+        self.assertIn(
+            "FileDescriptor.write(self, bytes)",
+            inspect.getsource(_newtls.ConnectionMixin.write),
+        )
+        self.assertTrue(hasattr(abstract.FileDescriptor, "_maybePauseProducer"))
+
+
+class FastWriteTests(SynchronousTestCase):
+    """
+    What L{FastServer.write} changes, and what it keeps.
+    """
+
+    def harness(self, small: bool = False) -> Harness:
+        harness = Harness(FastServer, small)
+        self.addCleanup(harness.close)
+        return harness
+
+    def test_sends_at_once(self) -> None:
+        """
+        With nothing buffered, a write is sent before C{write} returns and
+        the reactor is not asked to watch the socket.
+        """
+        harness = self.harness()
+        harness.transport.write(b"reply\n")
+        self.assertFalse(harness.watched())
+        self.assertEqual(harness.transport._tempDataLen, 0)
+        self.assertEqual(harness.read(6), b"reply\n")
+        harness.transport.write(b"again\n")
+        self.assertEqual(harness.read(6), b"again\n")
+        self.assertFalse(harness.watched())
+
+    def test_partial_write_keeps_order(self) -> None:
+        """
+        What the kernel does not take is buffered and watched; later writes
+        queue behind it (never overtake it), and once it has drained,
+        writes are sent at once again.
+        """
+        harness = self.harness(small=True)
+        payload = bytes(range(256)) * 4096  # 1 MiB
+        harness.transport.write(payload)
+        buffered = harness.transport._tempDataLen
+        self.assertGreater(buffered, 0)
+        self.assertLess(buffered, len(payload))
+        self.assertTrue(harness.watched())
+        harness.transport.write(b"tail")
+        self.assertEqual(harness.transport._tempDataLen, buffered + 4)
+        received, result = harness.drain()
+        self.assertIsNone(result)
+        self.assertEqual(received, payload + b"tail")
+        self.assertFalse(harness.watched())
+        harness.transport.write(b"next")
+        self.assertFalse(harness.watched())
+        self.assertEqual(harness.read(4), b"next")
+
+    def test_slow_reader_pauses_and_resumes_producer(self) -> None:
+        """
+        A client that does not read: the immediate send fills the kernel
+        buffer, the rest exceeds C{bufferSize} and the streaming producer
+        is paused; it is resumed once everything went out.
+        """
+        harness = self.harness(small=True)
+        producer = Producer()
+        harness.transport.registerProducer(producer, True)
+        chunk = b"x" * 65536
+        harness.transport.write(chunk)
+        harness.transport.write(chunk)
+        self.assertEqual(producer.calls, ["pause"])
+        received, _ = harness.drain()
+        self.assertEqual(received, chunk * 2)
+        self.assertEqual(producer.calls, ["pause", "resume"])
+
+    def test_eagain_buffers_everything(self) -> None:
+        """
+        C{EAGAIN} on the immediate send: the whole write is buffered and
+        goes out from C{doWrite}.
+        """
+        harness = self.harness()
+        harness.transport.socket = FakeSocket(  # type: ignore[assignment]
+            harness.server_socket, BlockingIOError(errno.EAGAIN, "again")
+        )
+        harness.transport.write(b"abc")
+        self.assertTrue(harness.watched())
+        self.assertEqual(harness.transport._tempDataLen, 3)
+        self.assertEqual(harness.drain(), (b"abc", None))
+
+    def test_error_left_to_the_reactor(self) -> None:
+        """
+        A failing send does not raise from C{write} nor call
+        C{connectionLost} inside it: the data is buffered, and the reactor's
+        C{doWrite} reports the connection lost (and the reactor calls
+        C{connectionLost} after the current callback, as without fast_io).
+        """
+        harness = self.harness()
+        harness.transport.socket = FakeSocket(  # type: ignore[assignment]
+            harness.server_socket,
+            ConnectionResetError(errno.ECONNRESET, "reset"),
+            BrokenPipeError(errno.EPIPE, "pipe"),
+        )
+        harness.transport.write(b"abc")
+        self.assertIsNone(harness.protocol.lost)
+        self.assertTrue(harness.watched())
+        self.assertIs(harness.transport.doWrite(), main.CONNECTION_LOST)
+
+    def test_pull_producer_keeps_twisted_path(self) -> None:
+        """
+        With a pull producer, writes go through the reactor, whose
+        C{doWrite} asks the producer for more.
+        """
+        harness = self.harness()
+        producer = Producer()
+        harness.transport.registerProducer(producer, False)
+        self.assertEqual(producer.calls, ["resume"])
+        harness.transport.write(b"abc")
+        self.assertTrue(harness.watched())
+        harness.drain()
+        self.assertEqual(producer.calls, ["resume", "resume"])
+
+    def test_half_close_after_immediate_writes(self) -> None:
+        """
+        Writes sent at once, then C{loseWriteConnection}: a later write
+        still goes out before the FIN, and the protocol hears
+        C{writeConnectionLost}.
+        """
+        harness = self.harness()
+        harness.transport.write(b"one\n")
+        harness.transport.loseWriteConnection()
+        harness.transport.write(b"two\n")
+        self.assertTrue(harness.watched())
+        received, result = harness.drain()
+        self.assertEqual(received, b"one\ntwo\n")
+        self.assertIsNone(result)
+        self.assertTrue(harness.protocol.write_closed)
+        self.assertEqual(harness.client.recv(10), b"")
+
+    def test_lose_connection_after_immediate_writes(self) -> None:
+        """
+        Replies sent at once, then C{loseConnection}: a write after it is
+        still sent, and C{doWrite} then closes.
+        """
+        harness = self.harness()
+        harness.transport.write(b"one\n")
+        harness.transport.loseConnection()
+        harness.transport.write(b"two\n")
+        received, result = harness.drain()
+        self.assertEqual(received, b"one\ntwo\n")
+        self.assertIs(result, main.CONNECTION_DONE)
+
+    def test_nothing_after_abort(self) -> None:
+        """
+        After C{abortConnection} nothing more is sent.
+        """
+        harness = self.harness()
+        harness.transport.write(b"one\n")
+        harness.transport.abortConnection()
+        harness.transport.write(b"two\n")
+        self.assertEqual(harness.read(4), b"one\n")
+        harness.client.setblocking(False)
+        self.assertRaises(BlockingIOError, harness.client.recv, 10)
+
+    def test_dropped_when_disconnected_and_type_checked(self) -> None:
+        """
+        As Twisted's: a write after the connection is lost is dropped, and
+        one that is not bytes raises C{TypeError}.
+        """
+        harness = self.harness()
+        self.assertRaises(TypeError, harness.transport.write, "text")
+        harness.transport.connectionLost(Failure(main.CONNECTION_DONE))
+        harness.transport.write(b"late")
+        self.assertFalse(harness.watched())
+        self.assertEqual(harness.client.recv(10), b"")
+
+    def test_tls_started_keeps_twisted_path(self) -> None:
+        """
+        After C{startTLS} writes go to the TLS layer (which writes the
+        ciphertext back through this transport).
+        """
+        harness = self.harness()
+        harness.transport.startTLS(CertificateOptions())
+        writes: list[bytes] = []
+        harness.transport.protocol.write = writes.append  # type: ignore[attr-defined]
+        harness.transport.write(b"secret")
+        self.assertEqual(writes, [b"secret"])
+
+
+class Echo(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+class Service(ListeningService):
+    """
+    A listening service with an echo factory that remembers its protocols.
+    """
+
+    def __init__(self, description: str, fast_io: bool) -> None:
+        super().__init__(_reactor, description, "[test]", fast_io)
+        self.protocols: list[Echo] = []
+
+    def build_factory(self) -> Factory:
+        def build() -> Echo:
+            protocol = Echo()
+            self.protocols.append(protocol)
+            return protocol
+
+        return Factory.forProtocol(build)
+
+
+class ListenerTests(TestCase):
+    """
+    Real listeners on 127.0.0.1, through L{ListeningService}.
+    """
+
+    timeout = 10
+
+    async def listen(self, description: str, fast_io: bool = True) -> Service:
+        service = Service(description, fast_io)
+        service.startService()
+        self.addCleanup(service.stopService)
+        return service
+
+    async def test_tcp(self) -> None:
+        """
+        ``tcp:`` listens with a L{FastPort}; replies arrive.
+        """
+        service = await self.listen("tcp:0:interface=127.0.0.1")
+        assert service.port is not None
+        self.assertIsInstance(service.port, FastPort)
+        client = await connect_client(service.port.getHost().port)  # type: ignore[attr-defined]
+        client.transport.write(b"ping\n")  # type: ignore[union-attr]
+        self.assertEqual(await client.lines(1), b"ping\n")
+        self.assertIsInstance(service.protocols[0].transport, FastServer)
+        client.transport.loseConnection()  # type: ignore[union-attr]
+        await client.lost
+
+    async def test_fast_io_off(self) -> None:
+        """
+        C{fast_io} false: Twisted's own port and transports.
+        """
+        service = await self.listen("tcp:0:interface=127.0.0.1", fast_io=False)
+        assert service.port is not None
+        self.assertIs(type(service.port), tcp.Port)
+        client = await connect_client(service.port.getHost().port)  # type: ignore[attr-defined]
+        client.transport.write(b"ping\n")  # type: ignore[union-attr]
+        self.assertEqual(await client.lines(1), b"ping\n")
+        self.assertIs(type(service.protocols[0].transport), tcp.Server)
+        client.transport.loseConnection()  # type: ignore[union-attr]
+        await client.lost
+
+    async def test_adopted(self) -> None:
+        """
+        An adopted listening TCP socket (what ``systemd:`` endpoints pass)
+        gets a L{FastPort}; an adopted UNIX one the reactor's own port.
+        """
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(5)
+        listener.setblocking(False)
+        self.addCleanup(listener.close)
+        port = FastIOReactor(_reactor).adoptStreamPort(
+            listener.fileno(), socket.AF_INET, Factory.forProtocol(Echo)
+        )
+        self.addCleanup(port.stopListening)
+        self.assertIsInstance(port, FastPort)
+        client = await connect_client(listener.getsockname()[1])
+        client.transport.write(b"adopted\n")  # type: ignore[union-attr]
+        self.assertEqual(await client.lines(1), b"adopted\n")
+        client.transport.loseConnection()  # type: ignore[union-attr]
+        await client.lost
+
+        unix = socket.socket(socket.AF_UNIX)
+        self.addCleanup(unix.close)
+        unix.bind(f"\0plantd-fastio-test-{os.getpid()}")
+        unix.listen(1)
+        unix.setblocking(False)
+        unix_port = FastIOReactor(_reactor).adoptStreamPort(
+            unix.fileno(), socket.AF_UNIX, Factory.forProtocol(Echo)
+        )
+        self.addCleanup(unix_port.stopListening)
+        self.assertIsInstance(unix_port, unix_module.Port)
+        self.assertNotIsInstance(unix_port, FastPort)
+
+    async def test_tls(self) -> None:
+        """
+        ``ssl:`` through L{HalfCloseTLSReactor}: the TLS layer rides on a
+        L{FastServer}, and replies arrive.
+        """
+        port = await serverFromString(
+            HalfCloseTLSReactor(FastIOReactor(_reactor)),
+            f"ssl:0:interface=127.0.0.1:privateKey={PEM}",
+        ).listen(Factory.forProtocol(Echo))
+        self.addCleanup(port.stopListening)
+        self.assertIsInstance(port, FastPort)
+        collector = Collector()
+        connected: Deferred[None] = Deferred()
+
+        class Connect(ClientFactory):
+            def buildProtocol(self, addr: Any) -> Collector:
+                _reactor.callLater(0, connected.callback, None)
+                return collector
+
+        _reactor.connectSSL(  # type: ignore[attr-defined]
+            "127.0.0.1",
+            port.getHost().port,
+            Connect(),
+            CertificateOptions(verify=False),
+        )
+        await connected
+        collector.transport.write(b"secret\n")  # type: ignore[union-attr]
+        self.assertEqual(await collector.lines(1), b"secret\n")
+        collector.transport.loseConnection()  # type: ignore[union-attr]
+        await collector.lost
+
+
+class ConfigTests(SynchronousTestCase):
+    """
+    ``[plantd] fast_io``: read, checked, and handed to every listener.
+    """
+
+    def test_default_yes(self) -> None:
+        """
+        Without the key, fast_io is on.
+        """
+        self.assertIs(config_from_string("").daemon.fast_io, True)
+
+    def test_no(self) -> None:
+        """
+        ``no`` (or ``off``, ``false``, ``0``) switches it off.
+        """
+        for value in ("no", "off", "false", "0"):
+            config = config_from_string(f"[plantd]\nfast_io = {value}\n")
+            self.assertIs(config.daemon.fast_io, False, value)
+
+    def test_wrong_value(self) -> None:
+        """
+        Anything else stops start-up with one line naming file, section and
+        key.
+        """
+        error = self.assertRaises(
+            ConfigError, config_from_string, "[plantd]\nfast_io = maybe\n", "p.ini"
+        )
+        self.assertIn("p.ini: [plantd] fast_io:", str(error))
+        self.assertNotIn("\n", str(error))
+
+    def test_listeners_get_it(self) -> None:
+        """
+        L{build_service} hands the key to the server triggers' listeners and
+        the status listener; the C{--check-config} summary shows it.
+        """
+        text = (
+            "[plantd]\nstatus = tcp:0:interface=127.0.0.1\nfast_io = {}\n"
+            "[server:a]\nlisten = tcp:0:interface=127.0.0.1\n"
+        )
+        for value, expected in (("yes", True), ("no", False)):
+            config = config_from_string(text.format(value))
+            top = build_service(config, MemoryReactorClock())
+            listeners = [
+                s for s in top.phases[Phase.STATUS] if isinstance(s, ListeningService)
+            ] + list(top.listeners.values())
+            self.assertEqual(len(listeners), 2)
+            self.assertEqual([s.fast_io for s in listeners], [expected, expected])
+            self.assertIn(f"fast_io={value}", "\n".join(summary(config)))
