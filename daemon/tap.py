@@ -423,6 +423,10 @@ def build_service(
     stats = Stats(events=EventLog(reactor))
     stats.events.record("started", "plantd", f"plantd started with {config.path}")
     top = PlantdService(config, stats, notifier)
+    if config.daemon.fast_io:
+        from daemon.core.fastio import LeanPollService
+
+        top.add(LeanPollService(reactor), Phase.STATUS)
     if config.daemon.status is not None:
         from daemon.status.web import StatusService
 

@@ -12,8 +12,10 @@ the reactor would call it.
 from __future__ import annotations
 
 import errno
+import hashlib
 import inspect
 import os
+import select
 import socket
 from typing import Any
 
@@ -21,20 +23,30 @@ import twisted.test
 from twisted.internet import _newtls, abstract, main, tcp
 from twisted.internet import reactor as _reactor
 from twisted.internet import unix as unix_module
+from twisted.internet.base import ReactorBase
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.ssl import CertificateOptions
 from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.python import log
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from daemon.config import ConfigError, config_from_string
-from daemon.core.fastio import FastIOReactor, FastPort, FastServer
+from daemon.core.fastio import (
+    FastIOReactor,
+    FastPort,
+    FastServer,
+    LeanPollService,
+    _lean_do_poll,
+    lean_poll_applies,
+)
 from daemon.core.listening import ListeningService
 from daemon.core.tlshalfclose import HalfCloseTLSReactor
 from daemon.tap import Phase, build_service, summary
@@ -763,3 +775,172 @@ class ConfigTests(SynchronousTestCase):
             self.assertEqual(len(listeners), 2)
             self.assertEqual([s.fast_io for s in listeners], [expected, expected])
             self.assertIn(f"fast_io={value}", "\n".join(summary(config)))
+
+
+class Readable:
+    """
+    A selectable on one end of a socket pair: records its reads, and raises
+    from C{connectionLost} when told to.
+    """
+
+    def __init__(self, sock: socket.socket, name: str, explode: bool = False):
+        self.sock = sock
+        self.name = name
+        self.explode = explode
+        self.read: list[bytes] = []
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def logPrefix(self) -> str:
+        return self.name
+
+    def doRead(self) -> object:
+        data = self.sock.recv(100)
+        if not data:
+            return main.CONNECTION_DONE
+        self.read.append(data)
+        return None
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.explode:
+            raise RuntimeError("boom in connectionLost")
+
+
+def epoll_reactor(test: SynchronousTestCase) -> EPollReactor:
+    """
+    A new epoll reactor (not the one the tests run on), closed afterwards.
+    """
+    reactor = EPollReactor()
+
+    def close() -> None:
+        reactor.waker.connectionLost(None)
+        reactor._poller.close()
+
+    test.addCleanup(close)
+    return reactor
+
+
+class LeanPollGuardTests(SynchronousTestCase):
+    """
+    The epoll reactor internals L{_lean_do_poll} relies on.
+    """
+
+    #: sha256 of C{EPollReactor.doPoll}'s source in the Twisted this was
+    #: written against (26.10.0); when it changes, compare the new doPoll
+    #: with L{_lean_do_poll}, make them do the same, and update this.
+    DO_POLL_SHA256 = "09b62ae68ef01b4bc5eaa170827e2baf0a2a5098e7e7ce7b5e1c80cda187c827"
+
+    def test_do_poll_unchanged(self) -> None:
+        """
+        C{EPollReactor.doPoll} is still the code L{_lean_do_poll} copies
+        (minus C{callWithLogger}).
+        """
+        source = inspect.getsource(EPollReactor.doPoll)
+        self.assertIn("self._poller.poll(timeout, len(self._selectables))", source)
+        self.assertIn(
+            "log.callWithLogger(selectable, _drdw, selectable, fd, event)", source
+        )
+        self.assertEqual(
+            hashlib.sha256(source.encode()).hexdigest(),
+            self.DO_POLL_SHA256,
+            "EPollReactor.doPoll changed: review daemon.core.fastio._lean_do_poll",
+        )
+
+    def test_do_iteration_is_do_poll(self) -> None:
+        """
+        C{doIteration} is C{doPoll}, and the reactor's loop and C{iterate}
+        call C{self.doIteration}, so an instance attribute replaces it.
+        """
+        self.assertIs(EPollReactor.doIteration, EPollReactor.doPoll)
+        self.assertIn("self.doIteration(", inspect.getsource(ReactorBase.mainLoop))
+        self.assertIn("self.doIteration(", inspect.getsource(ReactorBase.iterate))
+
+    def test_private_names(self) -> None:
+        """
+        An epoll reactor has C{_poller} (an epoll object), C{_selectables}
+        (file descriptor to selectable) and
+        C{_doReadOrWrite(selectable, fd, event)}, and C{callWithLogger}
+        still logs with the prefix as system.
+        """
+        reactor = epoll_reactor(self)
+        self.assertIsInstance(reactor._poller, select.epoll)
+        self.assertIsInstance(reactor._selectables, dict)
+        self.assertIn(reactor.waker, reactor._selectables.values())
+        self.assertEqual(
+            list(inspect.signature(reactor._doReadOrWrite).parameters),
+            ["selectable", "fd", "event"],
+        )
+        self.assertIn("err(system=lp)", inspect.getsource(log.callWithLogger))
+
+
+class LeanPollTests(SynchronousTestCase):
+    """
+    L{LeanPollService} on a new epoll reactor.
+    """
+
+    def pair(self) -> tuple[socket.socket, socket.socket]:
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        a.setblocking(False)
+        return a, b
+
+    def test_installed_and_removed(self) -> None:
+        """
+        Started, the reactor's C{doIteration} is the lean loop, which reads;
+        stopped, it is the reactor's own again.
+        """
+        reactor = epoll_reactor(self)
+        service = LeanPollService(reactor)
+        service.startService()
+        self.assertTrue(service.applied)
+        self.assertIs(reactor.doIteration.__func__, _lean_do_poll)  # type: ignore[attr-defined]
+        a, b = self.pair()
+        readable = Readable(a, "R")
+        reactor.addReader(readable)
+        b.send(b"hello")
+        reactor.doIteration(1)
+        self.assertEqual(readable.read, [b"hello"])
+        self.assertFalse(lean_poll_applies(reactor))
+        service.stopService()
+        self.assertNotIn("doIteration", vars(reactor))
+        self.assertTrue(lean_poll_applies(reactor))
+
+    def test_error_logged_and_loop_goes_on(self) -> None:
+        """
+        An exception from C{connectionLost} is logged with the selectable's
+        log prefix as system, and the other events of the same poll are
+        still handled.
+        """
+        reactor = epoll_reactor(self)
+        LeanPollService(reactor).startService()
+        a, b = self.pair()
+        c, d = self.pair()
+        broken = Readable(a, "Broken,7,127.0.0.1", explode=True)
+        other = Readable(c, "Other")
+        reactor.addReader(broken)
+        reactor.addReader(other)
+        events: list[dict[str, Any]] = []
+        log.addObserver(events.append)
+        self.addCleanup(log.removeObserver, events.append)
+        b.close()
+        d.send(b"still")
+        for _ in range(3):
+            reactor.doIteration(0.1)
+        self.assertEqual(other.read, [b"still"])
+        [error] = self.flushLoggedErrors(RuntimeError)
+        self.assertEqual(
+            [e["system"] for e in events if e.get("isError")], ["Broken,7,127.0.0.1"]
+        )
+
+    def test_other_reactors_left_alone(self) -> None:
+        """
+        A reactor that is not the epoll one is not changed.
+        """
+        reactor = MemoryReactorClock()
+        service = LeanPollService(reactor)
+        service.startService()
+        self.assertFalse(service.applied)
+        self.assertNotIn("doIteration", vars(reactor))
+        service.stopService()
