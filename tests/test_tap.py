@@ -192,7 +192,8 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertEqual(
             kinds,
             {
-                Phase.STATUS: ["StatusService"],
+                # fast_io (the default): the epoll loop's LeanPollService
+                Phase.STATUS: ["LeanPollService", "StatusService"],
                 Phase.BROKERS: ["BrokerService"],
                 Phase.OUTBOXES: ["OutboxService"],
                 Phase.ACTIONS: [ActionsService.__name__],
