@@ -506,7 +506,7 @@ class TLSCloseEndToEndTests(TestCase):
             for d in lost:
                 await d
 
-        self.addCleanup(lambda: Deferred.fromCoroutine(close()))
+        self.addCleanup(close)
         address = port.getHost()
         assert isinstance(address, IPv4Address)
         return devices, address.port, files["ca"]

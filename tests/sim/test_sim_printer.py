@@ -65,7 +65,7 @@ class PrinterSimulatorTests(SynchronousTestCase):
     def tearDown(self) -> None:
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
-    def test_normalJob(self) -> None:
+    def test_normal_job(self) -> None:
         """
         In normal mode every byte the client sends, in any number of chunks,
         becomes one job when the client closes, with its peer and times; the
@@ -102,7 +102,7 @@ class PrinterSimulatorTests(SynchronousTestCase):
         )
         self.assertEqual(sim.open_connections, 0)
 
-    def test_eachConnectionIsAJob(self) -> None:
+    def test_each_connection_is_a_job(self) -> None:
         """
         Two connections are two jobs, numbered in the order they completed.
         """
@@ -118,7 +118,7 @@ class PrinterSimulatorTests(SynchronousTestCase):
             [(1, "10.0.0.6:5000", b"two"), (2, "10.0.0.5:40000", b"one")],
         )
 
-    def test_emptyConnectionIsNotAJob(self) -> None:
+    def test_empty_connection_is_not_a_job(self) -> None:
         """
         A connection that closes without sending anything prints nothing: it
         is counted as empty, not as a job.
@@ -128,7 +128,7 @@ class PrinterSimulatorTests(SynchronousTestCase):
         client_closes(protocol)
         self.assertEqual((sim.jobs, sim.empty, sim.connections), ([], 1, 1))
 
-    def test_brokenConnectionIsNotAJob(self) -> None:
+    def test_broken_connection_is_not_a_job(self) -> None:
         """
         A connection lost with an error (a reset) after sending data is not a
         complete job: it is counted as broken.
@@ -139,7 +139,7 @@ class PrinterSimulatorTests(SynchronousTestCase):
         protocol.connectionLost(Failure(ConnectionLost()))
         self.assertEqual((sim.jobs, sim.broken, sim.bytes), ([], 1, 9))
 
-    def test_replyAfterDelay(self) -> None:
+    def test_reply_after_delay(self) -> None:
         """
         The reply is sent C{reply_delay} seconds after the first data arrives
         (not after the connection), once, however much more data comes.
@@ -163,7 +163,7 @@ class PrinterSimulatorTests(SynchronousTestCase):
         )
         self.assertEqual(sim.replies, 1)
 
-    def test_replyWithoutDelay(self) -> None:
+    def test_reply_without_delay(self) -> None:
         """
         With no delay the reply goes out as soon as the clock runs (a zero
         delay call), before any later data.
@@ -175,7 +175,7 @@ class PrinterSimulatorTests(SynchronousTestCase):
         self.assertEqual(transport.value(), b"\x02status\x03")
         client_closes(protocol)
 
-    def test_closeAfterReply(self) -> None:
+    def test_close_after_reply(self) -> None:
         """
         With C{close_after_reply} the printer closes the link itself after
         replying, and what it received until then is a complete job.
@@ -193,7 +193,7 @@ class PrinterSimulatorTests(SynchronousTestCase):
         client_closes(protocol)
         self.assertEqual([(j.data, j.replied) for j in sim.jobs], [(b"label", True)])
 
-    def test_clientClosesBeforeReply(self) -> None:
+    def test_client_closes_before_reply(self) -> None:
         """
         A client that closes before the reply is due still completes its job;
         the pending reply is cancelled, never written.
@@ -219,7 +219,7 @@ class PrinterSimulatorTests(SynchronousTestCase):
         self.assertEqual((sim.refused, sim.connections, sim.jobs), (1, 1, []))
         self.assertEqual((sim.broken, sim.empty), (0, 0))
 
-    def test_noRead(self) -> None:
+    def test_no_read(self) -> None:
         """
         In no-read mode the printer pauses reading as soon as it accepts the
         connection, so the peer's data stays in the kernel buffers; nothing
@@ -235,7 +235,7 @@ class PrinterSimulatorTests(SynchronousTestCase):
         protocol.connectionLost(Failure(ConnectionAborted()))
         self.assertEqual((sim.jobs, sim.bytes, sim.replies), ([], 0, 0))
 
-    def test_closeEarly(self) -> None:
+    def test_close_early(self) -> None:
         """
         In close-early mode the printer closes the connection when the first
         chunk arrives, before the job ends; that is counted, and is not a job.
@@ -250,7 +250,7 @@ class PrinterSimulatorTests(SynchronousTestCase):
         self.assertEqual((sim.jobs, sim.closed_early, sim.bytes), ([], 1, 3))
         self.assertEqual(transport.value(), b"")
 
-    def test_behaviourSnapshotPerConnection(self) -> None:
+    def test_behaviour_snapshot_per_connection(self) -> None:
         """
         Changing the behaviour at run time affects the connections accepted
         after the change, not one already open.
@@ -269,7 +269,7 @@ class PrinterSimulatorTests(SynchronousTestCase):
         self.assertEqual([j.data for j in sim.jobs], [b"a"])
         self.assertEqual(before_transport.value(), b"")
 
-    def test_invalidBehaviour(self) -> None:
+    def test_invalid_behaviour(self) -> None:
         """
         An unknown mode or a negative reply delay is refused with an error
         naming it.
@@ -281,7 +281,7 @@ class PrinterSimulatorTests(SynchronousTestCase):
         self.assertRaises(ValueError, PrinterSimulator, self.clock, reply_delay=-1)
         self.assertEqual(set(MODES), {"normal", "refuse", "no-read", "close-early"})
 
-    def test_waitForJobs(self) -> None:
+    def test_wait_for_jobs(self) -> None:
         """
         C{wait_for_jobs(n)} fires with the first n jobs exactly when the n-th
         job completes, and at once when they already have.
@@ -304,7 +304,7 @@ class PrinterSimulatorTests(SynchronousTestCase):
         now = self.successResultOf(sim.wait_for_jobs(1))
         self.assertEqual([j.data for j in now], [b"1"])
 
-    def test_waitForJobsCancel(self) -> None:
+    def test_wait_for_jobs_cancel(self) -> None:
         """
         A cancelled wait fails with CancelledError and is forgotten: a later
         job does not fire it again.
@@ -318,7 +318,7 @@ class PrinterSimulatorTests(SynchronousTestCase):
         client_closes(protocol)
         self.assertEqual(len(sim.jobs), 1)
 
-    def test_waitForConnections(self) -> None:
+    def test_wait_for_connections(self) -> None:
         """
         C{wait_for_connections(n)} fires once n connections have been accepted,
         whatever the mode (a refused connection counts).
@@ -332,7 +332,7 @@ class PrinterSimulatorTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d), 2)
         protocol.connectionLost(Failure(ConnectionAborted()))
 
-    def test_disconnectAll(self) -> None:
+    def test_disconnect_all(self) -> None:
         """
         C{disconnect_all} aborts every open connection, cancels their pending
         replies, and fires once they have all been lost.
@@ -366,7 +366,7 @@ class JobsDirectoryTests(SynchronousTestCase):
         protocol.dataReceived(data)
         client_closes(protocol)
 
-    def test_filePerJob(self) -> None:
+    def test_file_per_job(self) -> None:
         """
         Each job becomes C{job-NNNNNN.prn} holding exactly its bytes, the
         directory is created when needed, and no temporary file is left.
@@ -385,7 +385,7 @@ class JobsDirectoryTests(SynchronousTestCase):
             [str(directory / "job-000001.prn"), str(directory / "job-000002.prn")],
         )
 
-    def test_numberingContinues(self) -> None:
+    def test_numbering_continues(self) -> None:
         """
         Files already in the directory (from an earlier run) are never
         overwritten: numbering goes on after the highest one.
@@ -399,7 +399,7 @@ class JobsDirectoryTests(SynchronousTestCase):
         self.assertEqual((self.dir / "job-000008.prn").read_bytes(), b"new")
         self.assertEqual(sim.jobs[0].number, 1)
 
-    def test_failedRenameLeavesNoFile(self) -> None:
+    def test_failed_rename_leaves_no_file(self) -> None:
         """
         If the rename fails, neither a partial nor a temporary file is left,
         the failure is logged, and the job is still kept in memory.
@@ -415,7 +415,7 @@ class JobsDirectoryTests(SynchronousTestCase):
         self.assertEqual([(j.data, j.path) for j in sim.jobs], [(b"data", None)])
         self.assertEqual(len(self.flushLoggedErrors(PermissionError)), 1)
 
-    def test_unwritableDirectory(self) -> None:
+    def test_unwritable_directory(self) -> None:
         """
         A jobs directory that cannot be created is logged per job and does not
         stop the printer.
@@ -433,7 +433,7 @@ class HelperTests(SynchronousTestCase):
     Log formatting helpers.
     """
 
-    def test_escapeHead(self) -> None:
+    def test_escape_head(self) -> None:
         """
         Control and non-ASCII bytes are escaped, and a long job is cut with an
         ellipsis.
@@ -442,7 +442,7 @@ class HelperTests(SynchronousTestCase):
         self.assertEqual(escape_head(b"abcdef", limit=3), "abc...")
         self.assertEqual(escape_head(b"abc", limit=3), "abc")
 
-    def test_formatPeer(self) -> None:
+    def test_format_peer(self) -> None:
         """
         IPv4 peers are host:port, IPv6 peers [host]:port.
         """
@@ -455,7 +455,7 @@ class MakePrinterSimServiceTests(SynchronousTestCase):
     L{make_printer_sim_service} with a memory reactor.
     """
 
-    def test_listensOnlyWhenStarted(self) -> None:
+    def test_listens_only_when_started(self) -> None:
         """
         Building the service listens nowhere; starting it listens on the
         endpoint with the simulator as factory; stopping it aborts the open
@@ -555,56 +555,44 @@ class PrinterEndToEndTests(TestCase):
         self.addCleanup(abort_if_open)
         return client
 
-    def test_jobAndReply(self) -> Deferred[None]:
+    async def test_job_and_reply(self) -> None:
         """
         A real client sends a job, receives the printer's reply, closes, and
         the printer records exactly the job's bytes.
         """
+        sim, port = await self.start_printer(reply=b"OK\r\n", reply_delay=0.01)
+        client = await self.connect_client(port, _Client(b"^XA^XZ", close_after=4))
+        jobs = await sim.wait_for_jobs(1)
+        reason = await client.closed()
+        self.assertEqual(client.received, b"OK\r\n")
+        self.assertTrue(reason.check(ConnectionDone))
+        self.assertEqual([(j.data, j.replied) for j in jobs], [(b"^XA^XZ", True)])
+        self.assertTrue(jobs[0].peer.startswith("127.0.0.1:"))
 
-        async def run() -> None:
-            sim, port = await self.start_printer(reply=b"OK\r\n", reply_delay=0.01)
-            client = await self.connect_client(port, _Client(b"^XA^XZ", close_after=4))
-            jobs = await sim.wait_for_jobs(1)
-            reason = await client.closed()
-            self.assertEqual(client.received, b"OK\r\n")
-            self.assertTrue(reason.check(ConnectionDone))
-            self.assertEqual([(j.data, j.replied) for j in jobs], [(b"^XA^XZ", True)])
-            self.assertTrue(jobs[0].peer.startswith("127.0.0.1:"))
-
-        return Deferred.fromCoroutine(run())
-
-    def test_closeAfterReply(self) -> Deferred[None]:
+    async def test_close_after_reply(self) -> None:
         """
         With close_after_reply the client sees the reply and then a clean
         close from the printer, and the job is recorded.
         """
+        sim, port = await self.start_printer(reply=b"\x06", close_after_reply=True)
+        client = await self.connect_client(port, _Client(b"label"))
+        reason = await client.closed()
+        jobs = await sim.wait_for_jobs(1)
+        self.assertEqual(client.received, b"\x06")
+        self.assertTrue(reason.check(ConnectionDone))
+        self.assertEqual(jobs[0].data, b"label")
 
-        async def run() -> None:
-            sim, port = await self.start_printer(reply=b"\x06", close_after_reply=True)
-            client = await self.connect_client(port, _Client(b"label"))
-            reason = await client.closed()
-            jobs = await sim.wait_for_jobs(1)
-            self.assertEqual(client.received, b"\x06")
-            self.assertTrue(reason.check(ConnectionDone))
-            self.assertEqual(jobs[0].data, b"label")
-
-        return Deferred.fromCoroutine(run())
-
-    def test_refuseResets(self) -> Deferred[None]:
+    async def test_refuse_resets(self) -> None:
         """
         In refuse mode the client's connection is reset (lost with an error,
         not closed cleanly) and no job is recorded.
         """
-
-        async def run() -> None:
-            sim, port = await self.start_printer(mode="refuse")
-            client = await self.connect_client(port, _Client(b"job"))
-            reason = await client.closed()
-            self.assertTrue(reason.check(ConnectionLost), reason)
-            self.assertFalse(reason.check(ConnectionDone))
-            self.assertEqual((sim.refused, sim.jobs), (1, []))
-
-        return Deferred.fromCoroutine(run())
+        sim, port = await self.start_printer(mode="refuse")
+        client = await self.connect_client(port, _Client(b"job"))
+        reason = await client.closed()
+        self.assertTrue(reason.check(ConnectionLost), reason)
+        self.assertFalse(reason.check(ConnectionDone))
+        self.assertEqual((sim.refused, sim.jobs), (1, []))
 
     async def io_rounds(self, done: Deferred[None]) -> int:
         """
@@ -619,27 +607,21 @@ class PrinterEndToEndTests(TestCase):
             rounds += 1
         return rounds
 
-    def test_largeJobFlushesWithinRounds(self) -> Deferred[None]:
+    async def test_large_job_flushes_within_rounds(self) -> None:
         """
-        Calibration for test_noReadStallsSender: against a normal printer, a
+        Calibration for test_no_read_stalls_sender: against a normal printer, a
         client that writes 8 MB and closes gets all of it out within
         L{IO_ROUNDS} rounds of the reactor, and the job arrives whole.
         """
+        sim, port = await self.start_printer()
+        client = await self.connect_client(port, _Client(b"x" * LARGE, close_after=0))
+        await sim.wait_for_connections(1)
+        rounds = await self.io_rounds(client.lost)
+        self.assertTrue(client.lost.called, f"not flushed after {rounds} rounds")
+        jobs = await sim.wait_for_jobs(1)
+        self.assertEqual(len(jobs[0].data), LARGE)
 
-        async def run() -> None:
-            sim, port = await self.start_printer()
-            client = await self.connect_client(
-                port, _Client(b"x" * LARGE, close_after=0)
-            )
-            await sim.wait_for_connections(1)
-            rounds = await self.io_rounds(client.lost)
-            self.assertTrue(client.lost.called, f"not flushed after {rounds} rounds")
-            jobs = await sim.wait_for_jobs(1)
-            self.assertEqual(len(jobs[0].data), LARGE)
-
-        return Deferred.fromCoroutine(run())
-
-    def test_noReadStallsSender(self) -> Deferred[None]:
+    async def test_no_read_stalls_sender(self) -> None:
         """
         In no-read mode the same client never gets its 8 MB out: after the
         printer has accepted the connection and the reactor has run as many
@@ -647,22 +629,16 @@ class PrinterEndToEndTests(TestCase):
         still waiting on unsent data in its transport buffer, the printer has
         read nothing, and no job is complete.
         """
-
-        async def run() -> None:
-            sim, port = await self.start_printer(mode="no-read")
-            client = await self.connect_client(
-                port, _Client(b"x" * LARGE, close_after=0)
-            )
-            await sim.wait_for_connections(1)
-            rounds = await self.io_rounds(client.lost)
-            self.assertEqual(rounds, IO_ROUNDS)
-            self.assertFalse(client.lost.called)
-            transport = client.transport
-            assert transport is not None
-            self.assertTrue(transport.disconnecting)  # type: ignore[attr-defined]
-            self.assertEqual((sim.bytes, sim.jobs, sim.open_connections), (0, [], 1))
-
-        return Deferred.fromCoroutine(run())
+        sim, port = await self.start_printer(mode="no-read")
+        client = await self.connect_client(port, _Client(b"x" * LARGE, close_after=0))
+        await sim.wait_for_connections(1)
+        rounds = await self.io_rounds(client.lost)
+        self.assertEqual(rounds, IO_ROUNDS)
+        self.assertFalse(client.lost.called)
+        transport = client.transport
+        assert transport is not None
+        self.assertTrue(transport.disconnecting)  # type: ignore[attr-defined]
+        self.assertEqual((sim.bytes, sim.jobs, sim.open_connections), (0, [], 1))
 
 
 LARGE = 8 * 1024 * 1024

@@ -113,7 +113,7 @@ class ConnectionTests(SynchronousTestCase):
         self.assertFalse(simulator.connected)
         self.assertEqual(clock.getDelayedCalls(), [])
 
-    def test_noGreeting(self) -> None:
+    def test_no_greeting(self) -> None:
         """
         With C{greeting=False} nothing is sent on connection.
         """
@@ -125,7 +125,7 @@ class ConnectionTests(SynchronousTestCase):
         client.close()
         self.assertEqual(clock.getDelayedCalls(), [])
 
-    def test_oneClientAtATime(self) -> None:
+    def test_one_client_at_a_time(self) -> None:
         """
         A second client is closed at once, counted and logged; it gets no
         greeting, its commands are ignored and its departure does not free
@@ -223,7 +223,7 @@ class BadgeTests(SynchronousTestCase):
         client.close()
         self.assertEqual(clock.getDelayedCalls(), [])
 
-    def test_scriptTiming(self) -> None:
+    def test_script_timing(self) -> None:
         """
         A looping script sends one entry every C{interval} seconds, the first
         C{interval} after the connection, and starts again after the last.
@@ -246,7 +246,7 @@ class BadgeTests(SynchronousTestCase):
         clock.advance(10)
         self.assertEqual(simulator.counters.messages_sent, 4)
 
-    def test_scriptOnce(self) -> None:
+    def test_script_once(self) -> None:
         """
         Without C{loop}, the script plays once and leaves no timer; a new
         client hears it again from the top.
@@ -267,7 +267,7 @@ class BadgeTests(SynchronousTestCase):
         again.close()
         self.assertEqual(clock.getDelayedCalls(), [])
 
-    def test_scriptWaitsForClient(self) -> None:
+    def test_script_waits_for_client(self) -> None:
         """
         No script timer runs while no client is connected.
         """
@@ -275,7 +275,7 @@ class BadgeTests(SynchronousTestCase):
         ReaderSimulator(clock, script=["01"])
         self.assertEqual(clock.getDelayedCalls(), [])
 
-    def test_rawScriptLines(self) -> None:
+    def test_raw_script_lines(self) -> None:
         """
         A script entry starting with C{$} is sent as written, CR LF added
         once.
@@ -294,7 +294,7 @@ class BadgeTests(SynchronousTestCase):
         client.close()
         self.assertEqual(clock.getDelayedCalls(), [])
 
-    def test_invalidSettings(self) -> None:
+    def test_invalid_settings(self) -> None:
         """
         A non-positive interval or a script entry that is not a tag id is
         refused at construction.
@@ -330,7 +330,7 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(self.simulator.counters.commands, 2)
         self.assertEqual(self.simulator.counters.bad_commands, 0)
 
-    def test_coalescedUnterminated(self) -> None:
+    def test_coalesced_unterminated(self) -> None:
         """
         Two unterminated commands that arrive in one read are still two.
         """
@@ -356,7 +356,7 @@ class CommandTests(SynchronousTestCase):
         )
         self.assertEqual(self.simulator.counters.bad_commands, 0)
 
-    def test_lineEndSplitAcrossReads(self) -> None:
+    def test_line_end_split_across_reads(self) -> None:
         """
         A CR in one read and its LF in the next make one command, not an
         error.
@@ -366,7 +366,7 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(self.simulator.commands, [SEQ60])
         self.assertEqual(self.simulator.counters.bad_commands, 0)
 
-    def test_emptyReads(self) -> None:
+    def test_empty_reads(self) -> None:
         """
         Empty reads and stray line endings are neither commands nor errors.
         """
@@ -376,7 +376,7 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(self.simulator.counters.commands, 0)
         self.assertEqual(self.simulator.counters.bad_commands, 0)
 
-    def test_badCommands(self) -> None:
+    def test_bad_commands(self) -> None:
         """
         Invalid commands are recorded as L{ProtocolError}, counted and
         logged, and the connection stays up.
@@ -391,7 +391,7 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(len([event for event in events if "reason" in event]), 3)
         self.assertFalse(self.client.transport.disconnecting)
 
-    def test_waitForCommands(self) -> None:
+    def test_wait_for_commands(self) -> None:
         """
         L{ReaderSimulator.wait_for_commands} fires once that many commands have
         been received (at once if they already have).
@@ -409,7 +409,7 @@ class ServiceTests(SynchronousTestCase):
     L{make_reader_sim_service} builds a service that listens only once started.
     """
 
-    def test_listensWhenStarted(self) -> None:
+    def test_listens_when_started(self) -> None:
         """
         Nothing listens before C{startService}; then the endpoint string's
         port serves the simulator, C{when_listening} gives the port, and
@@ -436,7 +436,7 @@ class ServiceTests(SynchronousTestCase):
         self.successResultOf(stopped)
         self.assertEqual(reactor.getDelayedCalls(), [])
 
-    def test_stopUnstarted(self) -> None:
+    def test_stop_unstarted(self) -> None:
         """
         Stopping a service that never started is harmless.
         """
@@ -449,7 +449,7 @@ class RecordingLimitTests(SynchronousTestCase):
     The record of commands is bounded; the counters are not.
     """
 
-    def test_oldestDropped(self) -> None:
+    def test_oldest_dropped(self) -> None:
         """
         Past L{MAX_RECORDED_COMMANDS}, the oldest records are dropped while
         the counter and L{ReaderSimulator.wait_for_commands} keep counting.
@@ -504,7 +504,7 @@ class EndToEndTests(TestCase):
 
     timeout = 30
 
-    async def test_vendorSampleHost(self) -> None:
+    async def test_vendor_sample_host(self) -> None:
         """
         A vendor-style client gets the greeting and the scripted badges, its
         unterminated commands are all recorded as valid, and a second client

@@ -53,14 +53,14 @@ class OptionsTests(SynchronousTestCase):
         for fragment in fragments:
             self.assertIn(fragment, str(e))
 
-    def test_subcommandRequired(self) -> None:
+    def test_subcommand_required(self) -> None:
         """
         Without a subcommand the error lists the choices.
         """
         self.assert_usage_error([], "printer, reader, plc or demo")
         self.assert_usage_error(["scale"], "scale")
 
-    def test_printerDefaults(self) -> None:
+    def test_printer_defaults(self) -> None:
         """
         A bare printer listens where the demo printer does, replies nothing,
         runs in normal mode and writes no files.
@@ -78,7 +78,7 @@ class OptionsTests(SynchronousTestCase):
             ("tcp:9101:interface=127.0.0.1", b"", 0.0, "normal", None, 0),
         )
 
-    def test_printerOptions(self) -> None:
+    def test_printer_options(self) -> None:
         """
         Every printer option is parsed; the reply's escapes become bytes.
         """
@@ -105,7 +105,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(sub["jobs-dir"], "/tmp/jobs")
         self.assertTrue(sub["close-after-reply"])
 
-    def test_printerErrors(self) -> None:
+    def test_printer_errors(self) -> None:
         """
         A bad endpoint, delay, mode or escape is a usage error naming the
         option and the value.
@@ -125,7 +125,7 @@ class OptionsTests(SynchronousTestCase):
         self.assert_usage_error(["printer", "--reply", r"\x4"], "--reply", "\\x")
         self.assert_usage_error(["printer", "--reply", "ünïcode€"], "--reply", "\\xHH")
 
-    def test_readerOptions(self) -> None:
+    def test_reader_options(self) -> None:
         """
         The reader's defaults are the demo's; a script is a comma-separated
         list of hex tag ids; the interval must be positive.
@@ -154,7 +154,7 @@ class OptionsTests(SynchronousTestCase):
         self.assert_usage_error(["reader", "--interval", "0"], "--interval")
         self.assert_usage_error(["reader", "--listen", "tcp:"], "--listen")
 
-    def test_plcOptions(self) -> None:
+    def test_plc_options(self) -> None:
         """
         The PLC's defaults are the demo's; --message repeats and keeps its
         order; endpoint, interval and templates are checked.
@@ -187,7 +187,7 @@ class OptionsTests(SynchronousTestCase):
         self.assert_usage_error(["plc", "--interval", "-5"], "--interval")
         self.assert_usage_error(["plc", "--message", "{sku};{qty}"], "--message", "sku")
 
-    def test_plcDefaultMessagesNotShared(self) -> None:
+    def test_plc_default_messages_not_shared(self) -> None:
         """
         A --message given to one parse does not leak into the next one.
         """
@@ -196,7 +196,7 @@ class OptionsTests(SynchronousTestCase):
             parse("plc").subOptions["message"], ["SKU-1001;3", "SKU-2002;12"]
         )
 
-    def test_demoOptions(self) -> None:
+    def test_demo_options(self) -> None:
         """
         The demo takes only a jobs directory.
         """
@@ -328,7 +328,7 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertEqual([s.name for s in top], ["reader"])
         self.assert_idle()
 
-    def test_realReader(self) -> None:
+    def test_real_reader(self) -> None:
         """
         With the real reader simulator, C{reader} builds a service that
         listens only once started.
@@ -426,7 +426,7 @@ class BuildServiceTests(SynchronousTestCase):
         self.successResultOf(top.stopService())
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
-    def test_makeService(self) -> None:
+    def test_make_service(self) -> None:
         """
         C{makeService}, twistd's entry point, builds the same tree on the
         global reactor without starting it.
@@ -454,7 +454,7 @@ class PluginTests(SynchronousTestCase):
         self.assertIs(maker.options, tap.Options)
         self.assertIs(maker.makeService, tap.makeService)
 
-    def test_noInitInPlugins(self) -> None:
+    def test_no_init_in_plugins(self) -> None:
         """
         The project's twisted/plugins folder has no __init__.py (one there
         would hide Twisted's own plugins).
@@ -530,7 +530,7 @@ class PlcSimulatorTests(SynchronousTestCase):
             protocol.connectionLost(Failure(ConnectionDone()))
         self.successResultOf(d)
 
-    def test_sendsEveryIntervalCycling(self) -> None:
+    def test_sends_every_interval_cycling(self) -> None:
         """
         Once connected the PLC sends one line per interval (none at once),
         cycling through its templates with the message number.
@@ -548,7 +548,7 @@ class PlcSimulatorTests(SynchronousTestCase):
         self.assertEqual(self.sim.sent, 3)
         self.stop(protocol)
 
-    def test_repliesRecorded(self) -> None:
+    def test_replies_recorded(self) -> None:
         """
         Reply lines (LF or CR LF ended, in any chunks) are recorded without
         their line end.
@@ -561,7 +561,7 @@ class PlcSimulatorTests(SynchronousTestCase):
         self.assertEqual(self.sim.reply_count, 2)
         self.stop(protocol)
 
-    def test_longReplyAborts(self) -> None:
+    def test_long_reply_aborts(self) -> None:
         """
         A reply line longer than the limit closes the connection.
         """
@@ -572,7 +572,7 @@ class PlcSimulatorTests(SynchronousTestCase):
         self.assertEqual(self.sim.reply_count, 0)
         self.stop(protocol)
 
-    def test_reconnectsAndResumes(self) -> None:
+    def test_reconnects_and_resumes(self) -> None:
         """
         While the daemon is not up the PLC keeps retrying; when the link
         drops it stops sending, reconnects after a backoff, and the message
@@ -599,7 +599,7 @@ class PlcSimulatorTests(SynchronousTestCase):
         self.assertEqual(transport.value(), b"N002\r\n")
         self.stop(protocol)
 
-    def test_stopWhileConnecting(self) -> None:
+    def test_stop_while_connecting(self) -> None:
         """
         Stopping the service while a connection attempt is pending cancels
         it and leaves no timer.
