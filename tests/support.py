@@ -244,6 +244,25 @@ def connect_client(port: int, host: str = "127.0.0.1") -> Deferred[Collector]:
     return connectProtocol(endpoint, Collector())
 
 
+async def open_client(test: TestCase, port: int) -> Collector:
+    """
+    A L{Collector} connected to C{port} on loopback, closed when C{test}
+    ends.
+    """
+    c = await connect_client(port)
+    test.addCleanup(close_client, c)
+    return c
+
+
+async def close_client(c: Collector) -> None:
+    """
+    Close C{c} if it is still connected, and wait until it is gone.
+    """
+    if c.transport is not None and c.transport.connected:  # type: ignore[attr-defined]
+        c.transport.loseConnection()
+        await c.lost
+
+
 async def sh(argv: Sequence[str]) -> tuple[int, str]:
     """
     Run a command; its exit code and what it printed.

@@ -14,9 +14,8 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from tests.support import (
-    Collector,
-    DaemonProcess,
     connect_client,
+    open_client,
     run,
     start_daemon,
     twistd_command,
@@ -80,21 +79,8 @@ class DaemonTests(TestCase):
         with open(path, "w") as f:
             f.write(text)
         self.daemon = start_daemon(path, expected=expected)
-        self.addCleanup(self._stop, self.daemon)
+        self.addCleanup(self.daemon.stop)
         return await self.daemon.listening
-
-    async def _stop(self, daemon: DaemonProcess) -> None:
-        await daemon.stop()
-
-    async def client(self, port: int) -> Collector:
-        c = await connect_client(port)
-        self.addCleanup(self._close, c)
-        return c
-
-    async def _close(self, c: Collector) -> None:
-        if c.transport is not None and c.transport.connected:  # type: ignore[attr-defined]
-            c.transport.loseConnection()
-            await c.lost
 
     async def test_parse_and_reply(self) -> None:
         """
@@ -102,7 +88,7 @@ class DaemonTests(TestCase):
         global variables, a line that does not parse gets the error reply.
         """
         ports = await self.start()
-        c = await self.client(ports["server:orders"])
+        c = await open_client(self, ports["server:orders"])
         c.transport.write(b"SKU-1;3\r\nbad line\nSKU-2;12\n")  # type: ignore[union-attr]
         data = await c.lines(3)
         self.assertEqual(
@@ -118,7 +104,7 @@ class DaemonTests(TestCase):
         own order.
         """
         ports = await self.start()
-        clients = [await self.client(ports["server:orders"]) for _ in range(20)]
+        clients = [await open_client(self, ports["server:orders"]) for _ in range(20)]
         for i, c in enumerate(clients):
             c.transport.write(  # type: ignore[union-attr]
                 b"".join(b"C%d;%d\n" % (i, n) for n in range(50))
@@ -135,21 +121,21 @@ class DaemonTests(TestCase):
         stx-etx, bytes, idle and disconnect framing over real sockets.
         """
         ports = await self.start()
-        stx = await self.client(ports["server:stx"])
+        stx = await open_client(self, ports["server:stx"])
         stx.transport.write(b"junk\x02A1\x03\x02B")  # type: ignore[union-attr]
         stx.transport.write(b"2\x03")  # type: ignore[union-attr]
         self.assertEqual(
             await stx.until(lambda d: d.count(b"\x03") == 2), b"\x02A1\x03\x02B2\x03"
         )
-        fixed = await self.client(ports["server:fixed"])
+        fixed = await open_client(self, ports["server:fixed"])
         fixed.transport.write(b"abcdefgh")  # type: ignore[union-attr]
         self.assertEqual(await fixed.until(lambda d: len(d) >= 12), b"<abcd><efgh>")
-        idle = await self.client(ports["server:idle"])
+        idle = await open_client(self, ports["server:idle"])
         idle.transport.write(b"part one,")  # type: ignore[union-attr]
         await deferLater(reactor, 0.05, lambda: None)
         idle.transport.write(b" part two")  # type: ignore[union-attr]
         self.assertEqual(await idle.lines(1), b"[part one, part two]\n")
-        whole = await self.client(ports["server:whole"])
+        whole = await open_client(self, ports["server:whole"])
         whole.transport.write(b"line 1\nline 2\n")  # type: ignore[union-attr]
         whole.transport.loseWriteConnection()  # type: ignore[union-attr]
         await whole.lost
@@ -162,20 +148,20 @@ class DaemonTests(TestCase):
         once, without a byte read.
         """
         ports = await self.start()
-        small = await self.client(ports["server:small"])
+        small = await open_client(self, ports["server:small"])
         small.transport.write(b"fits\n" + b"x" * 40)  # type: ignore[union-attr]
         await small.lost
         self.assertEqual(small.data, b"fits\r\n")
-        a = await self.client(ports["server:small"])
-        b = await self.client(ports["server:small"])
+        a = await open_client(self, ports["server:small"])
+        b = await open_client(self, ports["server:small"])
         a.transport.write(b"a\n")  # type: ignore[union-attr]
         b.transport.write(b"b\n")  # type: ignore[union-attr]
         await gatherResults([a.lines(1), b.lines(1)])
-        third = await self.client(ports["server:small"])
+        third = await open_client(self, ports["server:small"])
         third.transport.write(b"c\n")  # type: ignore[union-attr]
         await third.lost
         self.assertEqual(third.data, b"")
-        outsider = await self.client(ports["server:closed"])
+        outsider = await open_client(self, ports["server:closed"])
         outsider.transport.write(b"hello\n")  # type: ignore[union-attr]
         await outsider.lost
         self.assertEqual(outsider.data, b"")
@@ -190,7 +176,7 @@ class DaemonTests(TestCase):
         by SIGTERM, the status systemd counts as a clean stop.
         """
         ports = await self.start()
-        c = await self.client(ports["server:orders"])
+        c = await open_client(self, ports["server:orders"])
         c.transport.write(b"A;1\n")  # type: ignore[union-attr]
         await c.lines(1)
         code = await self.daemon.stop(signal.SIGTERM)

@@ -17,9 +17,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from tests.support import (
-    Collector,
-    DaemonProcess,
-    connect_client,
+    open_client,
     run,
     start_daemon,
     twistd_command,
@@ -61,26 +59,13 @@ class DaemonFixesTests(TestCase):
         with open(path, "w") as f:
             f.write(CONFIG)
         self.daemon = start_daemon(path, expected=3)
-        self.addCleanup(self._stop, self.daemon)
+        self.addCleanup(self.daemon.stop)
         ports = await self.daemon.listening
         await self.daemon.logged(b"[plantd] status listening on")
         match = STATUS.search(self.daemon.output)
         assert match is not None
         self.status_port = int(match.group(1))
         return ports
-
-    async def _stop(self, daemon: DaemonProcess) -> None:
-        await daemon.stop()
-
-    async def client(self, port: int) -> Collector:
-        c = await connect_client(port)
-        self.addCleanup(self._close, c)
-        return c
-
-    async def _close(self, c: Collector) -> None:
-        if c.transport is not None and c.transport.connected:  # type: ignore[attr-defined]
-            c.transport.loseConnection()
-            await c.lost
 
     async def server_counters(self, name: str) -> dict[str, Any]:
         url = f"http://127.0.0.1:{self.status_port}/status.json"
@@ -100,7 +85,7 @@ class DaemonFixesTests(TestCase):
         them is served as usual.
         """
         ports = await self.start()
-        c = await self.client(ports["server:lines"])
+        c = await open_client(self, ports["server:lines"])
         c.transport.write(b"\n\r\nA\n\n")  # type: ignore[union-attr]
         self.assertEqual(await c.lines(1), b"got [A]\n")
         counters = await self.server_counters("lines")
@@ -114,7 +99,7 @@ class DaemonFixesTests(TestCase):
         C{[data]}.
         """
         ports = await self.start()
-        c = await self.client(ports["server:blanks"])
+        c = await open_client(self, ports["server:blanks"])
         c.transport.write(b"\nB\n")  # type: ignore[union-attr]
         self.assertEqual(await c.lines(2), b"got []\ngot [B]\n")
 
@@ -124,7 +109,7 @@ class DaemonFixesTests(TestCase):
         C{frame = delimiter} and C{delimiter = \\r}, as the README says.
         """
         ports = await self.start()
-        c = await self.client(ports["server:crlf"])
+        c = await open_client(self, ports["server:crlf"])
         c.transport.write(b"X1\rX2\r")  # type: ignore[union-attr]
         self.assertEqual(
             await c.until(lambda data: data.count(b"\r") >= 2), b"got [X1]\rgot [X2]\r"
@@ -136,7 +121,7 @@ class DaemonFixesTests(TestCase):
         three (it counted write batches before).
         """
         ports = await self.start()
-        c = await self.client(ports["server:lines"])
+        c = await open_client(self, ports["server:lines"])
         c.transport.write(b"a\nb\nc\n")  # type: ignore[union-attr]
         self.assertEqual(await c.lines(3), b"got [a]\ngot [b]\ngot [c]\n")
         counters = await self.server_counters("lines")
@@ -151,7 +136,7 @@ class DaemonFixesTests(TestCase):
         remedy, and counts it.  The line end, sent later, is still served.
         """
         ports = await self.start()
-        c = await self.client(ports["server:lines"])
+        c = await open_client(self, ports["server:lines"])
         c.transport.write(b"Hello")  # type: ignore[union-attr]
         await self.daemon.logged(b"5 bytes of a message have waited")
         output = self.daemon.output.decode(errors="replace")

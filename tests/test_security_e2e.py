@@ -21,7 +21,10 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 
 from tests.server.certs import Exchange, tls_line_client, write_certificates
-from tests.support import Collector, DaemonProcess, connect_client, start_daemon
+from tests.support import (
+    open_client,
+    start_daemon,
+)
 
 STATUS = re.compile(rb"\[plantd\] status listening on [^\s]+:(\d+)")
 
@@ -75,25 +78,12 @@ class SecurityEndToEndTests(TestCase):
         with open(path, "w") as f:
             f.write(text)
         self.daemon = start_daemon(path, expected=expected)
-        self.addCleanup(self._stop, self.daemon)
+        self.addCleanup(self.daemon.stop)
         return await self.daemon.listening
-
-    async def _stop(self, daemon: DaemonProcess) -> None:
-        await daemon.stop()
 
     def setUp(self) -> None:
         self.directory = os.path.abspath(self.mktemp())
         os.makedirs(self.directory)
-
-    async def client(self, port: int) -> Collector:
-        c = await connect_client(port)
-        self.addCleanup(self._close, c)
-        return c
-
-    async def _close(self, c: Collector) -> None:
-        if c.transport is not None and c.transport.connected:  # type: ignore[attr-defined]
-            c.transport.loseConnection()
-            await c.lost
 
     async def test_escape_to_printer(self) -> None:
         """
@@ -132,7 +122,7 @@ escape = strip-control
 """,
             expected=1,
         )
-        scanner = await self.client(ports["server:scan"])
+        scanner = await open_client(self, ports["server:scan"])
         scanner.transport.write(b"\x02A^XZ~JR_1\x03")  # type: ignore[union-attr]
         await scanner.lines(1)
         scanner.transport.write(b"\x02a\tb\x1bc\x7fd\x03")  # type: ignore[union-attr]

@@ -63,24 +63,21 @@ def _reader_service_maker() -> ReaderServiceMaker:
 # Validation of option values: each raises UsageError naming the option.
 
 
-def _check_server_endpoint(option: str, description: str) -> str:
+def _check_endpoint(option: str, description: str, *, server: bool) -> str:
+    """
+    C{description} if it is a valid server (or client) endpoint description.
+    """
+    check, kind, example = (
+        (check_server_description, "server", "tcp:9101:interface=127.0.0.1")
+        if server
+        else (check_client_description, "client", "tcp:host=127.0.0.1:port=9200")
+    )
     try:
-        check_server_description(description)
+        check(description)
     except (ValueError, TypeError, KeyError, OSError) as e:
         raise usage.UsageError(
-            f"--{option}: {description!r} is not a server endpoint "
-            f"(like tcp:9101:interface=127.0.0.1): {e}"
-        ) from None
-    return description
-
-
-def _check_client_endpoint(option: str, description: str) -> str:
-    try:
-        check_client_description(description)
-    except (ValueError, TypeError, KeyError, OSError) as e:
-        raise usage.UsageError(
-            f"--{option}: {description!r} is not a client endpoint "
-            f"(like tcp:host=127.0.0.1:port=9200): {e}"
+            f"--{option}: {description!r} is not a {kind} endpoint "
+            f"(like {example}): {e}"
         ) from None
     return description
 
@@ -157,7 +154,7 @@ class PrinterOptions(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        _check_server_endpoint("listen", self["listen"])
+        _check_endpoint("listen", self["listen"], server=True)
         self["reply"] = _unescape_bytes("reply", self["reply"])
         self["reply-delay"] = _seconds("reply-delay", self["reply-delay"], zero=True)
         if self["mode"] not in MODES:
@@ -189,7 +186,7 @@ class ReaderOptions(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        _check_server_endpoint("listen", self["listen"])
+        _check_endpoint("listen", self["listen"], server=True)
         self["script"] = _tag_list("script", self["script"])
         self["interval"] = _seconds("interval", self["interval"], zero=False)
 
@@ -219,7 +216,7 @@ class PlcOptions(usage.Options):
         self["message"].append(text)
 
     def postOptions(self) -> None:
-        _check_client_endpoint("connect", self["connect"])
+        _check_endpoint("connect", self["connect"], server=False)
         self["interval"] = _seconds("interval", self["interval"], zero=False)
         if not self["message"]:
             self["message"] = list(DEMO_PLC_MESSAGES)

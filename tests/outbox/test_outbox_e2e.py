@@ -42,7 +42,8 @@ from daemon.sim.printer import PrinterSimulator
 from tests.support import (
     Collector,
     DaemonProcess,
-    connect_client,
+    close_client,
+    open_client,
     run,
     start_daemon,
 )
@@ -195,19 +196,6 @@ class DurableOutboxEndToEndTests(TestCase):
         await daemon.listening
         return daemon
 
-    async def client(self, port: int) -> Collector:
-        """
-        A client of the daemon, closed when the test ends.
-        """
-        c = await connect_client(port)
-        self.addCleanup(self._close, c)
-        return c
-
-    async def _close(self, c: Collector) -> None:
-        if c.transport is not None and c.transport.connected:  # type: ignore[attr-defined]
-            c.transport.loseConnection()
-            await c.lost
-
     async def printer_on(self, sim: PrinterSimulator, description: str) -> int:
         """
         The printer simulator listening on C{description} until the test
@@ -256,7 +244,7 @@ class DurableOutboxEndToEndTests(TestCase):
         refused = daemon.logged(b"connection refused")
         port = daemon.ports["server:in"]
 
-        clients = [await self.client(port) for _ in range(CLIENTS)]
+        clients = [await open_client(self, port) for _ in range(CLIENTS)]
         sent = [list(range(k + 1, TOTAL + 1, CLIENTS)) for k in range(CLIENTS)]
         for c, numbers in zip(clients, sent, strict=True):
             c.transport.write(messages(numbers))  # type: ignore[union-attr]
@@ -321,12 +309,12 @@ class DurableOutboxEndToEndTests(TestCase):
         numbers = range(1, TOTAL + 1)
         port = first.ports["server:in"]
         if window is None:
-            burst = await self.client(port)
+            burst = await open_client(self, port)
             burst.transport.write(messages(numbers))  # type: ignore[union-attr]
         else:
             endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5)
             burst = await connectProtocol(endpoint, PacedClient(numbers, window))
-            self.addCleanup(self._close, burst)
+            self.addCleanup(close_client, burst)
         await burst.lines(KILL_AFTER)
         code = await first.stop(signal.SIGKILL)
         self.assertEqual(code, -signal.SIGKILL)
@@ -341,7 +329,7 @@ class DurableOutboxEndToEndTests(TestCase):
         found = RECOVERED.search(second.output)
         assert found is not None
         recovered = int(found.group(1))
-        after = await self.client(second.ports["server:in"])
+        after = await open_client(self, second.ports["server:in"])
         after.transport.write(messages([SENTINEL]))  # type: ignore[union-attr]
         self.assertEqual(await after.lines(1), acks([SENTINEL]))
         await until_job(sim, SENTINEL_JOB)

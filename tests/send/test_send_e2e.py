@@ -11,8 +11,6 @@ device in a network namespace whose link goes down.  The unit tests
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import socket
 import ssl
@@ -20,10 +18,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 from twisted.application.service import MultiService
 from twisted.internet import reactor as global_reactor
 from twisted.internet.address import IPv4Address
@@ -48,6 +43,7 @@ from daemon.send.action import SendAction, build_send_actions
 from daemon.server.trigger import ServerTrigger
 from daemon.sim.printer import PrinterSimulator
 from daemon.status.stats import ServerStats, Stats
+from tests.server.certs import common_name, make_authority, write_leaf
 from tests.support import NeverClosingDevice
 
 #: Large enough that the kernel buffers of a loopback connection fill up.
@@ -68,81 +64,14 @@ def write_certificates(directory: str) -> dict[str, str]:
     A throwaway CA and a server certificate it signed for ``localhost`` and
     127.0.0.1, as PEM files in C{directory}; their paths by role.
     """
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "plantd test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
+    authority = make_authority("plantd test CA")
+    ca = os.path.join(directory, "ca.pem")
+    with open(ca, "wb") as f:
+        f.write(authority.certificate.public_bytes(serialization.Encoding.PEM))
+    cert, key = write_leaf(
+        authority, directory, "server", common_name("localhost"), server=True
     )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName("localhost"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = {
-        "ca": os.path.join(directory, "ca.pem"),
-        "cert": os.path.join(directory, "server.pem"),
-        "key": os.path.join(directory, "server.key"),
-    }
-    with open(paths["ca"], "wb") as f:
-        f.write(ca.public_bytes(serialization.Encoding.PEM))
-    with open(paths["cert"], "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-    with open(paths["key"], "wb") as f:
-        f.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    return paths
+    return {"ca": ca, "cert": cert, "key": key}
 
 
 class SendEndToEndTests(TestCase):
