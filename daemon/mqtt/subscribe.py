@@ -33,7 +33,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from daemon.config import SubscribeConfig
-from daemon.core import logs
+from daemon.core import events, logs
 from daemon.core.actions import ActionChain, ActionFailed, Event, Outcome, timestamp
 from daemon.core.codecs import decode_message
 from daemon.mqtt.interfaces import IBrokerClient, Message
@@ -401,9 +401,9 @@ class SubscribeTrigger:
         """
         config = self.config
         variables = dict(self.variables)
-        variables["topic"] = message.topic
-        variables["trigger"] = config.name
-        variables["timestamp"] = timestamp(self.clock.seconds())
+        variables[events.TOPIC] = message.topic
+        variables[events.TRIGGER] = config.name
+        variables[events.TIMESTAMP] = timestamp(self.clock.seconds())
         try:
             text = decode_message(message.payload, config.encoding)
         except UnicodeError as e:
@@ -411,7 +411,7 @@ class SubscribeTrigger:
             where = f" at byte {e.start}" if isinstance(e, UnicodeDecodeError) else ""
             self._dropped(message, f"cannot decode as {config.encoding}{where}")
             return None
-        variables["data"] = text
+        variables[events.DATA] = text
         if config.parse is not None:
             try:
                 variables.update(parse_frame(config.parse, text))

@@ -12,6 +12,8 @@ from daemon.core import events
 from daemon.reader.scrdr import FIELD_NAMES, build_greeting
 from daemon.send.dryrun import render
 from tests.fakes import FakeAction
+from tests.mqtt.test_subscribe import Harness as SubscribeHarness
+from tests.mqtt.test_subscribe import message
 from tests.reader.test_reader import Harness, badge
 from tests.server.test_server import connect, make
 
@@ -95,3 +97,15 @@ class CatalogueMatchesTriggersTests(SynchronousTestCase):
             set(rendered.variables) - set(GLOBALS), events.SERVER_EVENT_VARIABLES
         )
         self.assertEqual(rendered.payload, b"x")
+
+    def test_subscribe_event(self) -> None:
+        """
+        A subscribe trigger's event carries exactly L{events.SUBSCRIBE_EVENT}.
+        """
+        h = SubscribeHarness()
+        h.deliver(message())
+        [event] = h.action.events
+        self.assertEqual(
+            set(event.variables) - set(h.trigger.variables),
+            events.SUBSCRIBE_EVENT_VARIABLES,
+        )
