@@ -23,6 +23,7 @@ from types import MappingProxyType
 from typing import Literal, TypeVar
 
 from daemon.config.checks import check_references
+from daemon.config.endpoint_paths import relative_endpoint
 from daemon.config.model import (
     AcceptRule,
     BrokerConfig,
@@ -513,11 +514,13 @@ class _Section:
 
     def server_endpoint(self, key: str) -> str:
         value = self.required(key, "a server endpoint like tcp:9200:interface=0.0.0.0")
+        value = relative_endpoint(value, self.file_path, server=True)
         self.endpoints.check(self, key, value, server=True)
         return value
 
     def client_endpoint(self, key: str) -> str:
         value = self.required(key, "a client endpoint like tcp:host=HOST:port=PORT")
+        value = relative_endpoint(value, self.file_path, server=False)
         self.endpoints.check(self, key, value, server=False)
         return value
 
@@ -603,6 +606,7 @@ class _Endpoints:
 def _daemon(s: _Section) -> DaemonConfig:
     status = s.optional("status")
     if status is not None and status.lower() != "none":
+        status = relative_endpoint(status, s.file_path, server=True)
         s.endpoints.check(s, "status", status, server=True)
     else:
         status = None
@@ -776,6 +780,9 @@ def _send(s: _Section, name: str) -> SendConfig:
     if not reply_to_sender and destination is None:
         raise s.error("destination", "required: host:port or a client endpoint")
     if destination is not None and destination.constant is not None:
+        endpoint = relative_endpoint(destination.constant, s.file_path, server=False)
+        if endpoint != destination.constant:
+            destination = Template.literal(endpoint)
         try:
             parse_destination(destination.constant)
         except ValueError as e:
