@@ -162,15 +162,19 @@ def summary(config: Config) -> Iterator[str]:
     for s in config.servers:
         actions = ", ".join(s.actions) or "none"
         allow = " ".join(str(n) for n in s.allow) or "any"
+        client_ca = f", tls_client_ca {s.tls_client_ca}" if s.tls_client_ca else ""
         yield (
             f"[server:{s.name}] listen {s.listen}, frame {s.frame}, "
             f"encoding {s.encoding}, actions {actions}, reply {s.reply}, allow {allow}"
+            f"{client_ca}"
         )
     for a in config.sends:
         target = (
             "sender" if a.reply_to_sender else a.destination and a.destination.source
         )
         extra = f", save_reply [{a.save_reply}]" if a.save_reply else ""
+        if a.escape != "none":
+            extra += f", escape {a.escape}"
         yield (
             f"[send:{a.name}] to {target}, encoding {a.encoding}, "
             f"queue {a.queue.mode}, disconnect_delay {a.disconnect_delay}s{extra}"

@@ -5,6 +5,8 @@ their declared order.
 
 from __future__ import annotations
 
+import os
+
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import MemoryReactorClock
@@ -20,7 +22,9 @@ from daemon.tap import (
     Phase,
     PlantdService,
     build_service,
+    summary,
 )
+from tests.server.certs import write_certificates
 
 
 class Recorder(Service):
@@ -201,3 +205,40 @@ class BuildServiceTests(SynchronousTestCase):
                 Phase.LISTENERS: [ListenerService.__name__],
             },
         )
+
+
+class SummaryTests(SynchronousTestCase):
+    """
+    The C{--check-config} summary names the security settings that are set.
+    """
+
+    def lines(self, text: str) -> list[str]:
+        return list(summary(config_from_string(text)))
+
+    def test_tls_client_ca_and_escape(self) -> None:
+        """
+        A listener's C{tls_client_ca} and a send action's C{escape} show on
+        their section's line when set.
+        """
+        directory = self.mktemp()
+        os.makedirs(directory)
+        certs = write_certificates(directory)
+        lines = self.lines(
+            f"[server:a]\nlisten = ssl:0:privateKey={certs.server_key}"
+            f":certKey={certs.server_cert}\ntls_client_ca = {certs.ca}\n"
+            "actions = p\n"
+            "[send:p]\ndestination = 127.0.0.1:9100\ndata = ^FD{x}\nescape = zpl\n"
+        )
+        self.assertTrue(lines[2].endswith(f", tls_client_ca {certs.ca}"), lines[2])
+        self.assertIn(", escape zpl", lines[3])
+
+    def test_not_set(self) -> None:
+        """
+        Neither shows when not set.
+        """
+        lines = self.lines(
+            "[server:a]\nlisten = tcp:0\nactions = p\n"
+            "[send:p]\ndestination = 127.0.0.1:9100\ndata = x\n"
+        )
+        self.assertNotIn("tls_client_ca", "\n".join(lines))
+        self.assertNotIn("escape", "\n".join(lines))
