@@ -25,8 +25,17 @@ change keeps its sockets:
   - A changed send action takes effect for the next event; jobs already in
     its outbox are delivered with the destination and data they were
     stored with.  A changed C{queue} mode replaces the action.
-  - A changed reader reconnects; an unchanged one keeps its session, and
-    its C{allow_list} file is read again.
+  - A reader whose connection keys (L{CONNECTION_KEYS
+    <daemon.reader.service.CONNECTION_KEYS>}: C{connect}, C{keepalive},
+    C{idle_timeout}) changed reconnects; any other change (actions,
+    answers, C{retry}) is applied to its running session.  Every reader's
+    C{allow_list} file is read again.
+  - A removed section's counters and device state leave the status page
+    and C{/metrics}; a re-bound trigger and a replaced action keep their
+    counters.  A listener that cannot bind is reported as failed in the
+    line (logged at error); the rest of the reload stands.
+  - Each reload, applied or rejected, is recorded in the status page's
+    recent events.
   - C{[variables]} and C{[plantd] log_level} apply to the next event or
     line; other ``[plantd]`` keys (C{state_dir}, C{status}, ...) need a
     restart, and the log says so.
@@ -172,13 +181,24 @@ class Plan:
                 return c
         return None
 
-    def describe(self) -> str:
+    def describe(self, failed: Mapping[str, str] | None = None) -> str:
         """
         The one log line: ``reload: +server:extra, ~send:label
         (destination), -reader:old``, or ``reload: nothing changed``.
+
+        @param failed: the sections that could not start, by ``kind:name``,
+            with why: shown as ``+server:x failed (why)``.
         """
-        parts = [f"+{label}" for label in self.added]
-        parts += [f"~{c.label} ({', '.join(c.keys)})" for c in self.changed]
+        failed = failed or {}
+        parts = [
+            f"+{label} failed ({failed[label]})" if label in failed else f"+{label}"
+            for label in self.added
+        ]
+        parts += [
+            f"~{c.label} ({', '.join(c.keys)})"
+            + (f" failed ({failed[c.label]})" if c.label in failed else "")
+            for c in self.changed
+        ]
         if self.variables:
             parts.append(f"~variables ({', '.join(self.variables)})")
         if self.daemon:
@@ -343,13 +363,26 @@ class Reloader:
                     "reload rejected, the running configuration stays: plantd: {error}",
                     error=str(e),
                 )
+                self._record(
+                    "reload rejected",
+                    f"the running configuration stays: {e}",
+                    problem=True,
+                )
                 return None
             try:
-                await self._commit(new, plan, prepared)
-            except Exception:
+                failed = await self._commit(new, plan, prepared)
+            except Exception as e:
                 self.log.failure("reload: failed while applying {path}", path=self.path)
+                self._record(
+                    "reload failed", f"while applying {self.path}: {e}", problem=True
+                )
                 return None
-            self.log.info("{line}", line=plan.describe())
+            line = plan.describe(failed)
+            if failed:
+                self.log.error("{line}", line=line)
+            else:
+                self.log.info("{line}", line=line)
+            self._record("reloaded", line, problem=bool(failed))
             if plan.restart_needed:
                 self.log.warn(
                     "reload: [plantd] {keys} changed; the running value stays "
@@ -362,6 +395,14 @@ class Reloader:
                 status = getattr(top, "status_line", None)
                 notifier.ready(status() if status is not None else "")
 
+    def _record(self, what: str, text: str, problem: bool = False) -> None:
+        """
+        Record a reload in the status page's recent events.
+        """
+        events = getattr(self.top.stats, "events", None)
+        if events is not None:
+            events.record(what, "plantd", text, problem=problem)
+
     def _prepare(self, new: Config, plan: Plan) -> _Prepared:
         """
         Build what the new file needs and the running tree does not have.
@@ -370,7 +411,7 @@ class Reloader:
         @raise ConfigError: something cannot be built.
         """
         from daemon.reader.decide import Decider
-        from daemon.reader.service import ReaderService
+        from daemon.reader.service import CONNECTION_KEYS, ReaderService
         from daemon.send.action import SendAction
         from daemon.send.endpoints import make_endpoint_factory
         from daemon.send.limits import LinkLimiters
@@ -408,7 +449,7 @@ class Reloader:
                 new_actions[send.name] = SendAction(
                     send,
                     self.reactor,
-                    ActionStats(),
+                    old.stats if isinstance(old, SendAction) else ActionStats(),
                     limiters=limiters,
                     path=new.path,
                     **_events(top),
@@ -420,15 +461,17 @@ class Reloader:
                     make_endpoint_factory(self.reactor, send, tls),
                 )
         deciders = {
-            r.name: Decider(r, self.reactor, f"reader:{r.name}") for r in new.readers
+            r.name: Decider(r, self.reactor, f"reader:{r.name}", **_events(top))
+            for r in new.readers
         }
         # Built last (they register their counters; their deciders are
         # built above): their chains are set at commit, with the new actions.
         empty = ActionChain([])
         new_readers: dict[str, ReaderService] = {}
         for reader in new.readers:
-            if f"reader:{reader.name}" in plan.added or plan.change(
-                "reader", reader.name
+            change = plan.change("reader", reader.name)
+            if f"reader:{reader.name}" in plan.added or (
+                change is not None and CONNECTION_KEYS.intersection(change.keys)
             ):
                 new_readers[reader.name] = ReaderService(
                     reader,
@@ -441,10 +484,18 @@ class Reloader:
                 )
         return _Prepared(new_actions, updates, deciders, new_readers)
 
-    async def _commit(self, new: Config, plan: Plan, prepared: _Prepared) -> None:
+    async def _commit(
+        self, new: Config, plan: Plan, prepared: _Prepared
+    ) -> dict[str, str]:
         """
         Apply C{plan}: stop what goes (in stop order), update what stays,
-        start what comes (in start order).
+        start what comes (in start order).  A removed section's counters
+        and device state leave the status and C{/metrics}; a re-bound
+        trigger and a replaced action keep their counters.
+
+        @return: the sections that could not start (a listener that cannot
+            bind), by ``kind:name``, with why; the rest of the reload
+            stands.
         """
         from daemon.outbox.service import OutboxService, outbox_policy
         from daemon.reader.service import ReaderService
@@ -459,6 +510,10 @@ class Reloader:
 
         # -- stop what goes: listeners, readers, actions (STOP_ORDER)
         servers = {s.name: s for s in new.servers}
+        stats = top.stats
+        failed: dict[str, str] = {}
+        #: the counters of re-bound triggers, kept
+        kept_stats: dict[str, Any] = {}
         going_listeners: list[ListenerService] = []
         for name, listener in list(top.listeners.items()):
             server = servers.get(name)
@@ -469,6 +524,10 @@ class Reloader:
             ):
                 going_listeners.append(listener)
                 del top.listeners[name]
+                if server is None:
+                    stats.unregister("server", name)
+                else:
+                    kept_stats[name] = listener.trigger.stats
         await _stop_all(going_listeners)
 
         readers = {
@@ -476,13 +535,16 @@ class Reloader:
             for s in top.phases[Phase.READERS]
             if isinstance(s, ReaderService)
         }
+        reader_names = {r.name for r in new.readers}
         going_readers = [
             s
             for name, s in readers.items()
-            if name in prepared.new_readers
-            or not any(r.name == name for r in new.readers)
+            if name in prepared.new_readers or name not in reader_names
         ]
         await _stop_all(going_readers)
+        for name in readers:
+            if name not in reader_names:
+                stats.unregister("reader", name)
 
         outboxes = [
             s for s in top.phases[Phase.OUTBOXES] if isinstance(s, OutboxService)
@@ -496,6 +558,9 @@ class Reloader:
         await DeferredList([maybeDeferred(a.stop) for a in going_actions.values()])
         for name, action in going_actions.items():
             del top.actions[name]
+            if name not in names:
+                stats.unregister("action", name)
+            stats.unregister("outbox", name)
             if isinstance(action, SendAction) and action.outbox is not None:
                 for service in outboxes:
                     await service.remove_action(action)
@@ -506,11 +571,12 @@ class Reloader:
             assert isinstance(action, SendAction)
             action.reconfigure(send, endpoints)
             if action.outbox is not None:
-                action.outbox.policy = outbox_policy(send)
+                action.outbox.set_policy(outbox_policy(send))
 
         # -- start what comes: outboxes and actions, readers, listeners
         for name, action in prepared.new_actions.items():
-            top.stats.add("action", name, action.stats)
+            stats.add("action", name, action.stats)
+            stats.register_devices("destination", name, action.device_states)
             top.actions[name] = action
             if action.config.queue.mode != "none":
                 top.stats.register(
@@ -544,6 +610,7 @@ class Reloader:
                 on_disconnect=chain(reader.on_disconnect),
                 variables=new.variables,
                 decider=prepared.deciders[reader.name],
+                config=reader,
             )
         for reader in new.readers:
             coming = prepared.new_readers.get(reader.name)
@@ -555,31 +622,36 @@ class Reloader:
             if staying is not None:
                 staying.trigger.update(server, chain(server.actions), new.variables)
                 continue
+            counters = kept_stats.get(server.name)
             trigger = ServerTrigger(
                 server,
                 chain(server.actions),
                 new.variables,
                 self.reactor,
-                top.stats.server(server.name),
+                (
+                    stats.server(server.name)
+                    if counters is None
+                    else stats.add("server", server.name, counters)
+                ),
                 **_events(top),
             )
-            # The status page's device view (once the status work has it).
-            register = getattr(top.stats, "register_devices", None)
-            states = getattr(trigger, "device_states", None)
-            if register is not None and states is not None:
-                register("trigger", server.name, states)
+            stats.register_devices("trigger", server.name, trigger.device_states)
             listener = ListenerService(
                 self.reactor, server.listen, trigger, fast_io=old.daemon.fast_io
             )
             try:
                 top.add(listener, Phase.LISTENERS)
-            except CannotListenError:
-                # Logged (critical) by the listener; the rest of the reload
-                # stands.
+            except CannotListenError as e:
+                # Logged by the listener; the rest of the reload stands.
                 await maybeDeferred(listener.disownServiceParent)
+                stats.unregister("server", server.name)
+                failed[f"server:{server.name}"] = (
+                    f"cannot listen on {server.listen}: {e.socketError}"
+                )
                 continue
             top.listeners[server.name] = listener
         top.config = running_config(old, new)
+        return failed
 
 
 def _events(top: PlantdService) -> dict[str, Any]:

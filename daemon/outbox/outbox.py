@@ -229,6 +229,16 @@ class Outbox:
         self._check_idle()
         return d
 
+    def set_policy(self, policy: OutboxPolicy) -> None:
+        """
+        Use C{policy} from now on (a reload changed the action).  Raised
+        limits take effect at once: C{put}s waiting under C{when_full =
+        block}, and those waiting for room, go ahead as far as they now fit.
+        """
+        self.policy = policy
+        if self._state is _State.RUNNING:
+            self._admit()
+
     # Putting jobs in
 
     @property

@@ -11,6 +11,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from daemon.core import logs
+from daemon.status.events import NO_EVENTS, IEventRecorder
 
 ALLOW_LIST_CHECK_INTERVAL = 1.0
 """Seconds between two looks at the allow-list file's metadata (made when a
@@ -83,10 +84,19 @@ class AllowList:
 
     log = Logger(observer=logs.observer)
 
-    def __init__(self, path: str, clock: IReactorTime, section: str) -> None:
+    def __init__(
+        self,
+        path: str,
+        clock: IReactorTime,
+        section: str,
+        events: IEventRecorder = NO_EVENTS,
+    ) -> None:
         """
+        @param events: where a re-read (or a file that went bad) is
+            recorded for the status page.
         @raise AllowListError: the file cannot be used at start-up.
         """
+        self.events = events
         self.path = path
         self.clock = clock
         self.section = section
@@ -124,6 +134,11 @@ class AllowList:
         self._signature = signature
         self._problem = None
         self.ids = ids
+        self.events.record(
+            "allow list reloaded",
+            self.section,
+            f"allow_list {self.path} reloaded: {len(ids)} tag ids",
+        )
         self.log.info(
             "[{section}] allow_list {path} reloaded: {count} tag ids",
             section=self.section,
@@ -133,6 +148,13 @@ class AllowList:
 
     def _failed(self, problem: str) -> None:
         if problem != self._problem:
+            self.events.record(
+                "allow list failed",
+                self.section,
+                f"allow_list {self.path}: {problem}; keeping the last good list "
+                f"({len(self.ids)} tag ids)",
+                problem=True,
+            )
             self.log.warn(
                 "[{section}] allow_list {path}: {problem}; keeping the last good "
                 "list ({count} tag ids)",

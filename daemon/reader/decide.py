@@ -15,6 +15,7 @@ from daemon.config import ConfigError, ReaderConfig
 from daemon.core.actions import Outcome
 from daemon.reader.allowlist import AllowList, AllowListError
 from daemon.reader.scrdr import CommandError, parse_reply_spec
+from daemon.status.events import NO_EVENTS, IEventRecorder
 
 
 class Verdict(enum.Enum):
@@ -41,8 +42,15 @@ class Decider:
     (C{reply}, C{allow_list}, none); L{after} for C{accept_if}.
     """
 
-    def __init__(self, config: ReaderConfig, clock: IReactorTime, section: str) -> None:
+    def __init__(
+        self,
+        config: ReaderConfig,
+        clock: IReactorTime,
+        section: str,
+        events: IEventRecorder = NO_EVENTS,
+    ) -> None:
         """
+        @param events: where the allow list records its re-reads.
         @raise ConfigError: a command cannot be built, or the allow list
             cannot be read.
         """
@@ -54,7 +62,7 @@ class Decider:
         elif config.allow_list is not None:
             self.mode = "allow_list"
             try:
-                self.allow_list = AllowList(config.allow_list, clock, section)
+                self.allow_list = AllowList(config.allow_list, clock, section, events)
             except AllowListError as e:
                 raise ConfigError(
                     config.allow_list, section, "allow_list", str(e)

@@ -179,6 +179,12 @@ class _QuietClientService(ClientService):
 # The service.
 
 
+#: The C{[reader:NAME]} keys a session is made with: a reload that changes
+#: one of them reconnects; any other change is applied to the running
+#: service (L{ReaderService.update}).
+CONNECTION_KEYS = frozenset({"connect", "keepalive", "idle_timeout"})
+
+
 @implementer(IReaderOwner)
 class ReaderService(Service):
     """
@@ -227,9 +233,9 @@ class ReaderService(Service):
         self.variables = dict(variables)
         self.reader = config.name
         self.section = f"reader:{config.name}"
-        self.decider = Decider(config, reactor, self.section)
-        self.stats = stats.add("reader", config.name, ReaderStats())
         self.events = stats.events
+        self.decider = Decider(config, reactor, self.section, self.events)
+        self.stats = stats.add("reader", config.name, ReaderStats())
         stats.register_devices("reader", config.name, self.device_states)
         self.session: ReaderSession | None = None
 
@@ -238,6 +244,7 @@ class ReaderService(Service):
         observed = _ObservedEndpoint(
             endpoint, config.connect, self._attempted, self._attempt_failed
         )
+        self._random = random
         self._backoff = config.retry.backoff().policy(random)
         self._client = _QuietClientService(
             observed, SessionFactory(self), retryPolicy=self._retry_delay, clock=reactor
@@ -297,11 +304,21 @@ class ReaderService(Service):
         on_disconnect: ActionChain,
         variables: Mapping[str, str],
         decider: Decider,
+        config: ReaderConfig | None = None,
     ) -> None:
         """
         A reload: use these actions, variables and decider (its allow list
         read again) from the next badge on; the session stays.
+
+        @param config: the section's new settings, when a reload changed
+            keys that do not need a new connection (L{CONNECTION_KEYS} are
+            the ones that do): the answers, actions, C{checksum} and
+            C{retry} apply from the next badge or reconnection.
         """
+        if config is not None:
+            if config.retry != self.config.retry:
+                self._backoff = config.retry.backoff().policy(self._random)
+            self.config = config
         self.chain = chain
         self.on_connect = on_connect
         self.on_disconnect = on_disconnect

@@ -150,6 +150,14 @@ class Counters(Protocol):
 
 _C = TypeVar("_C", bound=Counters)
 
+#: The per-device kinds (L{Stats.register_devices}) of the things that
+#: register counters of a kind.
+_DEVICE_KINDS: dict[str, tuple[str, ...]] = {
+    "server": ("trigger",),
+    "action": ("destination",),
+    "reader": ("reader",),
+}
+
 
 @dataclass
 class Stats:
@@ -207,6 +215,27 @@ class Stats:
         self.sources.setdefault(kind, {})[name] = snapshot
         if declared is not None:
             self.kinds.setdefault(kind, {}).update(metric_kinds(declared))
+
+    def unregister(self, kind: str, name: str) -> None:
+        """
+        Forget the counters and the per-device state registered as
+        C{name}: the section is gone (a reload removed it), so neither the
+        status page nor C{/metrics} shows it any more.
+
+        @param kind: the counters' kind (C{server}, C{action}, C{reader},
+            C{outbox}); the device kind that goes with it (C{trigger},
+            C{destination}, C{reader}) is forgotten too.
+        """
+        for registry, kinds in (
+            (self.sources, (kind,)),
+            (self.devices, _DEVICE_KINDS.get(kind, ())),
+        ):
+            for k in kinds:
+                named = registry.get(k)
+                if named is not None:
+                    named.pop(name, None)
+                    if not named:
+                        del registry[k]
 
     def metric_kind(self, kind: str, counter: str) -> MetricKind | None:
         """

@@ -531,6 +531,31 @@ class OutboxLimitTests(SynchronousTestCase):
         self.assertEqual(sorted(device.payloads()), [b"a", b"b", b"c", b"d"])
         self.successResultOf(outbox.stop())
 
+    def test_raised_limit_wakes_blocked_puts(self) -> None:
+        """
+        A reload that raises max_jobs (L{Outbox.set_policy}) lets the puts
+        blocked under when_full = block in at once, in order and as far as
+        they fit, without waiting for a delivery; when_room fires once the
+        outbox is no longer full.
+        """
+        outbox, store, device, clock = make(self, OutboxPolicy(max_jobs=1))
+        self.successResultOf(outbox.put("printer", b"a"))
+        b = outbox.put("printer", b"b")
+        c = outbox.put("printer", b"c")
+        d = outbox.put("printer", b"d")
+        room = outbox.when_room()
+        self.assertNoResult(b)
+        outbox.set_policy(OutboxPolicy(max_jobs=3))
+        self.assertEqual(self.successResultOf(b).payload, b"b")
+        self.assertEqual(self.successResultOf(c).payload, b"c")
+        self.assertNoResult(d)
+        self.assertNoResult(room)
+        outbox.set_policy(OutboxPolicy(max_jobs=10))
+        self.assertEqual(self.successResultOf(d).payload, b"d")
+        self.successResultOf(room)
+        self.assertEqual(outbox.policy.max_jobs, 10)
+        self.successResultOf(outbox.stop())
+
     def test_new_put_queues_behind_waiting_ones(self) -> None:
         """
         Once some puts wait, a new small put waits behind them even if it

@@ -44,6 +44,7 @@ from daemon.reader.allowlist import (
 from daemon.reader.scrdr import build_greeting, build_scrdr
 from daemon.reader.service import FAILURE_SUMMARY_INTERVAL, STOP_GRACE, ReaderService
 from daemon.reader.session import MAX_LINE, MAX_PENDING_ANSWERS, ReaderSession
+from daemon.status.events import EventLog
 from daemon.status.stats import Stats
 from tests.fakes import FakeAction, FakeEndpoint
 
@@ -298,6 +299,32 @@ class AllowListTests(SynchronousTestCase):
             self.assertNotIn("04A1", allow)
         self.assertIn("04B2", allow)
         self.assertEqual(len(messages(events, LogLevel.info)), 1)
+
+    def test_reloads_recorded(self) -> None:
+        """
+        A re-read, and a file that went bad, are recorded in the recent
+        events (the latter as a problem, once).
+        """
+        self.write("04A1\n")
+        events = EventLog(self.clock)
+        allow = AllowList(self.path, self.clock, "reader:door", events)
+        self.write("04B2\n04C3\n")
+        self.clock.advance(ALLOW_LIST_CHECK_INTERVAL)
+        self.assertIn("04B2", allow)
+        self.write("not hex\n")
+        for _ in range(2):
+            self.clock.advance(ALLOW_LIST_CHECK_INTERVAL)
+            self.assertIn("04B2", allow)
+            self.write("still not hex\n")
+        bad, second, reloaded = events.recent()
+        self.assertEqual(
+            (reloaded.what, reloaded.source, reloaded.problem),
+            ("allow list reloaded", "reader:door", False),
+        )
+        self.assertEqual(reloaded.text, f"allow_list {self.path} reloaded: 2 tag ids")
+        self.assertEqual((bad.what, bad.problem), ("allow list failed", True))
+        self.assertIn("keeping the last good list (2 tag ids)", bad.text)
+        self.assertEqual(second.what, "allow list failed")
 
     def test_same_size_rewrite(self) -> None:
         """

@@ -241,3 +241,32 @@ class EverySeriesDeclaredTests(SynchronousTestCase):
                     self.assertEqual(exported[name], declared.value, name)
                     checked += 1
         self.assertGreater(checked, 40)
+
+
+class UnregisterTests(SynchronousTestCase):
+    """
+    L{Stats.unregister} forgets a section's counters and device state.
+    """
+
+    def test_counters_and_devices(self) -> None:
+        """
+        The counters of the kind and the device views that go with it are
+        forgotten; others of the same kind, and of other kinds with the same
+        name, stay; an empty kind leaves the snapshot.
+        """
+        stats = Stats()
+        stats.server("a").frames = 3
+        stats.server("b")
+        stats.action("a")
+        stats.register_devices("trigger", "a", list)
+        stats.register_devices("trigger", "b", list)
+        stats.register_devices("destination", "a", list)
+        stats.unregister("server", "a")
+        self.assertEqual(list(stats.snapshot()["server"]), ["b"])
+        self.assertEqual(list(stats.devices["trigger"]), ["b"])
+        self.assertEqual(list(stats.snapshot()["action"]), ["a"])
+        self.assertEqual(list(stats.devices["destination"]), ["a"])
+        stats.unregister("action", "a")
+        self.assertNotIn("action", stats.snapshot())
+        self.assertNotIn("destination", stats.devices)
+        stats.unregister("reader", "nobody")
