@@ -258,7 +258,12 @@ class ServerConnection(Protocol):
         self.log.info(
             "[{trigger}] {peer} connected", trigger=trigger.section, peer=self.peer
         )
-        trigger.events.record("connected", trigger.section, f"{self.peer} connected")
+        trigger.events.record(
+            "connected",
+            trigger.section,
+            f"{self.peer} connected",
+            repeat=self.peer_host,
+        )
 
     def end(self) -> None:
         """

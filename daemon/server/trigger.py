@@ -125,6 +125,7 @@ class ServerTrigger(Factory):
             self.section,
             f"{connection.peer} disconnected after {connection.seq}"
             f" message{'' if connection.seq == 1 else 's'}",
+            repeat=connection.peer_host,
         )
 
     def device_states(self) -> list[TriggerState]:

@@ -340,9 +340,15 @@ def render_live(
         out.append('<ul class="events">')
         for ev in events[:EVENTS_SHOWN]:
             css = ' class="err"' if ev.problem else ""
+            times = ""
+            if ev.count > 1 and ev.first is not None:
+                times = (
+                    f' <span class="sub">({ev.count} times since '
+                    f"{e(clock_time(ev.first, now))})</span>"
+                )
             out.append(
                 f"<li{css}>{e(moment(ev.time, now))} &middot; "
-                f"[{e(ev.source)}] {e(ev.text)}</li>"
+                f"[{e(ev.source)}] {e(ev.text)}{times}</li>"
             )
         out.append("</ul>")
     return "\n".join(out)

@@ -286,6 +286,8 @@ def status_document(view: StatusView, snapshot: StatsSnapshot) -> dict[str, Any]
                 "source": ev.source,
                 "text": ev.text,
                 "problem": ev.problem,
+                "count": ev.count,
+                "first": ev.first if ev.first is not None else ev.time,
             }
             for ev in stats.events.recent()
         ],

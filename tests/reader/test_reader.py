@@ -44,6 +44,7 @@ from daemon.reader.allowlist import (
 from daemon.reader.scrdr import build_greeting, build_scrdr
 from daemon.reader.service import FAILURE_SUMMARY_INTERVAL, STOP_GRACE, ReaderService
 from daemon.reader.session import MAX_LINE, MAX_PENDING_ANSWERS, ReaderSession
+from daemon.status.devices import CONNECTED, DISCONNECTED, ReaderState
 from daemon.status.events import EventLog
 from daemon.status.stats import Stats
 from tests.fakes import FakeAction, FakeEndpoint
@@ -1734,4 +1735,82 @@ class ReconnectTests(SynchronousTestCase):
         c = h.start()
         self.assertIs(self.successResultOf(d), c.session)
         c.lose()
+        h.stop(self)
+
+
+class DeviceStateTests(SynchronousTestCase):
+    """
+    L{ReaderService.device_states}: what the status shows of a reader, on a
+    fake clock.
+    """
+
+    def state(self, h: Harness) -> ReaderState:
+        (state,) = h.service.device_states()
+        return state
+
+    def test_never_connected(self) -> None:
+        """
+        A reader that refuses from the start is disconnected at its
+        C{connect} address, with the error, since the first failure, and
+        the next attempt counting down on the clock; while an attempt is
+        under way no next attempt is shown.
+        """
+        h = Harness()
+        h.service.startService()
+        started = h.clock.seconds()
+        self.assertEqual(self.state(h).next_reconnect_in, None)
+        h.endpoint.refuse()
+        state = self.state(h)
+        self.assertEqual(state.state, DISCONNECTED)
+        self.assertEqual(state.address, h.config.connect)
+        self.assertEqual(state.error_since, started)
+        self.assertIn("refused", state.last_error or "")
+        self.assertEqual(state.connected_since, None)
+        self.assertEqual(state.next_reconnect_in, 1.0 * SHORTER)
+        h.clock.advance(0.5)
+        self.assertAlmostEqual(self.state(h).next_reconnect_in or 0, SHORTER - 0.5)
+        h.clock.advance(SHORTER - 0.5)
+        self.assertEqual(self.state(h).next_reconnect_in, None)
+        h.endpoint.refuse()
+        h.clock.advance(0.25)
+        state = self.state(h)
+        self.assertEqual(state.error_since, started)
+        self.assertAlmostEqual(state.next_reconnect_in or 0, 2.0 * SHORTER - 0.25)
+        h.clock.advance(2.0 * SHORTER)
+        Connection.accept(h.endpoint).lose()
+        h.stop(self)
+
+    def test_connected_then_lost(self) -> None:
+        """
+        Connected: the peer and since when, no error, no next attempt.
+        Lost: disconnected since the loss with its reason, the next attempt
+        counting down; connected again: the error is gone.
+        """
+        h = Harness()
+        c = h.start()
+        connected_at = h.clock.seconds()
+        state = self.state(h)
+        self.assertEqual(state.state, CONNECTED)
+        self.assertEqual(state.connected_since, connected_at)
+        self.assertEqual((state.error_since, state.next_reconnect_in), (None, None))
+        c.receive(build_greeting())
+        h.clock.advance(60)
+        c.lose(ConnectionLost("reader went away"))
+        lost_at = h.clock.seconds()
+        state = self.state(h)
+        self.assertEqual(state.state, DISCONNECTED)
+        self.assertEqual(state.address, h.config.connect)
+        self.assertEqual(state.error_since, lost_at)
+        self.assertIn("reader went away", state.last_error or "")
+        self.assertEqual(state.connected_since, None)
+        self.assertEqual(state.next_reconnect_in, 1.0 * SHORTER)
+        h.clock.advance(0.5)
+        self.assertAlmostEqual(self.state(h).next_reconnect_in or 0, SHORTER - 0.5)
+        h.clock.advance(SHORTER)
+        again = Connection.accept(h.endpoint)
+        state = self.state(h)
+        self.assertEqual(state.state, CONNECTED)
+        self.assertEqual(state.connected_since, h.clock.seconds())
+        self.assertEqual((state.error_since, state.next_reconnect_in), (None, None))
+        again.lose()
         h.stop(self)

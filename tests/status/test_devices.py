@@ -29,7 +29,12 @@ from daemon.status.devices import (
     ReaderState,
     TriggerState,
 )
-from daemon.status.events import NO_EVENTS, EventLog, IEventRecorder
+from daemon.status.events import (
+    NO_EVENTS,
+    REPEAT_WINDOW,
+    EventLog,
+    IEventRecorder,
+)
 from daemon.status.page import ago, render_live
 from daemon.status.stats import Stats
 from daemon.status.web import StatusService, StatusSite, StatusView, make_root
@@ -118,6 +123,100 @@ class EventLogTests(SynchronousTestCase):
         log = EventLog(Clock())
         log.record("failing", "send:x", "e" * 10000)
         self.assertLess(len(log.recent()[0].text), 400)
+
+
+class RepeatTests(SynchronousTestCase):
+    """
+    Events that repeat (a client that connects once per message) are folded
+    into one entry with a count, so they do not push everything else out.
+    """
+
+    def test_folded_within_the_window(self) -> None:
+        """
+        The same C{what}, C{source} and repeat key within L{REPEAT_WINDOW}
+        of the last one: one entry, counted, with the first and the last
+        time and the last text, moved to the newest place.  Another key, or
+        after the window, is a new entry; events without a key never fold.
+        """
+        clock = Clock()
+        clock.advance(1000)
+        log = EventLog(clock, size=5)
+        log.record(
+            "connected", "server:a", "10.0.0.5:40001 connected", repeat="10.0.0.5"
+        )
+        log.record("failing", "send:p", "refused")
+        for port in range(40002, 40300):
+            clock.advance(REPEAT_WINDOW / 2)
+            log.record(
+                "connected", "server:a", f"10.0.0.5:{port} connected", repeat="10.0.0.5"
+            )
+        folded, failing = log.recent()
+        self.assertEqual(failing.what, "failing")
+        self.assertEqual(folded.count, 299)
+        self.assertEqual(folded.first, 1000.0)
+        self.assertEqual(folded.time, clock.seconds())
+        self.assertEqual(folded.text, "10.0.0.5:40299 connected")
+        self.assertEqual(log.recorded, 300)
+        log.record("connected", "server:a", "10.0.0.6:1 connected", repeat="10.0.0.6")
+        log.record("connected", "server:b", "10.0.0.5:1 connected", repeat="10.0.0.5")
+        self.assertEqual(len(log.recent()), 4)
+        clock.advance(REPEAT_WINDOW)
+        log.record("connected", "server:a", "10.0.0.5:2 connected", repeat="10.0.0.5")
+        self.assertEqual(log.recent()[0].count, 1)
+        self.assertEqual(len(log.recent()), 5)
+        log.record("started", "plantd", "x")
+        log.record("started", "plantd", "x")
+        self.assertEqual([e.count for e in log.recent(2)], [1, 1])
+
+    def test_forgotten_entry_not_folded_into(self) -> None:
+        """
+        Once the entry has left the bounded list, a repeat starts a new one.
+        """
+        clock = Clock()
+        log = EventLog(clock, size=2)
+        log.record("connected", "server:a", "p connected", repeat="p")
+        log.record("x", "s", "1")
+        log.record("x", "s", "2")
+        log.record("connected", "server:a", "p connected", repeat="p")
+        self.assertEqual(
+            [(e.what, e.count) for e in log.recent()], [("connected", 1), ("x", 1)]
+        )
+
+    def test_connection_per_message_client(self) -> None:
+        """
+        A trigger's client that connects for each message leaves one
+        "connected" and one "disconnected" entry, counted, however many
+        messages it sends; the page says how many times.
+        """
+        from twisted.internet.testing import StringTransport
+
+        from daemon.core.actions import ActionChain
+        from daemon.server.trigger import ServerTrigger
+        from daemon.status.page import render_live
+        from daemon.status.stats import ServerStats
+
+        config = config_from_string("[server:orders]\nlisten = tcp:0\n")
+        clock = Clock()
+        clock.advance(100)
+        log = EventLog(clock, size=200)
+        log.record("started", "plantd", "plantd started")
+        trigger = ServerTrigger(
+            config.servers[0], ActionChain([]), {}, clock, ServerStats(), log
+        )
+        for port in range(1000, 1500):
+            connection = trigger.buildProtocol(IPv4Address("TCP", "10.1.2.3", port))
+            assert connection is not None
+            connection.makeConnection(StringTransport())
+            connection.dataReceived(b"a\n")
+            clock.advance(1)
+            connection.connectionLost(Failure(ConnectionDone()))
+        events = log.recent()
+        self.assertEqual(
+            [(e.what, e.count) for e in events],
+            [("disconnected", 500), ("connected", 500), ("started", 1)],
+        )
+        page = render_live({}, events, clock.seconds())
+        self.assertIn("(500 times since ", page)
 
 
 class DestinationBookTests(SynchronousTestCase):
