@@ -8,8 +8,9 @@ clock time and "3 min ago".  Then the recent events, newest first.
 
 The page refreshes itself: a few lines of inline JavaScript fetch
 C{/?part=live} (this same rendering, without the frame) every
-L{REFRESH_SECONDS} and swap it in, so there is one renderer and one place
-that escapes.  Nothing is loaded from elsewhere (no fonts, scripts or
+L{REFRESH_SECONDS} (or every N seconds with C{/?refresh=N}, at least
+L{MIN_REFRESH_SECONDS}: a wall screen, a test) and swap it in, so there is
+one renderer and one place that escapes.  Nothing is loaded from elsewhere (no fonts, scripts or
 styles), so it works on a plant network without internet.  Everything a
 device, a peer or the configuration wrote is HTML-escaped.
 """
@@ -39,6 +40,9 @@ from daemon.status.events import Happening
 
 #: Seconds between the page's refreshes.
 REFRESH_SECONDS = 5
+
+#: The shortest interval C{/?refresh=N} can ask for.
+MIN_REFRESH_SECONDS = 0.5
 
 #: Events shown on the page (C{/status.json} has them all).
 EVENTS_SHOWN = 25
@@ -82,20 +86,25 @@ STYLE = (
 )
 
 #: Polls C{?part=live} and swaps it in; shows a warning when plantd does not
-#: answer.  Written without C{//} so no comment or URL can hide in it.
+#: answer.  The page's own C{?refresh=N} sets the interval.  Written without
+#: C{//} so no comment or URL can hide in it.
 SCRIPT = (
     "(function(){"
     "var live=document.getElementById('live'),"
-    "stale=document.getElementById('stale');"
+    "stale=document.getElementById('stale'),"
+    "asked=/[?&]refresh=([0-9]+(?:[.][0-9]+)?)/.exec(location.search),"
+    f"every=asked?Math.max({MIN_REFRESH_SECONDS},+asked[1])*1000"
+    f":{REFRESH_SECONDS * 1000};"
+    "live.dataset.every=every;"
     "function poll(){"
     "fetch('?part=live',{cache:'no-store'})"
     ".then(function(r){if(!r.ok){throw new Error(r.status);}return r.text();})"
     ".then(function(t){live.innerHTML=t;stale.hidden=true;"
     "live.dataset.refreshes=(+live.dataset.refreshes||0)+1;})"
     ".catch(function(){stale.hidden=false;})"
-    f".then(function(){{setTimeout(poll,{REFRESH_SECONDS * 1000});}});"
+    ".then(function(){setTimeout(poll,every);});"
     "}"
-    f"setTimeout(poll,{REFRESH_SECONDS * 1000});"
+    "setTimeout(poll,every);"
     "})();"
 )
 
