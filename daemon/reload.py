@@ -497,9 +497,10 @@ class Reloader:
             bind), by ``kind:name``, with why; the rest of the reload
             stands.
         """
+        from daemon.outbox.outbox import OutboxCounters
         from daemon.outbox.service import OutboxService, outbox_policy
         from daemon.reader.service import ReaderService
-        from daemon.send.action import OutboxCounters, SendAction
+        from daemon.send.action import SendAction
         from daemon.server.trigger import ListenerService, ServerTrigger
         from daemon.tap import Phase
 

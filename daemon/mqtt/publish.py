@@ -302,24 +302,9 @@ class PublishAction:
         return ready.addCallback(put).addErrback(put_failed)
 
     def outbox_snapshot(self) -> Snapshot:
-        from daemon.send.action import OutboxCounters
+        from daemon.outbox.outbox import counters_snapshot
 
-        outbox = self.outbox
-        if outbox is None:
-            return {"pending": 0, "bytes": 0, "dead_letters": 0}
-        s = outbox.snapshot()
-        return OutboxCounters(
-            pending=s.pending,
-            bytes=s.bytes,
-            dead_letters=s.dead_letters,
-            waiting_puts=s.waiting_puts,
-            stored=s.stored,
-            delivered=s.delivered,
-            failed_attempts=s.failed_attempts,
-            dead_lettered=s.dead_lettered,
-            rejected_full=s.rejected_full,
-            destinations=len(s.destinations),
-        ).snapshot()
+        return counters_snapshot(self.outbox)
 
     def device_states(self) -> list[DestinationState]:
         outbox = self.outbox
@@ -345,8 +330,8 @@ def build_publish_actions(
     their outbox from the L{OutboxService} in C{service} (the
     L{Phase.OUTBOXES} group), made when there is none yet.
     """
+    from daemon.outbox.outbox import OutboxCounters
     from daemon.outbox.service import OutboxService
-    from daemon.send.action import OutboxCounters
 
     actions: dict[str, IAction] = {}
     outboxes = None

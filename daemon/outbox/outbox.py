@@ -30,7 +30,7 @@ from __future__ import annotations
 import random as _random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from typing import Any, TypeVar
 
@@ -54,6 +54,7 @@ from daemon.outbox.jobs import (
 )
 from daemon.outbox.store import IJobStore
 from daemon.status.events import NO_EVENTS, IEventRecorder
+from daemon.status.stats import Snapshot, counter, gauge
 
 _T = TypeVar("_T")
 
@@ -837,3 +838,53 @@ class Outbox:
             rejected_full=self.rejected_full,
             destinations=tuple(destinations),
         )
+
+
+@dataclass(slots=True)
+class OutboxCounters:
+    """
+    The counters of a queued send action's outbox on the status page, each
+    declared with its metric kind.
+    """
+
+    #: jobs waiting now
+    pending: int = gauge()
+    #: bytes of the jobs waiting now
+    bytes: int = gauge()
+    #: jobs in the dead-letter table now
+    dead_letters: int = gauge()
+    #: puts waiting for room now (C{when_full = block})
+    waiting_puts: int = gauge()
+    stored: int = counter()
+    delivered: int = counter()
+    failed_attempts: int = counter()
+    dead_lettered: int = counter()
+    rejected_full: int = counter()
+    #: destinations with jobs now
+    destinations: int = gauge()
+
+    def snapshot(self) -> Snapshot:
+        return dict(asdict(self))
+
+
+def counters_snapshot(outbox: Outbox | None) -> Snapshot:
+    """
+    The status page's counters of an action's outbox (only the first three
+    before the outbox is open): the one snapshot every queued action
+    (C{[send:…]}, C{[publish:…]}) reports.
+    """
+    if outbox is None:
+        return {"pending": 0, "bytes": 0, "dead_letters": 0}
+    s = outbox.snapshot()
+    return OutboxCounters(
+        pending=s.pending,
+        bytes=s.bytes,
+        dead_letters=s.dead_letters,
+        waiting_puts=s.waiting_puts,
+        stored=s.stored,
+        delivered=s.delivered,
+        failed_attempts=s.failed_attempts,
+        dead_lettered=s.dead_lettered,
+        rejected_full=s.rejected_full,
+        destinations=len(s.destinations),
+    ).snapshot()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import random as _random
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
@@ -49,7 +48,7 @@ from daemon.send.machine import FINAL
 from daemon.send.tls import load_tls
 from daemon.status.devices import DestinationBook, DestinationState, QueueFacts
 from daemon.status.events import NO_EVENTS, IEventRecorder
-from daemon.status.stats import ActionStats, Snapshot, Stats, counter, gauge
+from daemon.status.stats import ActionStats, Snapshot, Stats
 
 if TYPE_CHECKING:
     from daemon.outbox.jobs import Job
@@ -57,38 +56,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CLOSE_TIMEOUT",
-    "OutboxCounters",
     "SendAction",
     "Sending",
     "build_send_actions",
 ]
-
-
-@dataclass(slots=True)
-class OutboxCounters:
-    """
-    The counters of a queued send action's outbox on the status page, each
-    declared with its metric kind.
-    """
-
-    #: jobs waiting now
-    pending: int = gauge()
-    #: bytes of the jobs waiting now
-    bytes: int = gauge()
-    #: jobs in the dead-letter table now
-    dead_letters: int = gauge()
-    #: puts waiting for room now (C{when_full = block})
-    waiting_puts: int = gauge()
-    stored: int = counter()
-    delivered: int = counter()
-    failed_attempts: int = counter()
-    dead_lettered: int = counter()
-    rejected_full: int = counter()
-    #: destinations with jobs now
-    destinations: int = gauge()
-
-    def snapshot(self) -> Snapshot:
-        return dict(asdict(self))
 
 
 class Sending:
@@ -493,25 +464,11 @@ class SendAction:
 
     def outbox_snapshot(self) -> Snapshot:
         """
-        The outbox's totals as L{OutboxCounters}, for the status page (only
-        the first three before the outbox is open).
+        The outbox's totals as L{OutboxCounters}, for the status page.
         """
-        outbox = self.outbox
-        if outbox is None:
-            return {"pending": 0, "bytes": 0, "dead_letters": 0}
-        s = outbox.snapshot()
-        return OutboxCounters(
-            pending=s.pending,
-            bytes=s.bytes,
-            dead_letters=s.dead_letters,
-            waiting_puts=s.waiting_puts,
-            stored=s.stored,
-            delivered=s.delivered,
-            failed_attempts=s.failed_attempts,
-            dead_lettered=s.dead_lettered,
-            rejected_full=s.rejected_full,
-            destinations=len(s.destinations),
-        ).snapshot()
+        from daemon.outbox.outbox import counters_snapshot
+
+        return counters_snapshot(self.outbox)
 
     def device_states(self) -> list[DestinationState]:
         """
@@ -557,6 +514,8 @@ def build_send_actions(
         actions[send.name] = action
         stats.register_devices("destination", send.name, action.device_states)
         if send.queue.mode != "none":
+            from daemon.outbox.outbox import OutboxCounters
+
             queued.append(action)
             stats.register("outbox", send.name, action.outbox_snapshot, OutboxCounters)
     if queued:

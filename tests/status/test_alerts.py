@@ -15,7 +15,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from daemon.send.action import OutboxCounters
+from daemon.outbox.outbox import OutboxCounters
 from daemon.status.devices import DestinationBook, ReaderState
 from daemon.status.events import EventLog
 from daemon.status.stats import Stats

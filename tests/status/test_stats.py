@@ -16,8 +16,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from daemon.config import read_config
 from daemon.outbox.jobs import OutboxStats
+from daemon.outbox.outbox import OutboxCounters
 from daemon.reader.service import ReaderStats
-from daemon.send.action import OutboxCounters, SendAction
+from daemon.send.action import SendAction
 from daemon.status.stats import (
     ActionStats,
     MetricKind,

@@ -28,7 +28,7 @@ from twisted.web.resource import IResource, getChildForRequest
 from twisted.web.server import UnsupportedMethod
 from twisted.web.test.requesthelper import DummyRequest
 
-from daemon.send.action import OutboxCounters
+from daemon.outbox.outbox import OutboxCounters
 from daemon.status import stats as declare
 from daemon.status import web as status
 from daemon.status.stats import MetricKind, Snapshot, Stats
