@@ -82,7 +82,13 @@ queue = durable
 retry_initial = 0.05
 retry_max = 0.5
 max_parallel = 1
-"""
+{extra}"""
+
+#: The kill tests bound the outbox, so that past this many stored jobs an
+#: ACK waits for a delivery to make room: the kill after KILL_AFTER ACKs
+#: then always comes before the last message is acknowledged, however fast
+#: the machine commits.
+KILL_TEST_LIMITS = "max_jobs = 1000\n"
 
 ACK = re.compile(rb"ACK (\d+)\r\n")
 RECOVERED = re.compile(rb"outbox store [^\n]*: (\d+) pending jobs")
@@ -174,15 +180,16 @@ class DurableOutboxEndToEndTests(TestCase):
 
     timeout = 30
 
-    def write_config(self, printer_port: int) -> tuple[str, str]:
+    def write_config(self, printer_port: int, extra: str = "") -> tuple[str, str]:
         """
-        A state directory and a config file sending to C{printer_port}.
+        A state directory and a config file sending to C{printer_port}, with
+        C{extra} lines in the send action.
         """
         state = os.path.abspath(self.mktemp())
         os.makedirs(state)
         path = state + ".ini"
         with open(path, "w") as f:
-            f.write(CONFIG.format(state=state, printer=printer_port))
+            f.write(CONFIG.format(state=state, printer=printer_port, extra=extra))
         return state, path
 
     async def start(self, config_path: str, debug: bool = False) -> DaemonProcess:
@@ -282,8 +289,9 @@ class DurableOutboxEndToEndTests(TestCase):
         the kill: max_parallel = 1), in order; the outbox is left empty.
 
         The daemon reads the whole burst in one go and stores it in a few
-        large transactions (group commit), so the kill comes while jobs are
-        being stored, typically before the first delivery.
+        large transactions (group commit) up to the outbox's C{max_jobs}
+        (1,000), then stores and delivers side by side, so the kill comes
+        while jobs are being stored and delivered.
         """
         await self.kill_mid_burst(None)
 
@@ -303,7 +311,7 @@ class DurableOutboxEndToEndTests(TestCase):
         """
         sim = PrinterSimulator(reactor)
         printer_port = await self.printer_on(sim, "tcp:0:interface=127.0.0.1")
-        state, config_path = self.write_config(printer_port)
+        state, config_path = self.write_config(printer_port, KILL_TEST_LIMITS)
         first = await self.start(config_path)
 
         numbers = range(1, TOTAL + 1)
