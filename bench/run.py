@@ -202,7 +202,12 @@ class Server:
     """
 
     def __init__(
-        self, kind: str, ports: Ports, workdir: str, fast_io: bool = True
+        self,
+        kind: str,
+        ports: Ports,
+        workdir: str,
+        fast_io: bool = True,
+        twistd_args: tuple[str, ...] = (),
     ) -> None:
         self.kind = kind
         self.ports = ports
@@ -226,6 +231,7 @@ class Server:
                 sys.executable,
                 "-c",
                 "from twisted.scripts.twistd import run; run()",
+                *twistd_args,
                 "--pidfile=",
                 "-n",
                 "plantd",

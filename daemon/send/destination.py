@@ -30,8 +30,8 @@ class Destination:
     """
     Where a send action connects.
 
-    Either C{host} and C{port} (connected with a C{HostnameEndpoint}, which
-    handles IPv4, IPv6 and names), or C{endpoint}, a client endpoint
+    Either C{host} and C{port} (an IPv4 or IPv6 address or a name; see
+    L{daemon.send.endpoints} for how each connects), or C{endpoint}, a client endpoint
     description for C{clientFromString}.
 
     @ivar key: a canonical string: the per-destination queue and lock key.

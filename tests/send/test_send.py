@@ -16,7 +16,7 @@ from service_identity.hazmat import DNS_ID
 from twisted.application.service import MultiService
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import (
     ConnectionAborted,
     ConnectionDone,
@@ -1360,16 +1360,16 @@ class EndpointFactoryTests(SynchronousTestCase):
 
     def test_host_port(self) -> None:
         """
-        host:port (and [v6]:port) become a HostnameEndpoint, which connects
-        with the configured timeout.
+        [v6]:port becomes a TCP6ClientEndpoint (no name lookup), which
+        connects with the configured timeout.  (More in test_endpoints.)
         """
         reactor = MemoryReactorClock()
         make = make_endpoint_factory(reactor, send_config(connect_timeout=3.0), None)
         endpoint = make(parse_destination("[::1]:9100"))
-        self.assertIsInstance(endpoint, HostnameEndpoint)
+        self.assertIsInstance(endpoint, TCP6ClientEndpoint)
         d = endpoint.connect(Factory.forProtocol(Protocol))
-        _, port, _, timeout, _ = reactor.tcpClients[0]
-        self.assertEqual((port, timeout), (9100, 3.0))
+        host, port, _, timeout, _ = reactor.tcpClients[0]
+        self.assertEqual((host, port, timeout), ("::1", 9100, 3.0))
         d.cancel()
         self.failureResultOf(d)
 

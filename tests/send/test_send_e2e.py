@@ -327,6 +327,31 @@ class SendEndToEndTests(TestCase):
         jobs = await sim.wait_for_jobs(2)
         self.assertEqual([j.data for j in jobs], [b"^XA1^XZ", b"^XA2^XZ"])
 
+    async def test_tls_by_name(self) -> None:
+        """
+        A destination by name (``localhost:PORT``, resolved and cached, and
+        tried address by address: the printer listens on 127.0.0.1 only)
+        is verified against that name; with tls_hostname naming another
+        host the certificate is refused.
+        """
+        sim, port, files = await self.start_tls_printer()
+        action = send_action(
+            f"destination = localhost:{port}\ndata = ^XA[sku]^XZ\n"
+            f"tls = yes\ntls_ca = {files['ca']}"
+        )
+        self.addCleanup(action.stop)
+        await self.send(action, sku="1")
+        await self.send(action, sku="2")
+        jobs = await sim.waitForJobs(2)
+        self.assertEqual([j.data for j in jobs], [b"^XA1^XZ", b"^XA2^XZ"])
+        wrong = send_action(
+            f"destination = localhost:{port}\ndata = ^XA[sku]^XZ\n"
+            f"tls = yes\ntls_ca = {files['ca']}\ntls_hostname = printer1"
+        )
+        self.addCleanup(wrong.stop)
+        reason = await self.send_fails(wrong)
+        self.assertIn("certificate does not match hostname 'printer1'", reason)
+
     async def test_tls_wrong_hostname(self) -> None:
         """
         A certificate that does not carry tls_hostname fails the action with
