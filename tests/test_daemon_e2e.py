@@ -176,9 +176,13 @@ class DaemonTests(TestCase):
     async def test_sigterm(self) -> None:
         """
         SIGTERM closes connections and shuts down cleanly; twistd then ends
-        by SIGTERM, the status systemd counts as a clean stop.
+        by SIGTERM, the status systemd counts as a clean stop.  (Each
+        connection is logged at debug.)
         """
-        ports = await self.start()
+        ports = await self.start(CONFIG + "
+[plantd]
+log_level = debug
+")
         c = await open_client(self, ports["server:orders"])
         c.transport.write(b"A;1\n")  # type: ignore[union-attr]
         await c.lines(1)

@@ -165,7 +165,7 @@ class SystemdTests(TestCase):
         config = os.path.join(work, "plantd.ini")
         with open(config, "w") as f:
             f.write(
-                "[plantd]\nlog_format = json\n"
+                "[plantd]\nlog_format = json\nlog_level = debug\n"
                 "[server:a]\nlisten = tcp:0:interface=127.0.0.1\nreply = echo\n"
             )
         process = start_daemon(config)

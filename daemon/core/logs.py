@@ -42,11 +42,19 @@ _predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.debug)
 observer = FilteringLogObserver(globalLogPublisher, [_predicate])
 
 
+#: Whether debug events pass the level (kept by L{set_level}): a hot path
+#: checks it before building a debug event that would only be dropped.
+debug_enabled = True
+
+
 def set_level(name: str) -> None:
     """
     Drop the daemon's log events below level C{name} (one of L{LEVELS}).
     """
-    _predicate.setLogLevelForNamespace("", LogLevel.levelWithName(name))
+    global debug_enabled
+    level = LogLevel.levelWithName(name)
+    _predicate.setLogLevelForNamespace("", level)
+    debug_enabled = level <= LogLevel.debug
 
 
 def level() -> str:

@@ -65,6 +65,13 @@ if TYPE_CHECKING:
 #: otherwise hang silently until idle_timeout.
 PARTIAL_WARNING_DELAY = 3.0
 
+#: The connections' logger: one object, not a new Logger per C{self.log}
+#: access (a Logger class attribute is a descriptor that builds one each
+#: time).  Same namespace as before.
+log = Logger(
+    namespace="daemon.server.connection.ServerConnection", observer=logs.observer
+)
+
 
 class ConnectionState(enum.Enum):
     """
@@ -119,8 +126,6 @@ class ServerConnection(Protocol):
     aborted, so a stuck peer never holds more than a bounded amount of
     reply data.
     """
-
-    log = Logger(observer=logs.observer)
 
     #: On an ``ssl:`` listener: the TLS handshake finished.
     handshake_done = False
@@ -247,7 +252,7 @@ class ServerConnection(Protocol):
             try:
                 apply_keepalive(self.transport, self.config.keepalive)
             except OSError as e:
-                self.log.warn(
+                log.warn(
                     "[{trigger}] {peer}: cannot set keepalive options: {error}",
                     trigger=trigger.section,
                     peer=self.peer,
@@ -255,9 +260,13 @@ class ServerConnection(Protocol):
                 )
         if self.config.idle_timeout > 0:
             self._idle_timeout.start()
-        self.log.info(
-            "[{trigger}] {peer} connected", trigger=trigger.section, peer=self.peer
-        )
+        # Per connection: at debug (a client that connects per message would
+        # fill the log); the status page's recent events and the
+        # connections/active counters show every one.
+        if logs.debug_enabled:
+            log.debug(
+                "[{trigger}] {peer} connected", trigger=trigger.section, peer=self.peer
+            )
         trigger.events.record(
             "connected",
             trigger.section,
@@ -305,7 +314,7 @@ class ServerConnection(Protocol):
         self.handshake_done = True
         self.peer_cert = peer_subject(self.transport)
         if self.peer_cert:
-            self.log.info(
+            log.info(
                 "[{trigger}] {peer}: client certificate {subject}",
                 trigger=self.trigger.section,
                 peer=self.peer,
@@ -361,12 +370,13 @@ class ServerConnection(Protocol):
         # of events still running are counted when they finish.
         self._flush()
         stats.replies_dropped += self.replies.close()
-        self.log.info(
-            "[{trigger}] {peer} disconnected after {count} messages",
-            trigger=trigger.section,
-            peer=self.peer,
-            count=self.seq,
-        )
+        if logs.debug_enabled:
+            log.debug(
+                "[{trigger}] {peer} disconnected after {count} messages",
+                trigger=trigger.section,
+                peer=self.peer,
+                count=self.seq,
+            )
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(None)
@@ -387,7 +397,7 @@ class ServerConnection(Protocol):
             else:
                 stats.discarded_bytes += len(frame)
                 stats.truncated += 1
-                self.log.warn(
+                log.warn(
                     "[{trigger}] {peer}: dropped an incomplete message of {size} "
                     "bytes at {why}",
                     trigger=self.trigger.section,
@@ -432,7 +442,7 @@ class ServerConnection(Protocol):
         trigger = self.trigger
         trigger.stats.write_timeouts += 1
         trigger.stats.errors += 1
-        self.log.warn(
+        log.warn(
             "[{trigger}] {peer}: has not read its replies for {timeout}s "
             "(write_timeout); aborting",
             trigger=trigger.section,
@@ -491,7 +501,7 @@ class ServerConnection(Protocol):
         stats.oversized += 1
         stats.discarded_bytes += error.size
         stats.errors += 1
-        self.log.warn(
+        log.warn(
             "[{trigger}] {peer}: frame longer than max_frame ({max_frame} bytes); "
             "closing the connection",
             trigger=self.trigger.section,
@@ -540,7 +550,7 @@ class ServerConnection(Protocol):
                 "frame = disconnect"
             )
             end = f"its delimiter {config.delimiter!r}"
-        self.log.warn(
+        log.warn(
             "[{trigger}] {peer}: {size} bytes of a message have waited "
             "{delay:.0f}s for {end}; nothing is acted on until it arrives: "
             "{remedy} (logged once per connection; see the 'partial_waits' "
@@ -558,7 +568,7 @@ class ServerConnection(Protocol):
             return
         trigger = self.trigger
         trigger.stats.idle_timeouts += 1
-        self.log.info(
+        log.info(
             "[{trigger}] {peer}: silent for {timeout}s (idle_timeout); aborting",
             trigger=trigger.section,
             peer=self.peer,
@@ -612,7 +622,7 @@ class ServerConnection(Protocol):
         stats.frames += 1
         self.seq += 1
         if config.log_frames:
-            self.log.info(
+            log.info(
                 "[{trigger}] {peer} #{seq}: {frame!r}",
                 trigger=trigger.section,
                 peer=self.peer,
@@ -696,7 +706,7 @@ class ServerConnection(Protocol):
         if outcome is not None:
             stats.errors += 1
             if config.error_reply is None:
-                self.log.warn(
+                log.warn(
                     "[{trigger}] {peer} #{seq}: {error} (no error_reply configured)",
                     trigger=trigger.section,
                     peer=self.peer,
@@ -720,7 +730,7 @@ class ServerConnection(Protocol):
             )
         except (MissingVariable, UnicodeError) as e:
             stats.errors += 1
-            self.log.warn(
+            log.warn(
                 "[{trigger}] {peer} #{seq}: cannot build the reply: {error}",
                 trigger=trigger.section,
                 peer=self.peer,

@@ -342,7 +342,7 @@ class SendEndToEndTests(TestCase):
         self.addCleanup(action.stop)
         await self.send(action, sku="1")
         await self.send(action, sku="2")
-        jobs = await sim.waitForJobs(2)
+        jobs = await sim.wait_for_jobs(2)
         self.assertEqual([j.data for j in jobs], [b"^XA1^XZ", b"^XA2^XZ"])
         wrong = send_action(
             f"destination = localhost:{port}\ndata = ^XA[sku]^XZ\n"
