@@ -179,10 +179,7 @@ class DaemonTests(TestCase):
         by SIGTERM, the status systemd counts as a clean stop.  (Each
         connection is logged at debug.)
         """
-        ports = await self.start(CONFIG + "
-[plantd]
-log_level = debug
-")
+        ports = await self.start(CONFIG + "\n[plantd]\nlog_level = debug\n")
         c = await open_client(self, ports["server:orders"])
         c.transport.write(b"A;1\n")  # type: ignore[union-attr]
         await c.lines(1)

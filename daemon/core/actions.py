@@ -11,8 +11,16 @@ no Deferred is created: the hot path stays a plain function call.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import (
+    ItemsView,
+    Iterator,
+    KeysView,
+    Mapping,
+    Sequence,
+    ValuesView,
+)
 from dataclasses import dataclass, field
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -20,6 +28,7 @@ from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface
 
 from daemon.core import logs
+from daemon.core.events import TIMESTAMP
 
 #: What an action returns: new variables (or None), now or later.
 ActionResult = Mapping[str, str] | None | Deferred[Mapping[str, str] | None]
@@ -60,6 +69,72 @@ def timestamp(seconds: float) -> str:
     (``2026-11-21T21:15:59.123+01:00``).
     """
     return _seconds.format(seconds)
+
+
+class EventVariables(dict[str, str]):
+    """
+    An event's variables, whose costlier values are made only when read:
+    C{[timestamp]} is formatted from C{seconds} the first time a template
+    (of the trigger or of an action) or an action asks for it, then kept,
+    so an event whose templates never name it never formats it.  Reading
+    it (C{values[name]}, C{get}, C{in}) makes it; so does anything that
+    looks at all the variables (iterating, C{keys}, C{items}, C{values},
+    C{len}, C{copy}, C{dict(v)}, C{json.dumps(v)}: an action that sends
+    every variable gets C{[timestamp]} too).  The templates' lookups, the
+    writes and C{update} run at C{dict}'s speed.
+
+    @ivar seconds: when the event began (clock seconds).
+    """
+
+    __slots__ = ("seconds",)
+    seconds: float
+
+    def __missing__(self, name: str) -> str:
+        if name == TIMESTAMP:
+            value = self[name] = timestamp(self.seconds)
+            return value
+        raise KeyError(name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+    def __contains__(self, name: object) -> bool:
+        return name == TIMESTAMP or dict.__contains__(self, name)
+
+    def _make_all(self) -> None:
+        if not dict.__contains__(self, TIMESTAMP):
+            self[TIMESTAMP] = timestamp(self.seconds)
+
+    def __iter__(self) -> Iterator[str]:
+        self._make_all()
+        return dict.__iter__(self)
+
+    def __len__(self) -> int:
+        self._make_all()
+        return dict.__len__(self)
+
+    def __repr__(self) -> str:
+        self._make_all()
+        return dict.__repr__(self)
+
+    def keys(self) -> KeysView[str]:  # type: ignore[override]
+        self._make_all()
+        return dict.keys(self)
+
+    def items(self) -> ItemsView[str, str]:  # type: ignore[override]
+        self._make_all()
+        return dict.items(self)
+
+    def values(self) -> ValuesView[str]:  # type: ignore[override]
+        self._make_all()
+        return dict.values(self)
+
+    def copy(self) -> dict[str, str]:
+        self._make_all()
+        return dict(dict.items(self))
 
 
 class ActionFailed(Exception):

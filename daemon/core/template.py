@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_.\-]*"
 _NAME = re.compile(NAME_PATTERN)
@@ -148,6 +148,36 @@ class Template:
     parts: tuple[str, ...]
     variables: tuple[bool, ...]
     names: frozenset[str]
+    # Compiled once (see __post_init__): what render() runs per event.
+    _text: str = field(init=False, repr=False, compare=False)
+    _one: tuple[str, str, str] | None = field(init=False, repr=False, compare=False)
+    _base: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _slots: tuple[tuple[int, str], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        """
+        Compile: the constant text of a template without variables; for one
+        variable, the literal text before and after it; else the literal
+        parts with the places each variable fills.
+        """
+        slots = tuple(
+            (i, part)
+            for i, (part, is_var) in enumerate(
+                zip(self.parts, self.variables, strict=True)
+            )
+            if is_var
+        )
+        one = None
+        if len(slots) == 1:
+            i, name = slots[0]
+            one = ("".join(self.parts[:i]), name, "".join(self.parts[i + 1 :]))
+        base = tuple(
+            "" if v else p for p, v in zip(self.parts, self.variables, strict=True)
+        )
+        object.__setattr__(self, "_text", "".join(self.parts))
+        object.__setattr__(self, "_one", one)
+        object.__setattr__(self, "_base", base)
+        object.__setattr__(self, "_slots", slots)
 
     @classmethod
     def parse(cls, source: str) -> Template:
@@ -221,33 +251,30 @@ class Template:
             L{VALUE_ESCAPES}); never to the template's own text.
         @raise MissingVariable: when a variable has no value.
         """
-        if not self.names:
-            return "".join(self.parts)
-        if escape is not None:
-            return self._render_escaped(values, escape)
-        out = []
-        for part, is_var in zip(self.parts, self.variables, strict=True):
-            if is_var:
-                try:
-                    out.append(values[part])
-                except KeyError:
-                    raise MissingVariable(part) from None
+        one = self._one
+        if one is not None:
+            before, name, after = one
+            try:
+                value = values[name]
+            except KeyError:
+                raise MissingVariable(name) from None
+            if escape is not None:
+                value = escape(value)
+            return before + value + after
+        slots = self._slots
+        if not slots:
+            return self._text
+        out = list(self._base)
+        name = ""
+        try:
+            if escape is None:
+                for i, name in slots:
+                    out[i] = values[name]
             else:
-                out.append(part)
-        return "".join(out)
-
-    def _render_escaped(
-        self, values: Mapping[str, str], escape: Callable[[str], str]
-    ) -> str:
-        out = []
-        for part, is_var in zip(self.parts, self.variables, strict=True):
-            if is_var:
-                try:
-                    out.append(escape(values[part]))
-                except KeyError:
-                    raise MissingVariable(part) from None
-            else:
-                out.append(part)
+                for i, name in slots:
+                    out[i] = escape(values[name])
+        except KeyError:
+            raise MissingVariable(name) from None
         return "".join(out)
 
     def undefined(self, defined: Iterable[str]) -> list[str]:

@@ -34,7 +34,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from daemon.core import logs
-from daemon.core.actions import Event, Outcome, timestamp
+from daemon.core.actions import Event, EventVariables, Outcome
 from daemon.core.codecs import decode_message, encode_reply
 from daemon.core.deadline import Deadline
 from daemon.core.events import (
@@ -182,6 +182,9 @@ class ServerConnection(Protocol):
         self._stall_call: IDelayedCall | None = None
         self._waiters: list[Deferred[None]] = []
         self._aborted = False
+        # The variables every event starts from (see _variables).
+        self._base: dict[str, str] | None = None
+        self._globals: object = None
         terminated = config.frame in ("line", "delimiter")
         self._skip_empty = terminated and config.empty_frames == "skip"
         # Watch for a partial message left waiting (line / delimiter only);
@@ -313,6 +316,7 @@ class ServerConnection(Protocol):
         """
         self.handshake_done = True
         self.peer_cert = peer_subject(self.transport)
+        self._base = None
         if self.peer_cert:
             log.info(
                 "[{trigger}] {peer}: client certificate {subject}",
@@ -612,33 +616,55 @@ class ServerConnection(Protocol):
             self._handle(held.popleft())
         self._update_reading()
 
+    def _variables(self) -> dict[str, str]:
+        """
+        What every event of this connection starts from: the trigger's
+        C{[variables]} and the connection's own (peer, certificate,
+        trigger name), made once and again only when a reload replaced the
+        trigger's variables or the TLS handshake named the client.
+        """
+        trigger = self.trigger
+        self._globals = globals_ = trigger.variables
+        base = dict(globals_)
+        base[PEER_HOST] = self.peer_host
+        base[PEER_PORT] = self.peer_port
+        base[PEER_CERT] = self.peer_cert
+        base[TRIGGER] = trigger.config.name
+        # The event's own [timestamp] wins over a [variables] one, as the
+        # other event variables do (it is made when read).
+        base.pop(TIMESTAMP, None)
+        self._base = base
+        return base
+
     def _handle(self, frame: bytes) -> None:
         """
         Turn one frame into an event, run the actions, queue the reply.
+
+        Per message only what is used is made: the variables are one copy
+        of the connection's L{_variables} plus C{[seq]} and C{[data]}
+        (C{[timestamp]} is formatted only if something reads it: see
+        L{EventVariables}); an L{Event} and the chain run only when the
+        trigger has actions.
         """
         trigger = self.trigger
         config = trigger.config
         stats = trigger.stats
         stats.frames += 1
-        self.seq += 1
+        self.seq = seq = self.seq + 1
         if config.log_frames:
             log.info(
                 "[{trigger}] {peer} #{seq}: {frame!r}",
                 trigger=trigger.section,
                 peer=self.peer,
-                seq=self.seq,
+                seq=seq,
                 frame=frame[:200],
             )
-        # Item stores into a copy: measured cheaper than {**variables, ...},
-        # which resizes the new dict.
-        variables = dict(trigger.variables)
-        variables[PEER_HOST] = self.peer_host
-        variables[PEER_PORT] = self.peer_port
-        variables[PEER_CERT] = self.peer_cert
-        variables[TRIGGER] = config.name
-        variables[SEQ] = str(self.seq)
-        variables[TIMESTAMP] = timestamp(trigger.clock.seconds())
-        event = Event(trigger.section, self.peer, variables, [])
+        base = self._base
+        if base is None or self._globals is not trigger.variables:
+            base = self._variables()
+        variables = EventVariables(base)
+        variables.seconds = self.last_data
+        variables[SEQ] = str(seq)
         try:
             text = decode_message(frame, config.encoding)
         except UnicodeError as e:
@@ -646,7 +672,10 @@ class ServerConnection(Protocol):
             variables[DATA] = frame.decode("latin-1")
             where = f" at byte {e.start}" if isinstance(e, UnicodeDecodeError) else ""
             self._finish(
-                event, frame, f"cannot decode message as {config.encoding}{where}"
+                variables,
+                None,
+                frame,
+                f"cannot decode message as {config.encoding}{where}",
             )
             return
         variables[DATA] = text
@@ -655,9 +684,14 @@ class ServerConnection(Protocol):
                 variables.update(parse_frame(config.parse, text))
             except ParseError as e:
                 stats.parse_errors += 1
-                self._finish(event, frame, str(e))
+                self._finish(variables, None, frame, str(e))
                 return
-        outcome = trigger.chain.run(event)
+        chain = trigger.chain
+        if not chain.actions:
+            self.replies.add(self._reply(variables, None, frame, None, config))
+            return
+        event = Event(trigger.section, self.peer, variables, [])
+        outcome = chain.run(event)
         # None or a reason string when every action was synchronous (the
         # common case: skip the costlier ABC isinstance check).
         if outcome is not None and type(outcome) is not str:
@@ -668,10 +702,18 @@ class ServerConnection(Protocol):
             return
         if outcome is not None:
             stats.action_errors += 1
-        self._finish(event, frame, outcome)
+        self._finish(variables, event.reply, frame, outcome)
 
-    def _finish(self, event: Event, frame: bytes, outcome: Outcome) -> None:
-        self.replies.add(self._reply(event, frame, outcome, self.trigger.config))
+    def _finish(
+        self,
+        variables: dict[str, str],
+        parts: list[bytes] | None,
+        frame: bytes,
+        outcome: Outcome,
+    ) -> None:
+        self.replies.add(
+            self._reply(variables, parts, frame, outcome, self.trigger.config)
+        )
 
     def _finished_later(
         self,
@@ -684,7 +726,7 @@ class ServerConnection(Protocol):
         stats = self.trigger.stats
         if outcome is not None:
             stats.action_errors += 1
-        data = self._reply(event, frame, outcome, config)
+        data = self._reply(event.variables, event.reply, frame, outcome, config)
         if not self.replies.fill(slot, data):
             # Its slot went with the connection.
             if data:
@@ -693,51 +735,65 @@ class ServerConnection(Protocol):
         self._flush()
 
     def _reply(
-        self, event: Event, frame: bytes, outcome: Outcome, config: ServerConfig
+        self,
+        variables: dict[str, str],
+        parts: list[bytes] | None,
+        frame: bytes,
+        outcome: Outcome,
+        config: ServerConfig,
     ) -> bytes:
         """
-        The bytes this event sends back: what actions sent to the sender,
-        then the reply (or the error reply), as C{config} (the trigger's
-        when the event began) says.
+        The bytes this event sends back: what actions sent to the sender
+        (C{parts}), then the reply (or the error reply), as C{config} (the
+        trigger's when the event began) says.
         """
-        trigger = self.trigger
-        stats = trigger.stats
-        parts = event.reply or []
-        if outcome is not None:
-            stats.errors += 1
-            if config.error_reply is None:
-                log.warn(
-                    "[{trigger}] {peer} #{seq}: {error} (no error_reply configured)",
-                    trigger=trigger.section,
-                    peer=self.peer,
-                    seq=event.variables.get(SEQ),
-                    error=outcome,
-                )
-                return b"".join(parts)
-            event.variables[ERROR] = outcome
-            template = config.error_reply
-        elif config.reply == "echo":
-            before, after = self._echo_wrap
-            parts.append(before + frame + after)
-            return b"".join(parts)
-        elif config.reply_template is not None:
+        if outcome is None:
             template = config.reply_template
-        else:
-            return b"".join(parts)
-        try:
-            parts.append(
-                encode_reply(template.render(event.variables), config.encoding)
-            )
-        except (MissingVariable, UnicodeError) as e:
-            stats.errors += 1
+            if template is not None:
+                try:
+                    data = encode_reply(template.render(variables), config.encoding)
+                except (MissingVariable, UnicodeError) as e:
+                    self._unbuilt(variables, e)
+                    data = b""
+            elif config.reply == "echo":
+                before, after = self._echo_wrap
+                data = before + frame + after
+            else:
+                data = b""
+            return b"".join([*parts, data]) if parts else data
+        trigger = self.trigger
+        trigger.stats.errors += 1
+        if config.error_reply is None:
             log.warn(
-                "[{trigger}] {peer} #{seq}: cannot build the reply: {error}",
+                "[{trigger}] {peer} #{seq}: {error} (no error_reply configured)",
                 trigger=trigger.section,
                 peer=self.peer,
-                seq=event.variables.get("seq"),
-                error=str(e),
+                seq=variables.get(SEQ),
+                error=outcome,
             )
-        return b"".join(parts)
+            return b"".join(parts) if parts else b""
+        variables[ERROR] = outcome
+        try:
+            data = encode_reply(config.error_reply.render(variables), config.encoding)
+        except (MissingVariable, UnicodeError) as e:
+            self._unbuilt(variables, e)
+            data = b""
+        return b"".join([*parts, data]) if parts else data
+
+    def _unbuilt(self, variables: dict[str, str], error: Exception) -> None:
+        """
+        The reply could not be built (a variable without a value, a
+        character the encoding lacks): count and log it.
+        """
+        trigger = self.trigger
+        trigger.stats.errors += 1
+        log.warn(
+            "[{trigger}] {peer} #{seq}: cannot build the reply: {error}",
+            trigger=trigger.section,
+            peer=self.peer,
+            seq=variables.get(SEQ),
+            error=str(error),
+        )
 
     # -- writing
 
