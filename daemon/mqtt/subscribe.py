@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -49,6 +49,12 @@ MAX_REMEMBERED_IDS = 100_000
 #: received, so that their PUBACKs go out before the broker connection
 #: closes; what is still running after that is delivered again.
 STOP_GRACE = 5.0
+
+#: A stopping trigger waits until the broker has sent nothing for this many
+#: seconds (it sends at most its receive window of messages after our last
+#: PUBACK), checking every L{STOP_POLL} seconds.
+STOP_QUIET = 0.2
+STOP_POLL = 0.05
 
 #: A trigger's states: before start, messages wait; running, they run;
 #: stopped, they are refused (not acknowledged: the broker keeps them).
@@ -251,6 +257,8 @@ class SubscribeTrigger:
         self.state = WAITING
         self._early: list[tuple[Message, Deferred[None]]] = []
         self._in_flight: set[Deferred[Any]] = set()
+        #: when the last message came, while stopping
+        self._last_message = 0.0
 
     def subscribe(self) -> None:
         """
@@ -287,31 +295,32 @@ class SubscribeTrigger:
 
     def stop(self) -> Deferred[None]:
         """
-        Take no new messages; fire when the actions of those already taken
-        have ended (or after L{STOP_GRACE} seconds), so that their PUBACKs
-        can go out before the broker connection closes.
+        Take no new messages; fire once the actions of those already taken
+        have ended and the broker has sent nothing for L{STOP_QUIET}
+        seconds (or after L{STOP_GRACE} seconds at most).
+
+        Their PUBACKs then go out before the broker connection closes, and
+        it closes with nothing unread: closing a socket with unread data
+        resets it, and the broker drops what it had not read yet (our last
+        PUBACKs), then delivers those messages again to the next run.
         """
         self.state = STOPPED
+        self._last_message = self.clock.seconds()
         early, self._early = self._early, []
         for _, d in early:
             d.errback(ActionFailed("the trigger stopped before the message ran"))
-        if not self._in_flight:
-            return succeed(None)
         done: Deferred[None] = Deferred()
-        waits = DeferredList(list(self._in_flight), consumeErrors=True)
+        deadline = self._last_message + STOP_GRACE
 
-        def give_up() -> None:
-            if not done.called:
+        def check() -> None:
+            now = self.clock.seconds()
+            quiet = not self._in_flight and now - self._last_message >= STOP_QUIET
+            if quiet or now >= deadline:
                 done.callback(None)
+            else:
+                self.clock.callLater(STOP_POLL, check)
 
-        timer = self.clock.callLater(STOP_GRACE, give_up)
-
-        def ended(_: object) -> None:
-            if timer.active():
-                timer.cancel()
-            give_up()
-
-        waits.addCallback(ended)
+        check()
         return done
 
     def handle(self, message: Message) -> Deferred[None] | None:
@@ -325,6 +334,7 @@ class SubscribeTrigger:
                 d: Deferred[None] = Deferred()
                 self._early.append((message, d))
                 return d
+            self._last_message = self.clock.seconds()
             return fail(ActionFailed(f"[{self.section}] is stopped"))
         stats = self.stats
         stats.messages += 1

@@ -20,6 +20,8 @@ from daemon.mqtt.interfaces import ID_PROPERTY, IBrokerClient, Message
 from daemon.mqtt.subscribe import (
     MAX_REMEMBERED_IDS,
     STOP_GRACE,
+    STOP_POLL,
+    STOP_QUIET,
     Dedupe,
     SubscribeService,
     SubscribeStats,
@@ -240,11 +242,31 @@ class AcknowledgementTests(SynchronousTestCase):
         running = h.deliver(message("a"))
         stopped = h.trigger.stop()
         self.assertNoResult(stopped)
+        h.clock.advance(STOP_QUIET)
         self.assertIsNotNone(h.deliver(message("b")).refused)
         h.action.pending[0].callback(None)
         self.assertTrue(running.acked)
+        h.clock.advance(STOP_QUIET - STOP_POLL)
+        self.assertNoResult(stopped)
+        h.clock.advance(STOP_POLL)
         self.successResultOf(stopped)
         self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_stop_waits_for_quiet(self) -> None:
+        """
+        With nothing running, stopping still waits until the broker has
+        sent nothing for STOP_QUIET seconds (a refused message restarts the
+        wait), so that the connection closes with nothing unread.
+        """
+        h = Harness()
+        stopped = h.trigger.stop()
+        h.clock.advance(STOP_QUIET - STOP_POLL)
+        h.deliver(message("late"))
+        h.clock.advance(STOP_QUIET - STOP_POLL)
+        self.assertNoResult(stopped)
+        h.clock.advance(STOP_POLL)
+        self.successResultOf(stopped)
+        self.assertEqual(h.action.events, [])
 
     def test_stop_grace(self) -> None:
         """
@@ -253,8 +275,9 @@ class AcknowledgementTests(SynchronousTestCase):
         h = Harness()
         h.deliver(message("a"))
         stopped = h.trigger.stop()
-        h.clock.advance(STOP_GRACE)
+        h.clock.pump([STOP_POLL] * int(STOP_GRACE / STOP_POLL + 1))
         self.successResultOf(stopped)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
         h.action.pending[0].callback(None)
 
 
