@@ -217,6 +217,7 @@ def _sections(config: Config) -> dict[str, tuple[str, str, Any]]:
         ("reader", config.readers),
         ("broker", getattr(config, "brokers", ())),
         ("publish", tuple(getattr(config, "publishes", {}).values())),
+        ("subscribe", getattr(config, "subscribes", ())),
     ):
         for item in items:
             result[f"{kind}:{item.name}"] = (kind, item.name, item)
@@ -422,14 +423,15 @@ class Reloader:
         mqtt = [
             label
             for label in (*plan.added, *plan.removed, *(c.label for c in plan.changed))
-            if label.partition(":")[0] in ("broker", "publish")
+            if label.partition(":")[0] in ("broker", "publish", "subscribe")
         ]
         if mqtt:
             raise ConfigError(
                 new.path,
                 mqtt[0],
                 None,
-                "[broker:…] and [publish:…] sections change only with a restart",
+                "[broker:…], [publish:…] and [subscribe:…] sections change only "
+                "with a restart",
             )
         limiters = next(
             (a.limiters for a in top.actions.values() if isinstance(a, SendAction)),
@@ -651,6 +653,15 @@ class Reloader:
                 )
                 continue
             top.listeners[server.name] = listener
+        from daemon.mqtt.subscribe import SubscribeService
+
+        for service in top.phases[Phase.LISTENERS]:
+            if isinstance(service, SubscribeService):
+                # the section is the same (else refused above); its actions
+                # may have been replaced, and [variables] may have changed
+                subscribed = service.trigger
+                subscribed.chain = chain(subscribed.config.actions)
+                subscribed.variables = dict(new.variables)
         top.config = running_config(old, new)
         return failed
 

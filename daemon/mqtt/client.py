@@ -80,6 +80,11 @@ STOP_WAIT = 2.0
 LOG_EVERY_N_FAILURES = 10
 
 
+#: The most QoS 1 messages the broker may send us unacknowledged (MQTT 5
+#: Receive Maximum; mosquitto's own limit under 3.1.1 is 20 as well).
+RECEIVE_MAXIMUM = 20
+
+
 class PublishRefused(Exception):
     """
     The broker answered a publish with an error reason code (MQTT 5 PUBACK:
@@ -333,6 +338,11 @@ class BrokerClient:
             connect_properties.SessionExpiryInterval = (
                 0 if config.clean_start else SESSION_NEVER_EXPIRES
             )
+            # Bounded: the broker sends at most this many messages before we
+            # acknowledge one, so a stopping subscriber's socket goes quiet
+            # (closed with unread data, it is reset, and the broker drops the
+            # last PUBACKs it had not read yet).
+            connect_properties.ReceiveMaximum = RECEIVE_MAXIMUM
             kwargs = {
                 "clean_start": config.clean_start,
                 "properties": connect_properties,

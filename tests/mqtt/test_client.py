@@ -16,6 +16,7 @@ from zope.interface.verify import verifyObject
 
 from daemon.config import config_from_string
 from daemon.mqtt.client import (
+    RECEIVE_MAXIMUM,
     SESSION_NEVER_EXPIRES,
     BrokerClient,
     BrokerStats,
@@ -178,13 +179,15 @@ class BrokerClientTests(SynchronousTestCase):
     def test_start(self) -> None:
         """
         Starting asks paho to connect on its thread (clean start off, the
-        session kept), and returns without being connected.
+        session kept, a bounded receive window), and returns without being
+        connected.
         """
         self.client.start()
         host, port, keepalive, kw = self.paho.named("connect_async")[0][1:]
         self.assertEqual((host, port, keepalive), ("broker.example", 1884, 30))
         self.assertIs(kw["clean_start"], False)
         self.assertEqual(kw["properties"].SessionExpiryInterval, SESSION_NEVER_EXPIRES)
+        self.assertEqual(kw["properties"].ReceiveMaximum, RECEIVE_MAXIMUM)
         self.assertEqual(self.paho.named("loop_start"), [("loop_start",)])
         self.assertFalse(self.client.connected)
         self.assertEqual(self.client.device_states()[0].state, DISCONNECTED)

@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -560,3 +561,47 @@ class BuildServiceTests(SynchronousTestCase):
             "actions out",
             list(summary(config)),
         )
+
+
+class ReloadTests(SynchronousTestCase):
+    BASE = (
+        SECTION + "actions = out\n"
+        "[send:out]\ndestination = tcp:host=127.0.0.1:port=9\ndata = [data]\n"
+    )
+
+    def reload(self, before: str, after: str) -> tuple[Any, Any]:
+        from twisted.internet.testing import MemoryReactorClock
+
+        from daemon.reload import Reloader
+        from daemon.tap import build_service
+
+        top = build_service(config_from_string(before), MemoryReactorClock())
+        new = config_from_string(after)
+        reloader = Reloader(top, MemoryReactorClock(), "plantd.ini", lambda _: new)
+        return top, self.successResultOf(Deferred.fromCoroutine(reloader.reload()))
+
+    def test_replaced_action_reaches_the_trigger(self) -> None:
+        """
+        A reload that replaces an action a subscribe trigger runs (its
+        queue mode changed) gives the trigger the new one, and new
+        [variables].
+        """
+        from daemon.tap import Phase
+
+        top, plan = self.reload(
+            self.BASE,
+            self.BASE + "queue = memory\n[variables]\nsite = b\n",
+        )
+        self.assertIsNotNone(plan)
+        (service,) = [
+            s for s in top.phases[Phase.LISTENERS] if isinstance(s, SubscribeService)
+        ]
+        self.assertIs(service.trigger.chain.actions[0], top.actions["out"])
+        self.assertEqual(service.trigger.variables, {"site": "b"})
+
+    def test_subscribe_change_needs_restart(self) -> None:
+        """
+        A changed [subscribe:…] section is refused: it takes a restart.
+        """
+        _, plan = self.reload(self.BASE, self.BASE.replace("+/scan", "#"))
+        self.assertIsNone(plan)
