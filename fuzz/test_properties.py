@@ -6,8 +6,9 @@ None of these pins C{max_examples}: the profile decides.  They reuse the
 reference framers and strategies of the unit tests where those exist, and
 add what a long run can afford: every framing mode against its reference,
 C{$SCRDR}/C{$SCCMD} parsers on any bytes and on mutated valid lines,
-templates on any text, and every kind of INI value (endpoints, CIDR lists,
-durations, escapes, templates, reader commands) on any text.
+templates on any text, MQTT topic filters, and every kind of INI value
+(endpoints, CIDR lists, durations, escapes, templates, reader commands,
+MQTT topics) on any text.
 """
 
 from __future__ import annotations
@@ -544,3 +545,70 @@ class EscapeFuzz(SynchronousTestCase):
         self.assertEqual(
             stripped, "".join(c for c in value if ord(c) >= 0x20 and ord(c) != 0x7F)
         )
+
+
+# ------------------------------------------------------------------ MQTT
+
+#: Topic levels: ordinary names, the wildcards, empty levels and odd text.
+_LEVELS = st.one_of(
+    st.sampled_from(["plant", "line1", "scan", "+", "#", "", "a+b", "x#", "\x00"]),
+    st.text(max_size=8),
+)
+_TOPIC_CONFIG = (
+    "[broker:hub]\nurl = mqtt://127.0.0.1:1883\n\n"
+    "[subscribe:in]\nbroker = hub\ntopic = {filter}\n\n"
+    "[publish:out]\nbroker = hub\ntopic = {topic}\npayload = json\n\n"
+    "[server:s]\nlisten = tcp:0\nactions = out\n"
+)
+
+
+class MqttTopicFuzz(SynchronousTestCase):
+    """
+    MQTT topic filters and topic names, in the code and in the INI file.
+    """
+
+    @given(st.lists(_LEVELS, min_size=1, max_size=6), st.lists(_LEVELS, max_size=6))
+    def test_filters(self, levels: list[str], topic_levels: list[str]) -> None:
+        """
+        A topic filter is accepted or refused with a ValueError, nothing
+        else; an accepted one has C{+} and C{#} only as whole levels (C{#}
+        last), and paho can match it against any topic without raising.
+        """
+        from paho.mqtt.client import topic_matches_sub
+
+        from daemon.mqtt.subscribe import check_topic_filter
+
+        count("MQTT: topic filters")
+        text = "/".join(levels)
+        try:
+            self.assertEqual(check_topic_filter(text), text)
+        except ValueError as e:
+            self.assertEqual(len(str(e).splitlines()), 1)
+            return
+        for i, level in enumerate(levels):
+            if "#" in level:
+                self.assertEqual((level, i), ("#", len(levels) - 1))
+            if "+" in level:
+                self.assertEqual(level, "+")
+        topic = "/".join(t for t in topic_levels if "+" not in t and "#" not in t)
+        topic_matches_sub(text, topic or "plant")
+
+    @given(st.lists(_LEVELS, min_size=1, max_size=5), st.lists(_LEVELS, max_size=5))
+    def test_ini_topics(
+        self, filter_levels: list[str], topic_levels: list[str]
+    ) -> None:
+        """
+        Any subscribe filter and publish topic in the INI file give a Config
+        or one error line naming the file, the section and the key.
+        """
+        count("INI: MQTT topics")
+        text = _TOPIC_CONFIG.format(
+            filter="/".join(filter_levels).replace("\n", " "),
+            topic="/".join(topic_levels).replace("\n", " "),
+        )
+        try:
+            config_from_string(text, "fuzz.ini")
+        except ConfigError as e:
+            line = str(e)
+            self.assertEqual(len(line.splitlines()), 1, line)
+            self.assertTrue(line.startswith("fuzz.ini: ["), line)
