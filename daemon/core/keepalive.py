@@ -18,7 +18,9 @@ Twisted TCP (or TLS over TCP) transport.
 
 from __future__ import annotations
 
+import _socket
 import socket
+from functools import lru_cache
 
 KEEPALIVE_PROBES = 4
 """Unanswered keepalive probes before the kernel declares the link dead."""
@@ -43,8 +45,23 @@ def keepalive_options(seconds: float) -> list[SocketOption]:
     @return: C{(level, option, value)} triples, C{SO_KEEPALIVE} first; empty
         for C{seconds <= 0}.
     """
+    return list(_options(seconds))
+
+
+#: The family and type of a socket as plain integers: the C{socket.socket}
+#: properties convert them to enums, which costs more than the check.
+_FAMILY = _socket.socket.family
+_TYPE = _socket.socket.type
+_TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+
+
+@lru_cache(maxsize=16)
+def _options(seconds: float) -> tuple[SocketOption, ...]:
+    """
+    L{keepalive_options}, computed once per C{seconds}.
+    """
     if seconds <= 0:
-        return []
+        return ()
     k = max(1, round(seconds))
     wanted = [
         ("TCP_KEEPIDLE", max(1, k // 3)),
@@ -57,7 +74,7 @@ def keepalive_options(seconds: float) -> list[SocketOption]:
         option = getattr(socket, name, None)
         if option is not None:
             options.append((socket.IPPROTO_TCP, option, value))
-    return options
+    return tuple(options)
 
 
 def find_socket(transport: object) -> socket.socket | None:
@@ -90,13 +107,13 @@ def apply_keepalive(transport: object, seconds: float) -> bool:
         not TCP over IPv4 or IPv6 (a UNIX socket…), or C{seconds <= 0}.
     @raise OSError: the system refused an option.
     """
-    options = keepalive_options(seconds)
+    options = _options(seconds)
     sock = find_socket(transport)
     if not options or sock is None:
         return False
-    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+    if _FAMILY.__get__(sock) not in _TCP_FAMILIES:
         return False
-    if sock.type != socket.SOCK_STREAM:
+    if _TYPE.__get__(sock) != socket.SOCK_STREAM:
         return False
     for level, option, value in options:
         sock.setsockopt(level, option, value)
