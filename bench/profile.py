@@ -42,7 +42,12 @@ UNIT_FUNCTIONS = {
 
 
 def run_one(
-    name: str, seconds: float, warmup: float, profile: bool, top: int
+    name: str,
+    seconds: float,
+    warmup: float,
+    profile: bool,
+    top: int,
+    fast_io: bool = True,
 ) -> dict[str, Any]:
     scenario = next(s for s in SCENARIOS if s.name == name)
     unit = "conn" if "--mode" in scenario.args and "conn" in scenario.args else "msg"
@@ -56,7 +61,7 @@ def run_one(
             if stats is not None
             else ()
         )
-        server = Server("plantd", ports, workdir, twistd_args=profiler)
+        server = Server("plantd", ports, workdir, fast_io, twistd_args=profiler)
         try:
             server.wait_listening()
             port = ports.relay if scenario.port == "relay" else ports.echo
@@ -111,10 +116,20 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--profile", action="store_true", help="under cProfile")
     parser.add_argument("--top", type=int, default=20)
+    parser.add_argument(
+        "--no-fast-io", action="store_true", help="the daemon with fast_io = no"
+    )
     args = parser.parse_args(argv)
     loadgen.build()
     for name in args.scenarios.split(","):
-        r = run_one(name, args.seconds, args.warmup, args.profile, args.top)
+        r = run_one(
+            name,
+            args.seconds,
+            args.warmup,
+            args.profile,
+            args.top,
+            fast_io=not args.no_fast_io,
+        )
         line = (
             f"{name}: {r['rate']:.0f} {r['unit']}/s, server CPU"
             f" {r['cpu_us_per_unit']:.1f} µs/{r['unit']}"
