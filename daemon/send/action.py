@@ -347,45 +347,78 @@ class SendAction:
         if self.stopping:
             return fail(ActionFailed(f"{destination}: the daemon is stopping"))
         key = destination.key
-        turn = self.limiters.acquire(key, self.config.max_parallel)
-
-        def connect(_: None) -> Deferred[bytes]:
+        result: Deferred[bytes]
+        if self.limiters.try_acquire(key, self.config.max_parallel):
+            # A slot is free (the usual case): no Deferred for the turn.
             try:
-                if self.stopping:
-                    raise ActionFailed(f"{destination}: the daemon is stopping")
-                endpoint = self.endpoint_factory(destination)
+                result = self._open(destination, payload, on_link)
             except BaseException:
-                self.limiters.release(key)
-                raise
+                result = fail()
+        else:
+            result = self.limiters.acquire(key, self.config.max_parallel).addCallback(
+                self._open_in_turn, destination, payload, on_link
+            )
+        return result.addCallbacks(
+            self._sent,
+            self._attempt_failed,
+            callbackArgs=(key, len(payload)),
+            errbackArgs=(key,),
+        )
 
-            def gone(link: Link) -> None:
-                self._links.discard(link)
-                self.limiters.release(key)
-                self.stats.bytes_in += link.bytes_in
+    def _open_in_turn(
+        self,
+        _: None,
+        destination: Destination,
+        payload: bytes,
+        on_link: Callable[[Link], None] | None,
+    ) -> Deferred[bytes]:
+        return self._open(destination, payload, on_link)
 
-            link = Link(self.clock, key, endpoint, payload, self.options, gone)
-            self._links.add(link)
-            if on_link is not None:
-                on_link(link)
-            return link.start()
+    def _open(
+        self,
+        destination: Destination,
+        payload: bytes,
+        on_link: Callable[[Link], None] | None,
+    ) -> Deferred[bytes]:
+        """
+        Open a link to C{destination} in the turn just granted (given back
+        when the link is gone, or here if it cannot be made).
+        """
+        key = destination.key
+        try:
+            if self.stopping:
+                raise ActionFailed(f"{destination}: the daemon is stopping")
+            endpoint = self.endpoint_factory(destination)
+        except BaseException:
+            self.limiters.release(key)
+            raise
+        link = Link(self.clock, key, endpoint, payload, self.options, self._link_gone)
+        self._links.add(link)
+        if on_link is not None:
+            on_link(link)
+        return link.start()
 
-        def sent(reply: bytes) -> bytes:
-            self.book.succeeded(key)
-            self.stats.bytes_out += len(payload)
+    def _link_gone(self, link: Link) -> None:
+        self._links.discard(link)
+        self.limiters.release(link.label)
+        self.stats.bytes_in += link.bytes_in
+
+    def _sent(self, reply: bytes, key: str, size: int) -> bytes:
+        self.book.succeeded(key)
+        self.stats.bytes_out += size
+        if logs.debug_enabled:
             self.log.debug(
                 "action {action}: sent {size} bytes to {destination}",
                 action=self.name,
-                size=len(payload),
+                size=size,
                 destination=key,
             )
-            return reply
+        return reply
 
-        def failed(failure: Failure) -> Failure:
-            if not self.stopping and not failure.check(CancelledError):
-                self.book.failed(key, str(failure.value))
-            return failure
-
-        return turn.addCallback(connect).addCallbacks(sent, failed)
+    def _attempt_failed(self, failure: Failure, key: str) -> Failure:
+        if not self.stopping and not failure.check(CancelledError):
+            self.book.failed(key, str(failure.value))
+        return failure
 
     # -- outbox
 

@@ -52,6 +52,20 @@ class LinkLimiters:
         gate = self._gates.get(key)
         return len(gate.waiting) if gate is not None else 0
 
+    def try_acquire(self, key: str, limit: int) -> bool:
+        """
+        Take a link to C{key} now if L{acquire} would grant one at once (no
+        Deferred); False when the job must wait its turn with L{acquire}.
+        A grant must be given back with L{release}.
+        """
+        gate = self._gates.get(key)
+        if gate is None:
+            gate = self._gates[key] = _Gate()
+        elif gate.waiting or gate.active >= limit:
+            return False
+        gate.active += 1
+        return True
+
     def acquire(self, key: str, limit: int) -> Deferred[None]:
         """
         Fires when a link to C{key} may open: at once when fewer than

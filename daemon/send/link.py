@@ -50,11 +50,22 @@ from zope.interface import implementer
 from daemon.config import ReplyUntil, SendConfig
 from daemon.core import logs
 from daemon.core.actions import ActionFailed
-from daemon.send.machine import FINAL, LinkInput, LinkState, transition
+from daemon.send.machine import (
+    FINAL,
+    TRANSITIONS,
+    LinkInput,
+    LinkState,
+    transition,
+)
 from daemon.send.protocol import ILinkEvents, LinkFactory
 from daemon.send.reply import ReplyBuffer
 from daemon.send.tcpinfo import SendQueue, probe_send_queue
 from daemon.send.tls import describe_tls_failure
+
+#: Each output of the table as the name of the Link method that runs it.
+_METHODS = {
+    output: "_" + output for _, outputs in TRANSITIONS.values() for output in outputs
+}
 
 #: Seconds a device gets to close its side after ours (or to answer TLS
 #: close_notify) before the link is closed without it.
@@ -157,6 +168,7 @@ class Link:
         self._protocol: object = None
         self._transport: LinkTransport | None = None
         self._timer: IDelayedCall | None = None
+        self._timer_event: LinkInput | None = None
         # What the write needs before it counts (see _check_written).
         self._tls = False
         self._handshake = False
@@ -182,7 +194,7 @@ class Link:
         """
         self.state, outputs = transition(self.state, event)
         for output in outputs:
-            getattr(self, "_" + output)()
+            getattr(self, _METHODS[output])()
 
     @property
     def _reply_complete(self) -> bool:
@@ -307,14 +319,34 @@ class Link:
         self._feed(LinkInput.WRITTEN_AWAIT_REPLY if wait else LinkInput.WRITTEN)
 
     def _set_timer(self, delay: float, event: LinkInput) -> None:
-        self._cancel_timer()
-        self._timer = self.clock.callLater(delay, self._timer_fired, event)
+        """
+        Arm the link's one timer: C{event} in C{delay} seconds.  The same
+        delayed call is moved from state to state (C{reset}: no new call,
+        and no heap work when the new time is later).
+        """
+        self._timer_event = event
+        timer = self._timer
+        if timer is not None and timer.active():
+            timer.reset(delay)
+        else:
+            self._timer = self.clock.callLater(delay, self._timer_fired)
 
-    def _timer_fired(self, event: LinkInput) -> None:
+    def _timer_fired(self) -> None:
         self._timer = None
-        self._feed(event)
+        event, self._timer_event = self._timer_event, None
+        if event is not None:
+            self._feed(event)
+
+    def _disarm_timer(self) -> None:
+        """
+        Nothing to time until the next L{_set_timer} (which follows in the
+        same turn): the delayed call is kept to be moved, and ignored if it
+        fires meanwhile.
+        """
+        self._timer_event = None
 
     def _cancel_timer(self) -> None:
+        self._timer_event = None
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
             timer.cancel()
@@ -336,7 +368,8 @@ class Link:
     def _end_writing(self) -> None:
         self.written = True
         self._stop_producing()
-        self._cancel_timer()
+        # Always followed by _close or _start_delay, which re-arm it.
+        self._disarm_timer()
 
     def _start_delay(self) -> None:
         self._set_timer(self.options.disconnect_delay, LinkInput.DELAY_OVER)
@@ -560,7 +593,7 @@ class Link:
         tls = describe_tls_failure(reason)
         if tls is not None:
             return tls
-        clean = reason.check(ConnectionDone) is not None
+        clean = isinstance(reason.value, ConnectionDone)
         if self.state is LinkState.SENDING or not self.written:
             if clean:
                 return "device closed the connection before all the data was written"

@@ -25,6 +25,10 @@ class LinkState(Enum):
     Where a link is.
     """
 
+    # The table is looked up twice per input: identity hashing in C rather
+    # than Enum's hash of the name in Python (members are singletons).
+    __hash__ = object.__hash__
+
     #: Connecting, bounded by C{connect_timeout}.
     CONNECTING = "connecting"
     #: Writing the data, bounded by C{write_timeout} from the connection.
@@ -44,6 +48,10 @@ class LinkInput(Enum):
     """
     What can happen to a link.
     """
+
+    # The table is looked up twice per input: identity hashing in C rather
+    # than Enum's hash of the name in Python (members are singletons).
+    __hash__ = object.__hash__
 
     #: The device accepted the connection.
     CONNECTED = "connected"
