@@ -33,9 +33,11 @@ from twisted.internet.error import (
     ConnectionDone,
     ConnectionRefusedError,
     DNSLookupError,
+    NotConnectingError,
     TimeoutError,
 )
 from twisted.internet.interfaces import (
+    IConnector,
     IDelayedCall,
     IHalfCloseableDescriptor,
     IReactorTime,
@@ -57,7 +59,7 @@ from daemon.send.machine import (
     LinkState,
     transition,
 )
-from daemon.send.protocol import ILinkEvents, LinkFactory
+from daemon.send.protocol import ILinkEvents, LinkClientFactory, LinkFactory
 from daemon.send.reply import ReplyBuffer
 from daemon.send.tcpinfo import SendQueue, probe_send_queue
 from daemon.send.tls import describe_tls_failure
@@ -165,6 +167,7 @@ class Link:
         self.probe: Callable[[object], SendQueue | None] = probe_send_queue
         self._result: Deferred[bytes] = Deferred(self._cancel)
         self._connecting: Deferred[Any] | None = None
+        self._connector: IConnector | None = None
         self._protocol: object = None
         self._transport: LinkTransport | None = None
         self._timer: IDelayedCall | None = None
@@ -207,6 +210,12 @@ class Link:
         Connect and send; see the class docstring.
         """
         self._set_timer(self.options.connect_timeout, LinkInput.CONNECT_TIMEOUT)
+        connect_link = getattr(self.endpoint, "connect_link", None)
+        if connect_link is not None:
+            # An IP literal over plain TCP: the connector itself, no
+            # Deferred or wrapping protocol (see DirectTCPEndpoint).
+            self._connector = connect_link(LinkClientFactory(self))
+            return self._result
         connecting = self.endpoint.connect(LinkFactory(self))
         self._connecting = connecting
         connecting.addCallbacks(self._connect_done, self._connect_failed)
@@ -250,6 +259,10 @@ class Link:
     def _connect_done(self, protocol: object) -> None:
         self._connecting = None
 
+    def connect_failed(self, reason: Failure) -> None:
+        self._connector = None
+        self._connect_failed(reason)
+
     def _connect_failed(self, failure: Failure) -> None:
         self._connecting = None
         if self.state is LinkState.CONNECTING and self._error is None:
@@ -258,6 +271,7 @@ class Link:
 
     def connection_made(self, protocol: object, transport: ITransport) -> None:
         self._connecting = None
+        self._connector = None
         self._protocol = protocol
         self._transport = cast(LinkTransport, transport)
         self._tls = ISSLTransport.providedBy(transport)
@@ -406,6 +420,14 @@ class Link:
         connecting, self._connecting = self._connecting, None
         if connecting is not None:
             connecting.cancel()
+        connector, self._connector = self._connector, None
+        if connector is not None:
+            # Fails the attempt at once (connect_failed), as cancelling the
+            # endpoint's Deferred does.
+            try:
+                connector.stopConnecting()
+            except NotConnectingError:
+                pass
 
     def _kill(self) -> None:
         """

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 from twisted.internet.interfaces import (
     IAddress,
+    IConnector,
     IHalfCloseableProtocol,
     IHandshakeListener,
     IPushProducer,
     ITransport,
 )
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import Interface, alsoProvides, implementer
 
@@ -36,6 +37,11 @@ class ILinkEvents(Interface):
     What a link's protocol reports to the link (each becomes an input of
     its state machine).
     """
+
+    def connect_failed(reason: Failure) -> None:
+        """
+        The connection attempt failed (or was stopped).
+        """
 
     def connection_made(protocol: object, transport: ITransport) -> None:
         """
@@ -131,3 +137,35 @@ class LinkFactory(Factory):
 
     def buildProtocol(self, addr: IAddress | None) -> LinkProtocol:
         return LinkProtocol(self.link)
+
+
+class DirectLinkProtocol(LinkProtocol):
+    """
+    L{LinkProtocol} on a plain TCP connection made without an endpoint: no
+    wrapper copies its interfaces and no TLS layer asks for
+    C{IHandshakeListener}, so none is declared per connection.
+    """
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.link.connection_made(self, self.transport)
+
+
+class LinkClientFactory(ClientFactory):
+    """
+    The link's factory when it connects without an endpoint (an IP literal
+    over plain TCP, L{daemon.send.endpoints.DirectTCPEndpoint}): builds the
+    one protocol, and reports a failed attempt to the link as the
+    endpoint's Deferred would.
+    """
+
+    noisy = False
+
+    def __init__(self, link: ILinkEvents) -> None:
+        self.link = link
+
+    def buildProtocol(self, addr: IAddress | None) -> LinkProtocol:
+        return DirectLinkProtocol(self.link)
+
+    def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
+        self.link.connect_failed(reason)

@@ -6,6 +6,7 @@ through a bounded cache with a TTL, TLS verifies the configured name.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import CancelledError, Deferred
@@ -317,3 +318,74 @@ class TLSTests(SynchronousTestCase):
             type(endpoint),
             type(clientFromString(MemoryReactorClock(), "tcp:host=h:port=1")),
         )
+
+
+class DirectConnectTests(SynchronousTestCase):
+    """
+    A link to an IP literal over plain TCP connects through the connector
+    itself (L{DirectTCPEndpoint.connect_link}), with the same outcomes as
+    through the endpoint's Deferred.
+    """
+
+    def link(self, reactor: MemoryReactorClock, destination: str) -> Any:
+        from daemon.send.link import Link, LinkOptions
+
+        make = make_endpoint_factory(reactor, send_config(connect_timeout=4.0), None)
+        endpoint = make(parse_destination(destination))
+        return Link(
+            reactor, destination, endpoint, b"x\n", LinkOptions(connect_timeout=4.0)
+        )
+
+    def test_connect_link(self) -> None:
+        """
+        IPv4 and IPv6 literals: C{connectTCP} with the connect timeout, no
+        name lookup; the factory builds a protocol that reports to the link.
+        """
+        for destination, host in (
+            ("10.0.0.5:9100", "10.0.0.5"),
+            ("[fd00::5]:9100", "fd00::5"),
+        ):
+            reactor = reactor_with(FakeResolver({}))
+            link = self.link(reactor, destination)
+            link.start()
+            h, port, factory, timeout, _ = reactor.tcpClients[0]
+            self.assertEqual((h, port, timeout), (host, 9100, 4.0))
+            protocol: Any = factory.buildProtocol(None)
+            self.assertIs(protocol.link, link)
+
+    def test_refused(self) -> None:
+        reactor = MemoryReactorClock()
+        link = self.link(reactor, "10.0.0.5:9100")
+        d = link.start()
+        connector = reactor.connectors[0]
+        factory = reactor.tcpClients[0][2]
+        factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
+        failure = self.failureResultOf(d)
+        self.assertEqual(str(failure.value), "10.0.0.5:9100: connection refused")
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_connect_timeout_stops_connecting(self) -> None:
+        """
+        At C{connect_timeout} the attempt is stopped through the connector,
+        whose failure ends the link with the timeout's reason.
+        """
+        reactor = MemoryReactorClock()
+        link = self.link(reactor, "10.0.0.5:9100")
+        d = link.start()
+        factory = reactor.tcpClients[0][2]
+        connector: Any = reactor.connectors[0]
+        stopped: list[bool] = []
+
+        def stop() -> None:
+            stopped.append(True)
+            factory.clientConnectionFailed(connector, Failure(CancelledError()))
+
+        connector.stopConnecting = stop
+        reactor.advance(4.0)
+        self.assertEqual(stopped, [True])
+        failure = self.failureResultOf(d)
+        self.assertEqual(
+            str(failure.value),
+            "10.0.0.5:9100: no answer within connect_timeout 4s",
+        )
+        self.assertEqual(reactor.getDelayedCalls(), [])
