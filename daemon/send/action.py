@@ -95,6 +95,23 @@ class Sending:
     def _attempt(self) -> None:
         self._delay = None
         self.attempts += 1
+        action = self.action
+        key = self.destination.key
+        if not action.stopping and action.limiters.try_acquire(
+            key, action.config.max_parallel
+        ):
+            # A free slot (the usual case): the link reports to _link_done,
+            # with no Deferred between.
+            try:
+                link = action._make_link(
+                    self.destination, self.payload, None, self._link_done
+                )
+            except BaseException:
+                self._failed(action._attempt_failed(Failure(), key))
+                return
+            self._link = link
+            link.begin()
+            return
         current = self.action.attempt(
             self.destination, self.payload, on_link=self._on_link
         )
@@ -103,6 +120,21 @@ class Sending:
 
     def _on_link(self, link: Link) -> None:
         self._link = link
+
+    def _link_done(self, reply: bytes, error: str | None) -> None:
+        """
+        The outcome of a link made by L{_attempt} itself: what the
+        Deferred of L{SendAction.attempt} would have carried.
+        """
+        self._link = None
+        if self._done:
+            return
+        key = self.destination.key
+        if error is None:
+            self._succeeded(self.action._sent(reply, key, len(self.payload)))
+        else:
+            failure = Failure(ActionFailed(error))
+            self._failed(self.action._attempt_failed(failure, key))
 
     def _succeeded(self, reply: bytes) -> None:
         self._current = None
@@ -175,6 +207,11 @@ class Sending:
         current, self._current = self._current, None
         if current is not None:
             current.cancel()
+            return
+        link, self._link = self._link, None
+        if link is not None and link.state not in FINAL:
+            # A link made by _attempt itself: no Deferred to cancel.
+            link.cancel()
 
     def _end(self) -> None:
         self._done = True
@@ -384,6 +421,19 @@ class SendAction:
         Open a link to C{destination} in the turn just granted (given back
         when the link is gone, or here if it cannot be made).
         """
+        return self._make_link(destination, payload, on_link, None).start()
+
+    def _make_link(
+        self,
+        destination: Destination,
+        payload: bytes,
+        on_link: Callable[[Link], None] | None,
+        on_result: Callable[[bytes, str | None], None] | None,
+    ) -> Link:
+        """
+        The link for L{_open} (or, with C{on_result}, for L{Sending}: not
+        started).
+        """
         key = destination.key
         try:
             if self.stopping:
@@ -392,11 +442,19 @@ class SendAction:
         except BaseException:
             self.limiters.release(key)
             raise
-        link = Link(self.clock, key, endpoint, payload, self.options, self._link_gone)
+        link = Link(
+            self.clock,
+            key,
+            endpoint,
+            payload,
+            self.options,
+            self._link_gone,
+            on_result,
+        )
         self._links.add(link)
         if on_link is not None:
             on_link(link)
-        return link.start()
+        return link
 
     def _link_gone(self, link: Link) -> None:
         self._links.discard(link)

@@ -150,6 +150,7 @@ class Link:
         payload: bytes,
         options: LinkOptions,
         on_gone: Callable[[Link], None] | None = None,
+        on_result: Callable[[bytes, str | None], None] | None = None,
     ) -> None:
         self.clock = clock
         self.label = label
@@ -165,7 +166,11 @@ class Link:
             ReplyBuffer(options.reply_until, options.reply_max) if capture else None
         )
         self.probe: Callable[[object], SendQueue | None] = probe_send_queue
-        self._result: Deferred[bytes] = Deferred(self._cancel)
+        # The outcome goes to on_result (L{begin}) or to a Deferred (L{start}).
+        self._on_result = on_result
+        self._result: Deferred[bytes] | None = (
+            None if on_result is not None else Deferred(self._cancel)
+        )
         self._connecting: Deferred[Any] | None = None
         self._connector: IConnector | None = None
         self._protocol: object = None
@@ -209,17 +214,37 @@ class Link:
         """
         Connect and send; see the class docstring.
         """
+        assert self._result is not None, "a link made with on_result: begin()"
+        self._connect()
+        return self._result
+
+    def begin(self) -> None:
+        """
+        Connect and send, for a link made with C{on_result}: it is called
+        once, with the reply bytes (empty when nothing is captured) and
+        None, or with C{b""} and the reason (starting with the
+        destination) -- unless L{cancel} came first.  No Deferred.
+        """
+        self._connect()
+
+    def cancel(self) -> None:
+        """
+        Give up without reporting an outcome; the connection still ends.
+        """
+        self._cancelled = True
+        self.abort("cancelled")
+
+    def _connect(self) -> None:
         self._set_timer(self.options.connect_timeout, LinkInput.CONNECT_TIMEOUT)
         connect_link = getattr(self.endpoint, "connect_link", None)
         if connect_link is not None:
             # An IP literal over plain TCP: the connector itself, no
             # Deferred or wrapping protocol (see DirectTCPEndpoint).
             self._connector = connect_link(LinkClientFactory(self))
-            return self._result
+            return
         connecting = self.endpoint.connect(LinkFactory(self))
         self._connecting = connecting
         connecting.addCallbacks(self._connect_done, self._connect_failed)
-        return self._result
 
     def abort(self, reason: str) -> None:
         """
@@ -251,8 +276,7 @@ class Link:
 
     def _cancel(self, result: Deferred[bytes]) -> None:
         # The Deferred fails with CancelledError; the link still ends.
-        self._cancelled = True
-        self.abort("cancelled")
+        self.cancel()
 
     # -- inputs from the endpoint, the protocol (ILinkEvents) and timers
 
@@ -529,11 +553,25 @@ class Link:
         self._cancel_timer()
         self._transport = None
         error = self._error
-        if not self._result.called and not self._cancelled:
+        result = self._result
+        if self._cancelled:
+            pass
+        elif result is None:
+            on_result, self._on_result = self._on_result, None
+            if on_result is not None:
+                try:
+                    if error is None:
+                        on_result(self.reply.value if self.reply else b"", None)
+                    else:
+                        on_result(b"", f"{self.label}: {error}")
+                except Exception:
+                    # As a Deferred would: the link still frees its place.
+                    self.log.failure("{link}: reporting the outcome", link=self.label)
+        elif not result.called:
             if error is None:
-                self._result.callback(self.reply.value if self.reply else b"")
+                result.callback(self.reply.value if self.reply else b"")
             else:
-                self._result.errback(ActionFailed(f"{self.label}: {error}"))
+                result.errback(ActionFailed(f"{self.label}: {error}"))
         gone, self._gone = self._gone, []
         for d in gone:
             d.callback(None)

@@ -832,6 +832,44 @@ class LinkTests(SynchronousTestCase):
         )
         self.assertIsNone(describe_tls_failure(Failure(ConnectionDone())))
 
+    def test_begin_reports_outcome(self) -> None:
+        """
+        A link made with C{on_result} reports through it, without a
+        Deferred: the reply and None, or the reason.
+        """
+        outcomes: list[tuple[bytes, str | None]] = []
+        link = Link(
+            self.clock,
+            PRINTER,
+            self.endpoint,
+            b"^XA^XZ",
+            LinkOptions(),
+            self.gone.append,
+            lambda reply, error: outcomes.append((reply, error)),
+        )
+        link.begin()
+        protocol, _ = self.endpoint.accept()
+        device_closes(protocol)
+        self.assertEqual(outcomes, [(b"", None)])
+        self.assertEqual(self.gone, [link])
+        link = Link(
+            self.clock,
+            PRINTER,
+            self.endpoint,
+            b"^XA^XZ",
+            LinkOptions(),
+            self.gone.append,
+            lambda reply, error: outcomes.append((reply, error)),
+        )
+        link.begin()
+        protocol, _ = self.endpoint.accept()
+        protocol.connectionLost(Failure(ConnectionLost("reset")))
+        self.assertEqual(len(outcomes), 2)
+        self.assertEqual(outcomes[1][0], b"")
+        self.assertIn(
+            f"{PRINTER}: connection reset by the device", outcomes[1][1] or ""
+        )
+
     def test_cancel_while_connecting(self) -> None:
         """
         Cancelling the link's Deferred while connecting cancels the attempt.
@@ -938,6 +976,42 @@ class SendActionTests(SynchronousTestCase):
         device_closes(protocol)
         self.assertEqual(self.successResultOf(d), {"answer": ""})
         self.assertEqual(action.stats.empty_replies, 1)
+
+    def test_cancel_with_link_open(self) -> None:
+        """
+        Cancelling a send whose link was opened at once (a free slot, no
+        Deferred between the send and its link) aborts the link and frees
+        the destination; nothing is reported afterwards.
+        """
+        action = self.action()
+        d = action.run(event())
+        assert isinstance(d, Deferred)
+        protocol, transport = self.printer().accept()
+        self.assertEqual(self.limiters.active(PRINTER), 1)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        assert isinstance(transport, HalfCloseTransport)
+        self.assertTrue(transport.aborted)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.limiters.active(PRINTER), 0)
+        self.assertEqual(action._links, set())
+        self.assertEqual(action._sendings, set())
+
+    def test_endpoint_error_with_free_slot(self) -> None:
+        """
+        An endpoint that cannot be made fails the send and gives the slot
+        back, as when the send waited for its turn.
+        """
+
+        def broken(destination: Destination) -> FakeEndpoint:
+            raise ActionFailed(f"{destination}: no endpoint")
+
+        action = SendAction(send_config(), self.clock, endpoint_factory=broken)
+        d = action.run(event())
+        assert isinstance(d, Deferred)
+        failure = self.failureResultOf(d, ActionFailed)
+        self.assertIn("no endpoint", str(failure.value))
+        self.assertEqual(len(action.limiters), 0)
 
     def test_reply_to_sender(self) -> None:
         """
