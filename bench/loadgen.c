@@ -14,9 +14,21 @@
  *   conn  --clients C               a new connection per line, C at a time
  *   idle  --clients N               N connections, one verified round trip
  *                                   each, then held open until stdin closes
+ * --sources N: in conn mode, connect from N loopback addresses in turn
+ *   (127.0.0.1 .. 127.0.0.N; default 64).  The generator closes first, so
+ *   each connection leaves a TIME_WAIT behind on its side; from one source
+ *   address the kernel's ephemeral port search (even ports first, reusing a
+ *   TIME_WAIT only after 1 s) capped B32 at about 14 k conn/s (the number of
+ *   even ports in net.ipv4.ip_local_port_range) with the generator's CPU
+ *   going to __inet_hash_connect.  N = 1: from 127.0.0.1 as before.
  * --sink PORT: also listen on 127.0.0.1:PORT as the device the relay sends
  * to; each sink connection must carry exactly one of our lines, in order per
  * client, and a reply may only come back once its line reached the sink.
+ *
+ * Cost per message: one epoll ADD per connection (edge-triggered for both
+ * directions, never modified), the replies of one recv verified and their
+ * next lines written with one send, lines formatted without printf, no
+ * allocation after start-up (sink connections come from a free list).
  *
  * Output (stdout): "window-start" and "window-end" lines around the measured
  * window (the harness reads the server's CPU time at each), then one JSON
@@ -28,6 +40,7 @@
 #include <fcntl.h>
 #include <stdarg.h>
 #include <netinet/in.h>
+#include <netinet/ip.h>
 #include <netinet/tcp.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -44,8 +57,12 @@
 #define MAXPREFIX 64
 #define MAXSAMPLES 5
 #define CONNECT_CAP 32
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24
+#endif
 
 enum { T_CLIENT, T_LISTEN, T_SINK };
+enum { M_PIPE, M_CONN, M_IDLE };
 enum { S_FREE, S_CONNECTING, S_OPEN, S_DEAD };
 enum { P_START, P_WARM, P_WINDOW, P_DRAIN, P_DONE };
 
@@ -62,18 +79,22 @@ typedef struct {
     char *out;
     size_t olen, ooff;
     uint64_t sink_next; /* next line number the sink should get from us */
-    int want_out;
 } conn_t;
 
-typedef struct {
+typedef struct sink {
     int type;
     int fd;
     size_t len;
+    struct sink *next_free;
     char buf[2 * LINE];
 } sink_t;
 
 static const char *mode = "pipe";
-static int port, sink_port, nclients = 1, depth = 1;
+static int mode_k = M_PIPE;
+static int port, sink_port, nclients = 1, depth = 1, nsources = 64;
+static unsigned next_source;
+static sink_t *free_sinks;
+static int nup; /* connections that got their first reply */
 static double warmup = 0.5, seconds = 2.0;
 static char prefix[MAXPREFIX + 1];
 static size_t prefix_len;
@@ -118,11 +139,21 @@ static void error(const char *fmt, ...) {
     }
 }
 
+static char line_template[LINE];
+
+/* "c%06u s%012llu " + 'x' padding + LF, without printf */
 static void build_line(char *line, unsigned cid, uint64_t seq) {
-    int n = snprintf(line, LINE + 1, "c%06u s%012llu ", cid % 1000000,
-                     (unsigned long long)(seq % 1000000000000ULL));
-    memset(line + n, 'x', LINE - 1 - n);
-    line[LINE - 1] = '\n';
+    memcpy(line, line_template, LINE);
+    unsigned v = cid % 1000000;
+    for (int i = 6; i >= 1; i--, v /= 10) line[i] = (char)('0' + v % 10);
+    uint64_t s = seq % 1000000000000ULL;
+    for (int i = 20; i >= 9; i--, s /= 10) line[i] = (char)('0' + s % 10);
+}
+
+static void init_template(void) {
+    memset(line_template, 'x', LINE);
+    memcpy(line_template, "c000000 s000000000000 ", 22);
+    line_template[LINE - 1] = '\n';
 }
 
 static void show(char *dst, const char *src, size_t n) {
@@ -160,15 +191,17 @@ static void flush(conn_t *c) {
         }
         c->ooff += n;
     }
+    /* what is left waits for EPOLLOUT: edge-triggered, it comes when the
+       socket has room again after this EAGAIN */
     if (c->ooff == c->olen) c->ooff = c->olen = 0;
-    int want = c->olen > 0;
-    if (want != c->want_out) {
-        c->want_out = want;
-        ep_set(c->fd, c, EPOLLIN | (want ? EPOLLOUT : 0), EPOLL_CTL_MOD);
-    }
 }
 
 static void queue_line(conn_t *c, double t) {
+    if (c->ooff > 0) { /* keep the buffer to the lines not yet written */
+        memmove(c->out, c->out + c->ooff, c->olen - c->ooff);
+        c->olen -= c->ooff;
+        c->ooff = 0;
+    }
     build_line(c->out + c->olen, c->cid, c->seq0 + c->sent);
     c->olen += LINE;
     c->ts[c->sent % depth] = t;
@@ -184,16 +217,28 @@ static void start_conn(conn_t *c) {
         return;
     }
     int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (mode_k != M_CONN) /* conn: one line per connection, nothing to delay */
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (mode_k == M_CONN && nsources > 1) {
+        struct sockaddr_in src = {.sin_family = AF_INET};
+        src.sin_addr.s_addr = htonl(INADDR_LOOPBACK + next_source++ % nsources);
+        setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+        if (bind(fd, (struct sockaddr *)&src, sizeof src) < 0) {
+            error("bind: %s", strerror(errno));
+            close(fd);
+            c->state = S_DEAD;
+            dead++;
+            return;
+        }
+    }
     c->fd = fd;
     c->state = S_CONNECTING;
     c->sent = c->recvd = 0;
     c->rpos = c->olen = c->ooff = 0;
     c->established = 0;
-    c->want_out = 1;
     connecting++;
     started++;
-    if (strcmp(mode, "conn") == 0) {
+    if (mode_k == M_CONN) {
         c->cid = (unsigned)(next_conn_number % 1000000);
         c->seq0 = next_conn_number++;
     }
@@ -202,7 +247,7 @@ static void start_conn(conn_t *c) {
         conn_close(c, S_DEAD);
         return;
     }
-    ep_set(fd, c, EPOLLOUT | EPOLLIN, EPOLL_CTL_ADD);
+    ep_set(fd, c, EPOLLOUT | EPOLLIN | EPOLLRDHUP | EPOLLET, EPOLL_CTL_ADD);
 }
 
 static void reply_done(conn_t *c, double t) {
@@ -211,21 +256,20 @@ static void reply_done(conn_t *c, double t) {
     if (!c->established) {
         c->established = 1;
         connecting--;
+        nup++;
     }
     if (phase == P_WINDOW) {
         replies++;
         if (lat == NULL) lat = malloc(maxlat * sizeof *lat);
         if (nlat < maxlat) lat[nlat++] = l;
     }
-    if (strcmp(mode, "conn") == 0) {
+    if (mode_k == M_CONN) {
         conn_close(c, S_FREE);
         if (phase < P_DRAIN) start_conn(c);
         return;
     }
-    if (strcmp(mode, "pipe") == 0 && phase < P_DRAIN) {
-        queue_line(c, t);
-        flush(c);
-    }
+    /* queued only: on_client writes what one read's replies queued at once */
+    if (mode_k == M_PIPE && phase < P_DRAIN) queue_line(c, t);
 }
 
 static void on_data(conn_t *c, const char *data, size_t n, double t) {
@@ -263,30 +307,36 @@ static void on_data(conn_t *c, const char *data, size_t n, double t) {
 
 static void on_client(conn_t *c, uint32_t ev, double t) {
     if (c->state == S_CONNECTING) {
-        int err = 0;
-        socklen_t len = sizeof err;
-        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
-        if (err) {
-            error("connect: %s", strerror(err));
+        if (ev & (EPOLLERR | EPOLLHUP)) {
+            int err = 0;
+            socklen_t len = sizeof err;
+            getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+            error("connect: %s", strerror(err ? err : ECONNRESET));
             conn_close(c, S_DEAD);
             return;
         }
-        if (!(ev & (EPOLLOUT | EPOLLIN))) return;
+        if (!(ev & EPOLLOUT)) return;
         c->state = S_OPEN;
-        int k = strcmp(mode, "pipe") == 0 ? depth : 1;
+        int k = mode_k == M_PIPE ? depth : 1;
         for (int i = 0; i < k; i++) queue_line(c, t);
         flush(c);
         if (c->state != S_OPEN) return;
     }
     if (ev & EPOLLOUT) flush(c);
     if (c->state != S_OPEN) return;
-    if (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
-        char buf[65536];
+    if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+        static char buf[262144];
         for (;;) {
             ssize_t n = recv(c->fd, buf, sizeof buf, 0);
             if (n > 0) {
                 on_data(c, buf, n, t);
-                if (c->state != S_OPEN || (size_t)n < sizeof buf) return;
+                if (c->state != S_OPEN) return;
+                if (c->olen > c->ooff) flush(c);
+                if (c->state != S_OPEN) return;
+                /* a short read took all there was; more data is a new edge.
+                   A FIN behind it shows as EPOLLRDHUP: read on to the EOF. */
+                if ((size_t)n < sizeof buf && !(ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+                    return;
                 continue;
             }
             if (n < 0 && errno == EAGAIN) return;
@@ -338,7 +388,8 @@ static void on_sink(sink_t *s) {
             sink_line(s);
         }
         close(s->fd);
-        free(s);
+        s->next_free = free_sinks;
+        free_sinks = s;
         return;
     }
 }
@@ -350,9 +401,12 @@ static void on_listen(int lfd) {
             if (errno != EAGAIN) error("sink accept: %s", strerror(errno));
             return;
         }
-        sink_t *s = calloc(1, sizeof *s);
+        sink_t *s = free_sinks;
+        if (s) free_sinks = s->next_free;
+        else s = malloc(sizeof *s);
         s->type = T_SINK;
         s->fd = fd;
+        s->len = 0;
         ep_set(fd, s, EPOLLIN, EPOLL_CTL_ADD);
     }
 }
@@ -373,7 +427,8 @@ static double pct(double p) {
 static void usage(void) {
     fprintf(stderr,
             "usage: loadgen --port P [--mode pipe|conn|idle] [--clients N] [--depth K]\n"
-            "               [--seconds T] [--warmup W] [--sink PORT] [--prefix STR]\n");
+            "               [--seconds T] [--warmup W] [--sink PORT] [--prefix STR]\n"
+            "               [--sources N]\n");
     exit(2);
 }
 
@@ -388,6 +443,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--seconds")) seconds = atof(v);
         else if (!strcmp(a, "--warmup")) warmup = atof(v);
         else if (!strcmp(a, "--sink")) sink_port = atoi(v);
+        else if (!strcmp(a, "--sources")) nsources = atoi(v);
         else if (!strcmp(a, "--prefix")) {
             if (strlen(v) > MAXPREFIX) usage();
             strcpy(prefix, v);
@@ -397,7 +453,10 @@ int main(int argc, char **argv) {
     prefix_len = strlen(prefix);
     if (!port || nclients < 1 || depth < 1 || depth > 1024) usage();
     if (strcmp(mode, "pipe") && strcmp(mode, "conn") && strcmp(mode, "idle")) usage();
+    if (nsources < 1 || nsources > 65534) usage();
     if (strcmp(mode, "pipe")) depth = 1;
+    mode_k = !strcmp(mode, "pipe") ? M_PIPE : !strcmp(mode, "conn") ? M_CONN : M_IDLE;
+    init_template();
 
     struct rlimit rl;
     getrlimit(RLIMIT_NOFILE, &rl);
@@ -431,10 +490,10 @@ int main(int argc, char **argv) {
         conns[i].ts = calloc(depth, sizeof(double));
         conns[i].out = malloc((size_t)depth * LINE + LINE);
     }
-    int is_conn = strcmp(mode, "conn") == 0, is_idle = strcmp(mode, "idle") == 0;
+    int is_conn = mode_k == M_CONN, is_idle = mode_k == M_IDLE;
     int next = 0;
     double t = now(), t_phase = t, t_start = t, cpu0 = 0, cpu_window = 0, wall_window = 0;
-    struct epoll_event evs[512];
+    static struct epoll_event evs[1024];
     while (phase != P_DONE) {
         /* open connections: pipe and idle ramp up CONNECT_CAP at a time */
         while (!is_conn && next < nclients && connecting < CONNECT_CAP)
@@ -442,7 +501,7 @@ int main(int argc, char **argv) {
         if (is_conn && phase == P_START) {
             for (; next < nclients; next++) start_conn(&conns[next]);
         }
-        int n = epoll_wait(ep, evs, 512, 5);
+        int n = epoll_wait(ep, evs, 1024, 5);
         t = now();
         for (int i = 0; i < n; i++) {
             int type = *(int *)evs[i].data.ptr;
@@ -450,8 +509,7 @@ int main(int argc, char **argv) {
             else if (type == T_LISTEN) on_listen(lfd);
             else on_sink(evs[i].data.ptr);
         }
-        int up = 0;
-        for (int i = 0; i < nclients && !is_conn; i++) up += conns[i].established;
+        int up = is_conn ? 0 : nup;
         switch (phase) {
         case P_START:
             if (is_conn || up + dead == nclients) {

@@ -61,6 +61,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def machine_busy_seconds() -> float:
+    """
+    CPU seconds all CPUs spent not idle (nor waiting for I/O) since boot,
+    from C{/proc/stat}: with the server's and the generator's own time
+    taken out, what else ran on the machine in a window.
+    """
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    # guest time is already counted in user and nice
+    return (sum(fields[:8]) - idle) / CLK_TCK
+
+
 def rss_bytes(pid: int) -> int:
     """
     Resident set size of a process, from C{/proc/PID/status}.
@@ -82,7 +95,8 @@ def run(
     """
     Run the generator with C{args} (see C{loadgen.c}); return its JSON
     report, with C{server_cpu_s} (the server's CPU seconds in the measured
-    window) and C{server_wall_s} when C{server_pid} is given.  In idle mode,
+    window), C{server_wall_s} and C{machine_busy_s} (every CPU's busy time
+    in it, from C{/proc/stat}) when C{server_pid} is given.  In idle mode,
     C{on_ready} is called with the report while the connections are open.
     """
     argv = [*pinned(cpu), build(), *args]
@@ -91,16 +105,18 @@ def run(
     )
     assert proc.stdout is not None and proc.stdin is not None
     report: dict[str, Any] = {}
-    start_cpu = start_wall = 0.0
+    start_cpu = start_wall = start_busy = 0.0
     deadline = time.monotonic() + timeout
     try:
         for raw in proc.stdout:
             line = raw.decode().strip()
             if line == "window-start" and server_pid is not None:
                 start_cpu, start_wall = cpu_seconds(server_pid), time.monotonic()
+                start_busy = machine_busy_seconds()
             elif line == "window-end" and server_pid is not None:
                 report["server_cpu_s"] = cpu_seconds(server_pid) - start_cpu
                 report["server_wall_s"] = time.monotonic() - start_wall
+                report["machine_busy_s"] = machine_busy_seconds() - start_busy
             elif line.startswith("{"):
                 report.update(json.loads(line))
                 if on_ready is not None and args[args.index("--mode") + 1] == "idle":

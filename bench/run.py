@@ -66,6 +66,19 @@ class Scenario:
     metric: str = "rate"  # rate | p50 | rss
     unit: str = "msg/s"
     target: str = ""
+    # enough load in flight to keep a server busy: a server below
+    # SERVER_SATURATED means the load did not reach it
+    saturates: bool = False
+
+
+# A result is not read as a ratio when the generator, not the server, may
+# have set it: the generator above GEN_BOUND of its CPU, or a saturating
+# scenario's server below SERVER_SATURATED of its CPU while the rest of the
+# machine was quiet (other processes under OTHER_QUIET of a CPU; above it
+# the result is marked disturbed instead).
+GEN_BOUND = 0.8
+SERVER_SATURATED = 0.8
+OTHER_QUIET = 0.25
 
 
 SCENARIOS = [
@@ -90,12 +103,14 @@ SCENARIOS = [
         "A2: 50 clients × 16 pipelined, msg/s",
         ("--clients", "50", "--depth", "16"),
         target="≥ 1.3× Twisted (stretch 2×)",
+        saturates=True,
     ),
     Scenario(
         "A3",
         "A3: 1000 clients × 1 in flight, msg/s",
         ("--clients", "1000", "--depth", "1"),
         target="≥ 1.5× Twisted, ≥ 0.8× asyncio",
+        saturates=True,
     ),
     Scenario(
         "B1",
@@ -110,6 +125,7 @@ SCENARIOS = [
         ("--mode", "conn", "--clients", "32"),
         unit="conn/s",
         target="≥ 0.7× Twisted",
+        saturates=True,
     ),
     Scenario(
         "R1",
@@ -124,6 +140,7 @@ SCENARIOS = [
         ("--clients", "16", "--depth", "1"),
         port="relay",
         target="≥ 1.0× Twisted, 0 misrouted",
+        saturates=True,
     ),
 ]
 
@@ -334,6 +351,16 @@ def run_scenario(
         report["server_cpu_share"] = report.get("server_cpu_s", 0) / wall if wall else 0
         gw = report["gen_wall_s"]
         report["gen_cpu_share"] = report["gen_cpu_s"] / gw if gw else 0
+        report["gen_us_per_reply"] = (
+            report["gen_cpu_s"] / report["replies"] * 1e6 if report["replies"] else None
+        )
+        # what else ran in the window, in CPUs (0.3: 30 % of one CPU)
+        other = (
+            report.get("machine_busy_s", 0)
+            - report.get("server_cpu_s", 0)
+            - report["gen_cpu_s"]
+        )
+        report["other_cpu_share"] = max(0.0, other / wall) if wall else 0
     report["broken"] = bool(report["errors"]) or server.proc.poll() is not None
     return report
 
@@ -378,6 +405,31 @@ def _median(rows: list[dict[str, Any]], key: str = "value") -> float | None:
     return statistics.median(values) if values else None
 
 
+def limit(
+    scenario: Scenario, server: float | None, gen: float | None, other: float | None
+) -> tuple[str, str] | None:
+    """
+    Whether a result may have been set by something other than the server,
+    from the CPU shares (medians) in its windows: C{("generator-bound",
+    why)}, C{("disturbed", why)} or C{None}.
+    """
+    if server is None or gen is None:
+        return None
+    if gen > GEN_BOUND:
+        return "generator-bound", f"generator at {gen * 100:.0f} % of its CPU"
+    if scenario.saturates and server < SERVER_SATURATED:
+        if other is not None and other > OTHER_QUIET:
+            return "disturbed", (
+                f"server at {server * 100:.0f} % of its CPU while other processes"
+                f" took {other * 100:.0f} % of a CPU"
+            )
+        why = f"server at only {server * 100:.0f} % of its CPU, generator at {gen * 100:.0f} %"
+        if other is not None:
+            why += f", other processes {other * 100:.0f} % of a CPU"
+        return "generator-bound", why
+    return None
+
+
 def table(results: dict[str, Any]) -> str:
     """
     The Markdown tables: medians, ratios, targets, CPU shares, D, and the
@@ -394,8 +446,9 @@ def table(results: dict[str, Any]) -> str:
         "|---|---|---|---|",
     ]
     problems: list[str] = []
+    notes: list[str] = []
     for s in SCENARIOS:
-        cells, med, shares = [], {}, []
+        cells, med, shares, bound = [], {}, [], {}
         for kind in SERVERS:
             rows = runs.get(kind, {}).get(s.name, [])
             m = _median(rows)
@@ -410,7 +463,6 @@ def table(results: dict[str, Any]) -> str:
                         [r["error"]] if "error" in r else []
                     ):
                         problems.append(f"- {s.name} {kind}: {e}")
-            cells.append(cell)
             if s.metric == "rss":
                 shares.append("—")
             else:
@@ -418,15 +470,27 @@ def table(results: dict[str, Any]) -> str:
                     _median(rows, "server_cpu_share"),
                     _median(rows, "gen_cpu_share"),
                 )
+                lim = limit(s, sc, gc, _median(rows, "other_cpu_share"))
+                if lim is not None:
+                    bound[kind] = lim[0]
+                    cell += f" ⚠ {lim[0]}"
+                    notes.append(f"- {s.name} {kind}: {lim[0]}: {lim[1]}")
+                us = _median(rows, "gen_us_per_reply")
                 shares.append(
                     f"{sc * 100:.0f} % / {gc * 100:.0f} %"
+                    + (f" ({us:.2f} µs)" if us is not None else "")
                     if sc is not None and gc is not None
                     else "—"
                 )
+            cells.append(cell)
         ratios = []
         for base in ("twisted", "asyncio"):
             p, b = med["plantd"], med[base]
-            ratios.append(f"{p / b:.2f}×" if p is not None and b else "—")
+            why = bound.get("plantd") or bound.get(base)
+            if why is not None:  # not a ratio anyone should read
+                ratios.append(f"— ({why})")
+            else:
+                ratios.append(f"{p / b:.2f}×" if p is not None and b else "—")
         lines.append(
             f"| {s.label} | {' | '.join(cells)} | {' | '.join(ratios)} | {s.target} |"
         )
@@ -450,7 +514,16 @@ def table(results: dict[str, Any]) -> str:
             f" | {_fmt(baseline, 'rate')} | {ratio} | ≥ 20× |\n"
             f"| jobs delivered/s (one connection per job) | {_fmt(delivered, 'rate')} | — | — | — |"
         )
-    out += "\n\nCPU share in the measured window (medians):\n\n" + "\n".join(cpu)
+    out += (
+        "\n\nCPU share in the measured window (medians; in brackets the"
+        " generator's CPU time per reply or connection):\n\n" + "\n".join(cpu)
+    )
+    if notes:
+        out += (
+            "\n\nNot read as ratios (generator above"
+            f" {GEN_BOUND * 100:.0f} % of its CPU, or a saturating scenario's server"
+            f" below {SERVER_SATURATED * 100:.0f} %):\n" + "\n".join(notes)
+        )
     if problems:
         out += "\n\nErrors (scenario marked broken):\n" + "\n".join(problems[:30])
     return out
