@@ -88,7 +88,9 @@ class OrderedReplies:
         self._resume = resume
         self.pause_at = pause_at
         self.resume_at = resume_at
-        self._slots: deque[Slot] = deque()
+        # The queue is made at the first reserved place: most connections
+        # (idle ones, synchronous actions) never need one.
+        self._slots: deque[Slot] | tuple[()] = ()
         self._out: list[bytes] = []
         self._running = 0
         self.paused = False
@@ -124,7 +126,10 @@ class OrderedReplies:
         if not self.open:
             return None
         slot = Slot()
-        self._slots.append(slot)
+        slots = self._slots
+        if not isinstance(slots, deque):
+            slots = self._slots = deque()
+        slots.append(slot)
         self._check()
         return slot
 
@@ -138,8 +143,10 @@ class OrderedReplies:
         """
         if not self.open:
             return False
-        if self._slots:
-            self._slots.append(Slot(data, True))
+        slots = self._slots
+        if slots:
+            assert type(slots) is deque
+            slots.append(Slot(data, True))
             self._check()
         elif data:
             self._out.append(data)
@@ -157,10 +164,12 @@ class OrderedReplies:
         slots = self._slots
         if not self.open:
             if slot in slots:
+                assert type(slots) is deque
                 slots.remove(slot)
             return False
         out = self._out
         while slots and slots[0].ready:
+            assert type(slots) is deque
             ready = slots.popleft().data
             if ready:
                 out.append(ready)
@@ -208,7 +217,8 @@ class OrderedReplies:
         slots = self._slots
         dropped = len(self._out) + sum(1 for s in slots if s.ready and s.data)
         self._out.clear()
-        self._slots = deque(s for s in slots if not s.ready)
+        waiting = [s for s in slots if not s.ready]
+        self._slots = deque(waiting) if waiting else ()
         return dropped
 
     def _check(self) -> None:

@@ -160,8 +160,9 @@ class ServerConnection(Protocol):
             resume_at=config.max_pending - 1,
         )
         # Whole messages read but not started while max_pending events are
-        # unfinished: at most what one read delivered.
-        self.held: deque[bytes] = deque()
+        # unfinished: at most what one read delivered (see held; made when
+        # first needed).
+        self._held: deque[bytes] | None = None
         self.state = ConnectionState.NEW
         self.write_blocked = False
         self.reading_paused = False
@@ -169,15 +170,18 @@ class ServerConnection(Protocol):
         #: when it connected (clock seconds)
         self.since = 0.0
         clock = trigger.clock
-        self._frame_idle = Deadline(
-            clock, config.frame_idle, self._last, self._frame_idle_expired
+        # frame = idle only (None otherwise).
+        self._frame_idle: Deadline | None = (
+            Deadline(clock, config.frame_idle, self._last, self._frame_idle_expired)
+            if config.frame == "idle"
+            else None
         )
         self._idle_timeout = Deadline(
             clock,
             config.idle_timeout,
             self._last,
             self._idle_timeout_expired,
-            busy=lambda: self.replies.pending > 0,
+            busy=self._replies_pending,
         )
         self._stall_call: IDelayedCall | None = None
         self._waiters: list[Deferred[None]] = []
@@ -187,19 +191,28 @@ class ServerConnection(Protocol):
         self._globals: object = None
         terminated = config.frame in ("line", "delimiter")
         self._skip_empty = terminated and config.empty_frames == "skip"
-        # Watch for a partial message left waiting (line / delimiter only);
-        # None once it was logged for this connection.
-        self._partial_wait: Deadline | None = (
-            Deadline(
-                clock,
-                PARTIAL_WARNING_DELAY,
-                self._last,
-                self._partial_waited,
-                busy=lambda: self.reading_paused,
-            )
-            if terminated
-            else None
-        )
+        # Watch for a partial message left waiting (line / delimiter only):
+        # the Deadline is made at the first partial message; None once it
+        # was logged for this connection (or never, for other framings).
+        self._partial_watch = terminated
+        self._partial_wait: Deadline | None = None
+
+    @property
+    def held(self) -> deque[bytes]:
+        """
+        Whole messages read but not started while max_pending events are
+        unfinished (made at the first use).
+        """
+        held = self._held
+        if held is None:
+            held = self._held = deque()
+        return held
+
+    def _replies_pending(self) -> bool:
+        return self.replies.pending > 0
+
+    def _reading_paused(self) -> bool:
+        return self.reading_paused
 
     @property
     def pending(self) -> OrderedReplies:
@@ -351,8 +364,9 @@ class ServerConnection(Protocol):
             )
         # Messages read whole but held back (max_pending) still run: the
         # client sent them; only their replies cannot be delivered now.
-        while self.held:
-            self._handle(self.held.popleft())
+        held = self._held
+        while held:
+            self._handle(held.popleft())
         if was_open:
             if reason.check(ConnectionDone) is not None:
                 self._end_of_input(("disconnect", "idle"), "a clean close")
@@ -363,7 +377,8 @@ class ServerConnection(Protocol):
         trigger.connection_closed(self)
         stats = trigger.stats
         stats.active -= 1
-        self._frame_idle.cancel()
+        if self._frame_idle is not None:
+            self._frame_idle.cancel()
         self._idle_timeout.cancel()
         if self._partial_wait is not None:
             self._partial_wait.cancel()
@@ -495,9 +510,18 @@ class ServerConnection(Protocol):
         if oversized is not None:
             self._oversized(oversized)
         elif framer.buffered:
-            if self._partial_wait is not None:
-                self._partial_wait.start()
-            elif self.config.frame == "idle":
+            if self._partial_watch:
+                wait = self._partial_wait
+                if wait is None:
+                    wait = self._partial_wait = Deadline(
+                        trigger.clock,
+                        PARTIAL_WARNING_DELAY,
+                        self._last,
+                        self._partial_waited,
+                        busy=self._reading_paused,
+                    )
+                wait.start()
+            elif self._frame_idle is not None:
                 self._frame_idle.start()
 
     def _oversized(self, error: FrameTooLong) -> None:
@@ -532,11 +556,12 @@ class ServerConnection(Protocol):
         connection, naming the remedy; a client that sends the end later
         is served as usual.
         """
-        if self.state is not ConnectionState.OPEN or self._partial_wait is None:
+        if self.state is not ConnectionState.OPEN or not self._partial_watch:
             return
         waiting = self.framer.buffered
         if not waiting:
             return  # completed meanwhile; watch again at the next partial
+        self._partial_watch = False
         self._partial_wait = None
         trigger = self.trigger
         config = self.config
@@ -611,7 +636,7 @@ class ServerConnection(Protocol):
         """
         Below max_pending again: start the messages held, then read again.
         """
-        held = self.held
+        held = self._held
         while held and not self.replies.paused:
             self._handle(held.popleft())
         self._update_reading()
@@ -822,6 +847,6 @@ class ServerConnection(Protocol):
         if (
             self.state is ConnectionState.ENDING
             and not self.replies.pending
-            and not self.held
+            and not self._held
         ):
             self._close()

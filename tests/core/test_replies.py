@@ -216,3 +216,45 @@ class CloseTests(SynchronousTestCase):
         """
         slot = Slot()
         self.assertEqual((slot.data, slot.ready), (None, False))
+
+
+class LazyQueueTests(SynchronousTestCase):
+    """
+    The queue of places is made only when a reply is reserved: an idle
+    connection, or one whose actions are all synchronous, holds none.
+    """
+
+    def test_no_queue_until_reserved(self) -> None:
+        """
+        Synchronous replies go straight to the buffer; the queue appears
+        at the first L{OrderedReplies.reserve} and orders as before.
+        """
+        r = Recorder()
+        replies = r.replies(pause_at=10, resume_at=5)
+        replies.add(b"a")
+        self.assertEqual(replies._slots, ())
+        slot = replies.reserve()
+        assert slot is not None
+        replies.add(b"c")
+        self.assertEqual(replies.pending, 2)
+        self.assertTrue(replies.fill(slot, b"b"))
+        replies.flush()
+        self.assertEqual(r.writes, [(b"abc", 3)])
+        self.assertEqual(replies.pending, 0)
+
+    def test_close_without_queue(self) -> None:
+        """
+        Closing with no queue made, or with only places still waiting,
+        works as before.
+        """
+        r = Recorder()
+        replies = r.replies(pause_at=10, resume_at=5)
+        self.assertEqual(replies.close(), 0)
+        self.assertEqual(replies._slots, ())
+        r2 = Recorder()
+        other = r2.replies(pause_at=10, resume_at=5)
+        slot = other.reserve()
+        assert slot is not None
+        self.assertEqual(other.close(), 0)
+        self.assertFalse(other.fill(slot, b"late"))
+        self.assertEqual(other.pending, 0)

@@ -1225,3 +1225,49 @@ class NewCounterStatusTests(SynchronousTestCase):
             family = families[f"plantd_server_{counter}"]
             self.assertEqual(family.type, "counter")
             self.assertEqual(family.samples[0].value, value)
+
+
+class IdleFootprintTests(SynchronousTestCase):
+    """
+    An idle connection holds only what it needs: no held-message queue, no
+    reply queue, no partial-message or frame-idle timer until used; the
+    mechanisms still work once they are needed.
+    """
+
+    def test_idle_connection_is_lean(self) -> None:
+        trigger, clock = make("reply = [data]\\n\nidle_timeout = 30\n")
+        protocol, transport = connect(trigger)
+        self.assertIsNone(protocol._held)
+        self.assertIsNone(protocol._partial_wait)
+        self.assertIsNone(protocol._frame_idle)
+        self.assertEqual(protocol.replies._slots, ())
+        self.assertEqual(len(clock.getDelayedCalls()), 1)  # the idle timeout
+        protocol.dataReceived(b"one\n")
+        self.assertEqual(transport.value(), b"one\n")
+        self.assertIsNone(protocol._partial_wait)
+        clock.advance(30)
+        self.assertEqual(trigger.stats.idle_timeouts, 1)
+
+    def test_partial_timer_made_when_needed(self) -> None:
+        """
+        The partial-message watch is made at the first partial message,
+        fires after the delay on the fake clock, and is gone afterwards.
+        """
+        trigger, clock = make("reply = [data]\\n")
+        protocol, transport = connect(trigger)
+        protocol.dataReceived(b"Hel")
+        self.assertIsNotNone(protocol._partial_wait)
+        clock.advance(PARTIAL_WARNING_DELAY)
+        self.assertEqual(trigger.stats.partial_waits, 1)
+        self.assertIsNone(protocol._partial_wait)
+        protocol.dataReceived(b"lo\nmore")
+        self.assertIsNone(protocol._partial_wait)
+        self.assertEqual(transport.value(), b"Hello\n")
+
+    def test_frame_idle_timer_only_for_idle_framing(self) -> None:
+        trigger, clock = make("frame = idle\nframe_idle = 0.5\nreply = <[data]>\n")
+        protocol, transport = connect(trigger)
+        self.assertIsNotNone(protocol._frame_idle)
+        protocol.dataReceived(b"abc")
+        clock.advance(0.5)
+        self.assertEqual(transport.value(), b"<abc>")
