@@ -35,7 +35,7 @@ from daemon.core.actions import ActionFailed, ActionResult, Event, IAction, time
 from daemon.core.codecs import encode_device_data
 from daemon.core.template import MissingVariable
 from daemon.mqtt.interfaces import ID_PROPERTY, IBrokerClient
-from daemon.status.devices import DestinationBook, DestinationState, QueueFacts
+from daemon.status.devices import DestinationBook, DestinationState
 from daemon.status.events import NO_EVENTS, IEventRecorder
 from daemon.status.stats import ActionStats, Snapshot
 
@@ -307,19 +307,9 @@ class PublishAction:
         return counters_snapshot(self.outbox)
 
     def device_states(self) -> list[DestinationState]:
-        outbox = self.outbox
-        if outbox is None:
-            return self.book.states()
-        return self.book.states(
-            QueueFacts(
-                destination=d.destination,
-                jobs_waiting=d.pending,
-                oldest_job_age=d.oldest_age,
-                next_retry_in=d.next_retry_in,
-                last_error=d.last_error,
-            )
-            for d in outbox.snapshot().destinations
-        )
+        from daemon.outbox.outbox import destination_states
+
+        return destination_states(self.book, self.outbox)
 
 
 def build_publish_actions(

@@ -53,6 +53,7 @@ from daemon.outbox.jobs import (
     QueueSummary,
 )
 from daemon.outbox.store import IJobStore
+from daemon.status.devices import DestinationBook, DestinationState, QueueFacts
 from daemon.status.events import NO_EVENTS, IEventRecorder
 from daemon.status.stats import Snapshot, counter, gauge
 
@@ -888,3 +889,24 @@ def counters_snapshot(outbox: Outbox | None) -> Snapshot:
         rejected_full=s.rejected_full,
         destinations=len(s.destinations),
     ).snapshot()
+
+
+def destination_states(
+    book: DestinationBook, outbox: Outbox | None
+) -> list[DestinationState]:
+    """
+    Each destination's state for the status page, with the outbox's jobs
+    when the action is queued: the one view every queued action reports.
+    """
+    if outbox is None:
+        return book.states()
+    return book.states(
+        QueueFacts(
+            destination=d.destination,
+            jobs_waiting=d.pending,
+            oldest_job_age=d.oldest_age,
+            next_retry_in=d.next_retry_in,
+            last_error=d.last_error,
+        )
+        for d in outbox.snapshot().destinations
+    )

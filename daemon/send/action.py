@@ -46,7 +46,7 @@ from daemon.send.limits import LinkLimiters
 from daemon.send.link import CLOSE_TIMEOUT, Link, LinkOptions, seconds
 from daemon.send.machine import FINAL
 from daemon.send.tls import load_tls
-from daemon.status.devices import DestinationBook, DestinationState, QueueFacts
+from daemon.status.devices import DestinationBook, DestinationState
 from daemon.status.events import NO_EVENTS, IEventRecorder
 from daemon.status.stats import ActionStats, Snapshot, Stats
 
@@ -565,19 +565,9 @@ class SendAction:
         """
         Each destination's state, with the outbox's jobs when queued.
         """
-        outbox = self.outbox
-        if outbox is None:
-            return self.book.states()
-        return self.book.states(
-            QueueFacts(
-                destination=d.destination,
-                jobs_waiting=d.pending,
-                oldest_job_age=d.oldest_age,
-                next_retry_in=d.next_retry_in,
-                last_error=d.last_error,
-            )
-            for d in outbox.snapshot().destinations
-        )
+        from daemon.outbox.outbox import destination_states
+
+        return destination_states(self.book, self.outbox)
 
 
 def build_send_actions(
