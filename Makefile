@@ -38,12 +38,11 @@ check-config: $(STAMP)
 test: trial lint
 
 trial: $(STAMP)
-	@# systemd-analyze rates etc/plantd.service (tests/test_unit_files.py).
-	@command -v systemd-analyze >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get install -y --no-install-recommends systemd >/dev/null; } || echo "tests: install systemd for systemd-analyze"
+	@# systemd-analyze rates etc/plantd.service (tests/test_unit_files.py);
 	@# headless chromium shows the status page (tests/status/test_page_browser.py);
 	@# promtool checks etc/plantd-alerts.yml (tests/status/test_alerts.py).
 	@# mosquitto is the MQTT broker of tests/mqtt (tests/mqtt/broker.py).
-	@for need in chromium:chromium promtool:prometheus mosquitto:mosquitto; do \
+	@for need in systemd-analyze:systemd chromium:chromium promtool:prometheus mosquitto:mosquitto; do \
 	  cmd=$${need%%:*}; pkg=$${need#*:}; \
 	  command -v $$cmd >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	    { apt-get install -y --no-install-recommends $$pkg >/dev/null 2>&1 || \
