@@ -46,8 +46,8 @@ trial: $(STAMP)
 	  cmd=$${need%%:*}; pkg=$${need#*:}; \
 	  command -v $$cmd >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	    { apt-get install -y --no-install-recommends $$pkg >/dev/null 2>&1 || \
-	      { apt-get update -qq && apt-get install -y --no-install-recommends $$pkg >/dev/null; }; }; } || \
-	  echo "tests: install Debian's $$pkg for $$cmd (those tests are skipped)"; \
+	      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y --no-install-recommends $$pkg >/dev/null 2>&1; }; }; } || \
+	  { echo "make test: cannot install $$cmd here: install Debian's $$pkg package, then run make test again"; exit 1; }; \
 	done
 	$(BIN)/python -m twisted.trial --jobs=$(TRIAL_JOBS) tests
 
