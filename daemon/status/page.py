@@ -189,26 +189,48 @@ def _destination(d: DestinationState, now: float) -> tuple[str, list[str]]:
     return what, lines
 
 
+def _connection_lines(
+    connected: bool,
+    connected_since: float | None,
+    error_since: float | None,
+    last_error: str | None,
+    next_reconnect_in: float | None,
+    now: float,
+) -> list[str]:
+    """
+    The connection lines of a device plantd connects to (a reader, a
+    broker): connected since when, or the error, since when, and the next try.
+    """
+    e = html.escape
+    lines = []
+    if connected:
+        if connected_since is not None:
+            lines.append(f"connected since {e(moment(connected_since, now))}")
+    else:
+        since = (
+            f" since {e(moment(error_since, now))}" if error_since is not None else ""
+        )
+        error = f": {e(last_error)}" if last_error else ""
+        lines.append(f'<span class="err">Not connected{since}{error}</span>')
+        if next_reconnect_in is not None:
+            lines.append(f"next try in {ago(next_reconnect_in)}")
+    return lines
+
+
 def _reader(r: ReaderState, now: float) -> tuple[str, list[str]]:
     e = html.escape
     what = (
         f'<span class="what">Reader {e(r.reader)}</span>'
         f'<br><span class="sub">{e(r.address)}</span>'
     )
-    lines = []
-    if r.state == CONNECTED:
-        if r.connected_since is not None:
-            lines.append(f"connected since {e(moment(r.connected_since, now))}")
-    else:
-        since = (
-            f" since {e(moment(r.error_since, now))}"
-            if r.error_since is not None
-            else ""
-        )
-        error = f": {e(r.last_error)}" if r.last_error else ""
-        lines.append(f'<span class="err">Not connected{since}{error}</span>')
-        if r.next_reconnect_in is not None:
-            lines.append(f"next try in {ago(r.next_reconnect_in)}")
+    lines = _connection_lines(
+        r.state == CONNECTED,
+        r.connected_since,
+        r.error_since,
+        r.last_error,
+        r.next_reconnect_in,
+        now,
+    )
     if r.last_badge is not None and r.last_badge_at is not None:
         lines.append(
             f"last badge {e(r.last_badge)} at {e(moment(r.last_badge_at, now))}"
@@ -250,20 +272,14 @@ def _broker(b: BrokerState, now: float) -> tuple[str, list[str]]:
         f'<span class="what">Broker {e(b.broker)}</span>'
         f'<br><span class="sub">{e(b.url)}</span>'
     )
-    lines = []
-    if b.state == CONNECTED:
-        if b.connected_since is not None:
-            lines.append(f"connected since {e(moment(b.connected_since, now))}")
-    else:
-        since = (
-            f" since {e(moment(b.error_since, now))}"
-            if b.error_since is not None
-            else ""
-        )
-        error = f": {e(b.last_error)}" if b.last_error else ""
-        lines.append(f'<span class="err">Not connected{since}{error}</span>')
-        if b.next_reconnect_in is not None:
-            lines.append(f"next try in {ago(b.next_reconnect_in)}")
+    lines = _connection_lines(
+        b.state == CONNECTED,
+        b.connected_since,
+        b.error_since,
+        b.last_error,
+        b.next_reconnect_in,
+        now,
+    )
     if b.in_flight:
         lines.append(f"{b.in_flight} messages waiting for the broker's ack")
     if b.reconnects:
