@@ -253,12 +253,28 @@ class UnprivilegedTests(TestCase):
                 "[send:keep]\ndestination = 127.0.0.1:9\ndata = x\nqueue = durable\n"
             )
         os.chmod(config, 0o644)
-        process = DaemonProcess(1)
-        argv = [
-            "setpriv",
+        as_nobody = [
+            shutil.which("setpriv") or "setpriv",
             "--reuid=nobody",
             "--regid=nogroup",
             "--clear-groups",
+        ]
+        # This interpreter and its virtualenv must be readable by nobody: a
+        # checkout in a private directory (mktemp -d makes it 0700) is not.
+        probe = await run(
+            [*as_nobody, sys.executable, "-c", "import twisted.scripts.twistd"],
+            cwd=work,
+        )
+        if probe.code != 0:
+            why = probe.err.decode(errors="replace").strip().splitlines()
+            raise SkipTest(
+                "user nobody cannot run this checkout's Python (a checkout in a "
+                "directory only root can enter?): "
+                + (why[-1] if why else f"exit {probe.code}")
+            )
+        process = DaemonProcess(1)
+        argv = [
+            *as_nobody,
             *twistd_command(),
             "--pidfile=",
             "-n",
@@ -266,7 +282,6 @@ class UnprivilegedTests(TestCase):
             "--config",
             config,
         ]
-        argv[0] = shutil.which("setpriv") or argv[0]
         reactor.spawnProcess(process, argv[0], argv, env=env, path=work)
         self.addCleanup(lambda: process.stop(signal.SIGKILL))
         await process.listening
