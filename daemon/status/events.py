@@ -12,8 +12,9 @@ per message.
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import OrderedDict
 from dataclasses import dataclass
+from itertools import islice
 
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import Interface, implementer
@@ -95,17 +96,73 @@ class WallClock:
         return time.time()
 
 
+class _Entry:
+    """
+    One entry of an L{EventLog}, changed in place when a repeat folds into
+    it (a L{Happening} is made from it only when the list is read).
+    """
+
+    __slots__ = (
+        "count",
+        "first",
+        "problem",
+        "repeat",
+        "source",
+        "text",
+        "time",
+        "what",
+    )
+
+    def __init__(
+        self,
+        time: float,
+        what: str,
+        source: str,
+        text: str,
+        problem: bool,
+        repeat: str | None,
+    ) -> None:
+        self.time = time
+        self.what = what
+        self.source = source
+        self.text = text
+        self.problem = problem
+        self.count = 1
+        self.first: float | None = None
+        self.repeat = repeat
+
+    def happening(self) -> Happening:
+        return Happening(
+            self.time,
+            self.what,
+            self.source,
+            self.text,
+            self.problem,
+            self.count,
+            self.first,
+            self.repeat,
+        )
+
+
 @implementer(IEventRecorder)
 class EventLog:
     """
     The last L{MAX_EVENTS} notable events, oldest first.
+
+    Recording costs the same however long the list: the entries are kept
+    in an insertion-ordered mapping (a folded repeat moves to the newest
+    place in constant time, the oldest entry is dropped from the front),
+    and a repeat is folded by changing its entry in place.  The
+    L{Happening}s are made when the list is read (L{recent}).
     """
 
     def __init__(self, clock: IReactorTime | WallClock, size: int = MAX_EVENTS) -> None:
         self.clock = clock
-        self._events: deque[Happening] = deque(maxlen=size)
+        self._size = size
+        #: the entries, oldest first (the values are unused)
+        self._events: OrderedDict[_Entry, None] = OrderedDict()
         #: the newest entry of each repeat key still in the list
-        self._repeats: dict[tuple[str, str, str], Happening] = {}
+        self._repeats: dict[tuple[str, str, str], _Entry] = {}
         #: events recorded since start, forgotten ones included
         self.recorded = 0
 
@@ -125,49 +182,35 @@ class EventLog:
             key = (what, source, repeat)
             last = self._repeats.get(key)
             if last is not None and 0 <= now - last.time < REPEAT_WINDOW:
-                self._remove(last)
-                folded = Happening(
-                    now,
-                    what,
-                    source,
-                    text,
-                    problem,
-                    last.count + 1,
-                    last.first if last.first is not None else last.time,
-                    repeat,
-                )
-                self._append(folded)
+                if last.first is None:
+                    last.first = last.time
+                last.time = now
+                last.text = text
+                last.problem = problem
+                last.count += 1
+                self._events.move_to_end(last)
                 return
-        self._append(Happening(now, what, source, text, problem, repeat=repeat))
-
-    def _append(self, happening: Happening) -> None:
-        if len(self._events) == self._events.maxlen:
-            self._forget(self._events[0])
-        self._events.append(happening)
-        if happening.repeat is not None:
-            key = (happening.what, happening.source, happening.repeat)
-            self._repeats[key] = happening
-
-    def _remove(self, happening: Happening) -> None:
-        # Usually among the newest: look from the end.
-        for i in range(len(self._events) - 1, -1, -1):
-            if self._events[i] is happening:
-                del self._events[i]
-                break
-        self._forget(happening)
-
-    def _forget(self, happening: Happening) -> None:
-        if happening.repeat is not None:
-            key = (happening.what, happening.source, happening.repeat)
-            if self._repeats.get(key) is happening:
-                del self._repeats[key]
+            entry = _Entry(now, what, source, text, problem, repeat)
+            self._repeats[key] = entry
+        else:
+            entry = _Entry(now, what, source, text, problem, None)
+        events = self._events
+        events[entry] = None
+        if len(events) > self._size:
+            oldest, _ = events.popitem(last=False)
+            if oldest.repeat is not None:
+                key = (oldest.what, oldest.source, oldest.repeat)
+                if self._repeats.get(key) is oldest:
+                    del self._repeats[key]
 
     def recent(self, limit: int | None = None) -> list[Happening]:
         """
         The newest events first, at most C{limit} of them.
         """
-        events = list(reversed(self._events))
-        return events if limit is None else events[:limit]
+        events = reversed(self._events)
+        if limit is not None:
+            events = islice(events, limit)
+        return [entry.happening() for entry in events]
 
 
 @implementer(IEventRecorder)

@@ -168,6 +168,29 @@ class RepeatTests(SynchronousTestCase):
         log.record("started", "plantd", "x")
         self.assertEqual([e.count for e in log.recent(2)], [1, 1])
 
+    def test_read_events_do_not_change(self) -> None:
+        """
+        What L{EventLog.recent} returned stays as it was when a later repeat
+        folds into its entry; a full list drops its oldest entry first,
+        whichever entries were folded in between.
+        """
+        clock = Clock()
+        log = EventLog(clock, size=3)
+        log.record("connected", "server:a", "p:1 connected", repeat="p")
+        [before] = log.recent()
+        clock.advance(1)
+        log.record("x", "s", "1")
+        log.record("connected", "server:a", "p:2 connected", repeat="p")
+        self.assertEqual(
+            (before.count, before.text, before.first), (1, "p:1 connected", None)
+        )
+        log.record("y", "s", "2")
+        log.record("z", "s", "3")
+        self.assertEqual(
+            [(e.what, e.count, e.first) for e in log.recent()],
+            [("z", 1, None), ("y", 1, None), ("connected", 2, 0.0)],
+        )
+
     def test_forgotten_entry_not_folded_into(self) -> None:
         """
         Once the entry has left the bounded list, a repeat starts a new one.
