@@ -14,6 +14,13 @@ without this module.  Errors are never reported from C{write}: the
 reactor's next C{doWrite} meets them and loses the connection as it always
 does, so C{connectionLost} keeps its place and order.
 
+When a client half-closes and the protocol answers with C{loseConnection}
+with nothing left to write (a server trigger's client that closes after its
+last message), L{FastServer.readConnectionLost} closes the connection when
+the protocol's C{readConnectionLost} returns, as Twisted closes a protocol
+that is not half-closeable, instead of watching the socket for writing and
+closing one reactor turn later from a C{doWrite} that sends nothing.
+
 Only server connections of the listeners plantd makes use it
 (L{FastIOReactor}: C{listenTCP} for ``tcp:``/``tcp6:`` and, under
 L{daemon.core.tlshalfclose}, ``ssl:``; C{adoptStreamPort} for ``systemd:``
@@ -38,7 +45,8 @@ L{twisted.internet.tcp.Port} (replacing the port's C{transport} class, as
 its docstring allows), calls C{tcp.Port._fromListeningDescriptor}, and reads
 C{dataBuffer}, C{_tempDataLen}, C{_writeDisconnecting}, C{_aborting},
 C{TLS}, C{producer}, C{streamingProducer}, C{producerPaused}, C{connected},
-C{disconnecting} and C{socket} of the transport; it replaces the epoll
+C{disconnecting} and C{socket} of the transport (and sets C{disconnecting}
+in its C{loseConnection}, as Twisted's does); it replaces the epoll
 reactor's C{doIteration} (an alias of C{doPoll}) on the reactor instance
 and uses its C{_poller}, C{_selectables} and C{_doReadOrWrite}.
 C{tests/core/test_fastio.py} checks that the installed Twisted still has
@@ -58,6 +66,7 @@ from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.python import log
+from twisted.python.failure import Failure
 
 
 class FastServer(tcp.Server):
@@ -95,6 +104,52 @@ class FastServer(tcp.Server):
             sent = 0
         if sent < len(data):
             tcp.Server.write(self, data[sent:])
+
+    #: Inside L{readConnectionLost}; C{_closeAfterRead}: its protocol called
+    #: C{loseConnection} with nothing left to write.
+    _inReadLost = False
+    _closeAfterRead = False
+
+    def readConnectionLost(self, reason: Failure) -> None:
+        """
+        The client half-closed.  When the protocol answers with
+        C{loseConnection} and nothing is left to write, the connection
+        closes as soon as the protocol's C{readConnectionLost} returns (as
+        Twisted closes one that is not half-closeable), instead of
+        watching the socket for writing and closing from a C{doWrite} one
+        reactor turn later that sends nothing; C{connectionLost} gets the
+        same C{ConnectionDone}.  Anything written meanwhile, a producer,
+        a half-close or an abort: Twisted's path.
+        """
+        self._inReadLost = True
+        try:
+            tcp.Server.readConnectionLost(self, reason)
+        finally:
+            self._inReadLost = False
+        if self._closeAfterRead:
+            self._closeAfterRead = False
+            if not self.connected or self._aborting:
+                return
+            if self.dataBuffer or self._tempDataLen or self.producer is not None:
+                self.startWriting()
+            else:
+                self.connectionLost(reason)
+
+    def loseConnection(self) -> None:
+        if (
+            self._inReadLost
+            and self.connected
+            and not self.disconnecting
+            and not self._writeDisconnecting
+            and not self.TLS
+        ):
+            # Not watched for writing: readConnectionLost closes, or
+            # watches, when the protocol returns.
+            self.stopReading()
+            self.disconnecting = True
+            self._closeAfterRead = True
+            return
+        tcp.Server.loseConnection(self)
 
 
 class FastPort(tcp.Port):

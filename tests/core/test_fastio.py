@@ -27,6 +27,7 @@ from twisted.internet.base import ReactorBase
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.error import ConnectionAborted
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
@@ -408,6 +409,34 @@ class TwistedInternalsGuardTests(SynchronousTestCase):
         """
         self.assertIn("self.transport.write(", inspect.getsource(TLSMemoryBIOProtocol))
 
+    def test_read_connection_lost_calls_half_closeable_protocol(self) -> None:
+        """
+        C{tcp.Server.readConnectionLost} (what L{FastServer.readConnectionLost}
+        wraps) calls a half-closeable protocol's C{readConnectionLost}, and
+        loses the connection with the exception it raises; C{loseConnection}
+        with C{_writeDisconnecting} set takes its own path (which
+        L{FastServer.loseConnection} leaves to it).
+        """
+        harness = Harness(tcp.Server)
+        self.addCleanup(harness.close)
+        calls: list[str] = []
+        harness.protocol.readConnectionLost = lambda: calls.append("read")  # type: ignore[method-assign]
+        harness.transport.readConnectionLost(Failure(main.CONNECTION_DONE))
+        self.assertEqual(calls, ["read"])
+        self.assertTrue(harness.transport.connected)
+
+        def fails() -> None:
+            raise RuntimeError("bug")
+
+        harness.protocol.readConnectionLost = fails  # type: ignore[method-assign]
+        harness.transport.readConnectionLost(Failure(main.CONNECTION_DONE))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        assert harness.protocol.lost is not None
+        self.assertTrue(harness.protocol.lost.check(RuntimeError))
+        source = inspect.getsource(abstract.FileDescriptor.loseConnection)
+        self.assertIn("if self._writeDisconnected:", source)
+        self.assertIn("self.disconnecting = 1", source)
+
     def test_file_descriptor_send_limit_unchanged(self) -> None:
         """
         C{abstract.FileDescriptor.write} is what C{ConnectionMixin.write}
@@ -595,6 +624,200 @@ class FastWriteTests(SynchronousTestCase):
         harness.transport.protocol.write = writes.append  # type: ignore[attr-defined]
         harness.transport.write(b"secret")
         self.assertEqual(writes, [b"secret"])
+
+
+class ReadLostCloseTests(SynchronousTestCase):
+    """
+    L{FastServer}: a protocol that answers the client's half-close with
+    C{loseConnection} and has nothing left to write is closed when its
+    C{readConnectionLost} returns, without a write turn; anything else
+    takes Twisted's path.
+    """
+
+    def harness(self, answer: Any) -> Harness:
+        """
+        A L{FastServer} whose protocol calls C{answer(transport)} from
+        C{readConnectionLost}; the client half-closes.
+        """
+        harness = Harness(FastServer)
+        self.addCleanup(harness.close)
+        transport = harness.transport
+        self.events: list[str] = []
+
+        def read_lost() -> None:
+            self.events.append("read lost")
+            answer(transport)
+            self.events.append("answered")
+
+        def lost(reason: Failure | None = None) -> None:
+            self.events.append("lost")
+            harness.protocol.lost = reason
+
+        harness.protocol.readConnectionLost = read_lost  # type: ignore[method-assign]
+        harness.protocol.connectionLost = lost  # type: ignore[method-assign]
+        harness.client.shutdown(socket.SHUT_WR)
+        self.reason = Failure(main.CONNECTION_DONE)
+        return harness
+
+    def test_closed_at_once(self) -> None:
+        """
+        A reply sent at once, then C{loseConnection}: C{connectionLost}
+        (with the C{ConnectionDone} of the half-close) follows the
+        protocol's C{readConnectionLost} before the transport's returns;
+        the socket is never watched for writing; the client gets the reply
+        and the end of the stream.
+        """
+
+        def answer(transport: FastServer) -> None:
+            transport.write(b"reply\n")
+            transport.loseConnection()
+            self.assertFalse(harness.watched())
+            self.assertEqual(self.events, ["read lost"])
+
+        harness = self.harness(answer)
+        harness.transport.readConnectionLost(self.reason)
+        self.assertEqual(self.events, ["read lost", "answered", "lost"])
+        self.assertIs(harness.protocol.lost, self.reason)
+        self.assertFalse(harness.transport.connected)
+        self.assertFalse(harness.watched())
+        self.assertEqual(harness.read(7), b"reply\n")
+        self.assertEqual(harness.client.recv(10), b"")
+
+    def test_buffered_reply_goes_first(self) -> None:
+        """
+        A reply the kernel did not take (C{EAGAIN}): Twisted's path, the
+        socket is watched, C{doWrite} sends it and then closes.
+        """
+
+        def answer(transport: FastServer) -> None:
+            transport.socket = FakeSocket(  # type: ignore[assignment]
+                harness.server_socket, BlockingIOError(errno.EAGAIN, "again")
+            )
+            transport.write(b"reply\n")
+            transport.loseConnection()
+
+        harness = self.harness(answer)
+        harness.transport.readConnectionLost(self.reason)
+        self.assertEqual(self.events, ["read lost", "answered"])
+        self.assertTrue(harness.watched())
+        self.assertEqual(harness.drain(), (b"reply\n", main.CONNECTION_DONE))
+
+    def test_write_after_lose_connection(self) -> None:
+        """
+        A write after C{loseConnection} (still in C{readConnectionLost}) is
+        buffered as Twisted does after a close was asked for, and goes out
+        before the close.
+        """
+
+        def answer(transport: FastServer) -> None:
+            transport.loseConnection()
+            transport.write(b"late\n")
+
+        harness = self.harness(answer)
+        harness.transport.readConnectionLost(self.reason)
+        self.assertEqual(self.events, ["read lost", "answered"])
+        self.assertTrue(harness.watched())
+        self.assertEqual(harness.drain(), (b"late\n", main.CONNECTION_DONE))
+
+    def test_producer_keeps_twisted_path(self) -> None:
+        """
+        A producer still registered: the transport is watched, as Twisted's
+        C{loseConnection} leaves it.
+        """
+        producer = Producer()
+
+        def answer(transport: FastServer) -> None:
+            transport.registerProducer(producer, True)
+            transport.loseConnection()
+
+        harness = self.harness(answer)
+        harness.transport.readConnectionLost(self.reason)
+        self.assertEqual(self.events, ["read lost", "answered"])
+        self.assertTrue(harness.watched())
+        self.assertTrue(harness.transport.connected)
+        harness.transport.unregisterProducer()
+        self.assertEqual(harness.drain(), (b"", main.CONNECTION_DONE))
+
+    def test_unregistered_producer(self) -> None:
+        """
+        Unregistering the producer before C{loseConnection}, as a server
+        connection does: closed at once.
+        """
+        producer = Producer()
+
+        def answer(transport: FastServer) -> None:
+            transport.registerProducer(producer, True)
+            transport.unregisterProducer()
+            transport.loseConnection()
+
+        harness = self.harness(answer)
+        harness.transport.readConnectionLost(self.reason)
+        self.assertEqual(self.events, ["read lost", "answered", "lost"])
+
+    def test_abort_after_lose_connection(self) -> None:
+        """
+        C{abortConnection} after C{loseConnection}: aborted, as without
+        fast_io (no orderly close now).
+        """
+
+        def answer(transport: FastServer) -> None:
+            transport.loseConnection()
+            transport.abortConnection()
+
+        harness = self.harness(answer)
+        harness.transport.readConnectionLost(self.reason)
+        self.assertEqual(self.events, ["read lost", "answered"])
+        self.assertFalse(harness.watched())
+        harness.reactor.advance(0)
+        self.assertEqual(self.events, ["read lost", "answered", "lost"])
+        assert harness.protocol.lost is not None
+        self.assertTrue(harness.protocol.lost.check(ConnectionAborted))
+
+    def test_half_close_first_keeps_twisted_path(self) -> None:
+        """
+        C{loseWriteConnection} then C{loseConnection}: Twisted's path.
+        """
+
+        def answer(transport: FastServer) -> None:
+            transport.loseWriteConnection()
+            transport.loseConnection()
+
+        harness = self.harness(answer)
+        harness.transport.readConnectionLost(self.reason)
+        self.assertEqual(self.events, ["read lost", "answered"])
+        self.assertTrue(harness.watched())
+
+    def test_no_close_no_change(self) -> None:
+        """
+        A protocol that does not close keeps its connection; a later
+        C{loseConnection} is Twisted's (watched, closed by C{doWrite}).
+        """
+        harness = self.harness(lambda transport: None)
+        harness.transport.readConnectionLost(self.reason)
+        self.assertTrue(harness.transport.connected)
+        harness.transport.loseConnection()
+        self.assertTrue(harness.watched())
+        self.assertEqual(harness.drain(), (b"", main.CONNECTION_DONE))
+
+    def test_protocol_error(self) -> None:
+        """
+        A protocol whose C{readConnectionLost} raises after
+        C{loseConnection}: Twisted loses the connection with the error,
+        once.
+        """
+
+        def answer(transport: FastServer) -> None:
+            transport.loseConnection()
+            raise RuntimeError("bug")
+
+        harness = self.harness(answer)
+        harness.transport.readConnectionLost(self.reason)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.events, ["read lost", "lost"])
+        assert harness.protocol.lost is not None
+        self.assertTrue(harness.protocol.lost.check(RuntimeError))
+        assert isinstance(harness.transport, FastServer)
+        self.assertFalse(harness.transport._closeAfterRead)
 
 
 class Echo(Protocol):
