@@ -23,22 +23,36 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import pstats
 import signal
 import sys
 import tempfile
 import time
+import urllib.request
 from typing import Any
 
 from bench import loadgen
 from bench.run import HERE, LOAD_CPU, SCENARIOS, Ports, Server, free_ports
 
-#: The function counted once per unit of work: a message, or a connection.
+#: The function counted once per unit of work: a connection.  Messages are
+#: counted by the daemon's own C{frames} counters (its status page), as the
+#: replies to one read may be built without a call per message.
 UNIT_FUNCTIONS = {
     "conn": ("connection.py", "connectionMade"),
-    "msg": ("connection.py", "_handle"),
 }
+
+
+def server_frames(status_port: int) -> int:
+    """
+    The messages the daemon's server triggers have read so far.
+    """
+    url = f"http://127.0.0.1:{status_port}/status.json"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        document = json.load(response)
+    servers = document["stats"].get("server", {})
+    return sum(int(counters.get("frames", 0)) for counters in servers.values())
 
 
 def run_one(
@@ -72,6 +86,7 @@ def run_one(
             if scenario.port == "relay":
                 args += ["--sink", str(ports.sink)]
             report = loadgen.run(args, server.pid, cpu=LOAD_CPU)
+            frames = server_frames(ports.status) if unit == "msg" else 0
         finally:
             if server.proc.poll() is None:
                 server.proc.send_signal(signal.SIGTERM)
@@ -93,12 +108,15 @@ def run_one(
                     break
                 time.sleep(0.1)
             st = pstats.Stats(stats)
-            file_part, func = UNIT_FUNCTIONS[unit]
-            units = sum(
-                v[1]
-                for k, v in st.stats.items()  # type: ignore[attr-defined]
-                if k[0].endswith(file_part) and k[2] == func
-            )
+            if unit == "msg":
+                units = frames
+            else:
+                file_part, func = UNIT_FUNCTIONS[unit]
+                units = sum(
+                    v[1]
+                    for k, v in st.stats.items()  # type: ignore[attr-defined]
+                    if k[0].endswith(file_part) and k[2] == func
+                )
             result["units"] = units
             result["calls_per_unit"] = st.total_calls / max(units, 1)  # type: ignore[attr-defined]
             for order in ("tottime", "cumulative"):

@@ -46,6 +46,9 @@ class OrderedReplies:
 
     @ivar paused: whether the source is paused by this helper.
     @ivar open: False once L{close}d: nothing more is written.
+    @ivar queue: the places reserved and those behind them, in order (an
+        empty tuple until the first L{reserve}).
+    @ivar ready: the replies ready for the next L{flush}, in order.
     """
 
     __slots__ = (
@@ -54,8 +57,9 @@ class OrderedReplies:
         "_resume",
         "pause_at",
         "resume_at",
-        "_slots",
-        "_out",
+        "queue",
+        "ready",
+        "_extra",
         "_running",
         "paused",
         "open",
@@ -90,8 +94,10 @@ class OrderedReplies:
         self.resume_at = resume_at
         # The queue is made at the first reserved place: most connections
         # (idle ones, synchronous actions) never need one.
-        self._slots: deque[Slot] | tuple[()] = ()
-        self._out: list[bytes] = []
+        self.queue: deque[Slot] | tuple[()] = ()
+        self.ready: list[bytes] = []
+        # Replies in ready beyond one per buffer (see add_many).
+        self._extra = 0
         self._running = 0
         self.paused = False
         self.open = True
@@ -102,20 +108,20 @@ class OrderedReplies:
         Places in the queue: replies not known yet, or known and waiting
         behind one that is not.
         """
-        return len(self._slots)
+        return len(self.queue)
 
     def __len__(self) -> int:
         """
         The same as L{pending}.
         """
-        return len(self._slots)
+        return len(self.queue)
 
     @property
     def backlog(self) -> int:
         """
         What counts against C{pause_at}.
         """
-        return max(len(self._slots), self._running)
+        return max(len(self.queue), self._running)
 
     def reserve(self) -> Slot | None:
         """
@@ -126,9 +132,9 @@ class OrderedReplies:
         if not self.open:
             return None
         slot = Slot()
-        slots = self._slots
+        slots = self.queue
         if not isinstance(slots, deque):
-            slots = self._slots = deque()
+            slots = self.queue = deque()
         slots.append(slot)
         self._check()
         return slot
@@ -143,14 +149,24 @@ class OrderedReplies:
         """
         if not self.open:
             return False
-        slots = self._slots
+        slots = self.queue
         if slots:
             assert type(slots) is deque
             slots.append(Slot(data, True))
             self._check()
         elif data:
-            self._out.append(data)
+            self.ready.append(data)
         return True
+
+    def add_many(self, data: bytes, count: int) -> None:
+        """
+        The next C{count} replies in order, known now as one buffer.  Only
+        while no place is reserved (C{queue} is empty) and not closed.
+        """
+        if self.queue or not self.open:
+            raise ValueError("add_many with places reserved or once closed")
+        self.ready.append(data)
+        self._extra += count - 1
 
     def fill(self, slot: Slot, data: bytes | None) -> bool:
         """
@@ -161,13 +177,13 @@ class OrderedReplies:
         """
         slot.data = data
         slot.ready = True
-        slots = self._slots
+        slots = self.queue
         if not self.open:
             if slot in slots:
                 assert type(slots) is deque
                 slots.remove(slot)
             return False
-        out = self._out
+        out = self.ready
         while slots and slots[0].ready:
             assert type(slots) is deque
             ready = slots.popleft().data
@@ -197,12 +213,15 @@ class OrderedReplies:
 
         @return: how many replies were written.
         """
-        out = self._out
+        out = self.ready
         if not out:
             return 0
         count = len(out)
         data = out[0] if count == 1 else b"".join(out)
         out.clear()
+        if self._extra:
+            count += self._extra
+            self._extra = 0
         self._write(data, count)
         return count
 
@@ -214,11 +233,14 @@ class OrderedReplies:
             their reply are dropped by L{fill}, which returns False.
         """
         self.open = False
-        slots = self._slots
-        dropped = len(self._out) + sum(1 for s in slots if s.ready and s.data)
-        self._out.clear()
+        slots = self.queue
+        dropped = (
+            len(self.ready) + self._extra + sum(1 for s in slots if s.ready and s.data)
+        )
+        self.ready.clear()
+        self._extra = 0
         waiting = [s for s in slots if not s.ready]
-        self._slots = deque(waiting) if waiting else ()
+        self.queue = deque(waiting) if waiting else ()
         return dropped
 
     def _check(self) -> None:

@@ -53,6 +53,7 @@ from daemon.core.replies import OrderedReplies, Slot
 from daemon.core.template import MissingVariable
 from daemon.server.framing import FrameTooLong, make_framer
 from daemon.server.parse import ParseError, parse_frame
+from daemon.server.replyplan import plan_for, plans
 from daemon.server.tls import peer_subject
 
 if TYPE_CHECKING:
@@ -496,13 +497,48 @@ class ServerConnection(Protocol):
         except FrameTooLong as e:
             frames = e.frames
             oversized = e
-        if self._skip_empty and b"" in frames:
-            # A bare line end (a probe, a keep-alive) is not a message.
-            kept = [frame for frame in frames if frame]
-            stats.empty_frames += len(frames) - len(kept)
-            frames = kept
-        for frame in frames:
-            self._accept(frame)
+        if frames:
+            if self._skip_empty and b"" in frames:
+                # A bare line end (a probe, a keep-alive) is not a message.
+                kept = [frame for frame in frames if frame]
+                stats.empty_frames += len(frames) - len(kept)
+                frames = kept
+            replies = self.replies
+            config = trigger.config
+            plan = plans.get(id(config))
+            if plan is None or plan.config is not config:
+                plan = plan_for(config)
+            if (
+                plan.batch
+                and frames
+                and not replies.paused
+                and not replies.queue
+                and not trigger.chain.actions
+            ):
+                # Nothing per message but the message itself: the replies
+                # of the whole read at once (see daemon.server.replyplan).
+                built = plan.build(frames, self)
+                if built is not None:
+                    count = len(frames)
+                    stats.frames += count
+                    self.seq += count
+                    out, count = built
+                    if count:
+                        if replies.ready:
+                            replies.add_many(out, count)
+                        elif self._aborted:
+                            stats.replies_dropped += count
+                        else:
+                            # As _write_replies: the connection is open.
+                            stats.bytes_out += len(out)
+                            stats.replies += count
+                            self.transport.write(out)  # type: ignore[union-attr]
+                    frames = ()  # type: ignore[assignment]
+            for frame in frames:
+                if replies.paused:
+                    self.held.append(frame)
+                else:
+                    self._handle(frame)
         if framer.discarded:
             stats.discarded_bytes += framer.discarded
             framer.discarded = 0
@@ -659,6 +695,15 @@ class ServerConnection(Protocol):
         # other event variables do (it is made when read).
         base.pop(TIMESTAMP, None)
         self._base = base
+        return base
+
+    def base_variables(self) -> dict[str, str]:
+        """
+        L{_variables}, made again if a reload replaced the trigger's.
+        """
+        base = self._base
+        if base is None or self._globals is not self.trigger.variables:
+            base = self._variables()
         return base
 
     def _handle(self, frame: bytes) -> None:

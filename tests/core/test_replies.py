@@ -232,7 +232,7 @@ class LazyQueueTests(SynchronousTestCase):
         r = Recorder()
         replies = r.replies(pause_at=10, resume_at=5)
         replies.add(b"a")
-        self.assertEqual(replies._slots, ())
+        self.assertEqual(replies.queue, ())
         slot = replies.reserve()
         assert slot is not None
         replies.add(b"c")
@@ -250,7 +250,7 @@ class LazyQueueTests(SynchronousTestCase):
         r = Recorder()
         replies = r.replies(pause_at=10, resume_at=5)
         self.assertEqual(replies.close(), 0)
-        self.assertEqual(replies._slots, ())
+        self.assertEqual(replies.queue, ())
         r2 = Recorder()
         other = r2.replies(pause_at=10, resume_at=5)
         slot = other.reserve()
@@ -258,3 +258,51 @@ class LazyQueueTests(SynchronousTestCase):
         self.assertEqual(other.close(), 0)
         self.assertFalse(other.fill(slot, b"late"))
         self.assertEqual(other.pending, 0)
+
+
+class AddManyTests(SynchronousTestCase):
+    """
+    L{OrderedReplies.add_many}: several replies known at once, as one
+    buffer (a server connection's read answered in one go).
+    """
+
+    def test_counted_in_order(self) -> None:
+        """
+        Written in order with the replies added one by one; the count is
+        that of the replies, not of the buffers.
+        """
+        r = Recorder()
+        replies = r.replies()
+        replies.add(b"a")
+        replies.add_many(b"bcd", 3)
+        replies.add(b"e")
+        self.assertEqual(replies.flush(), 5)
+        self.assertEqual(r.writes, [(b"abcde", 5)])
+        replies.add_many(b"xy", 2)
+        self.assertEqual(replies.flush(), 2)
+        self.assertEqual(r.writes[-1], (b"xy", 2))
+
+    def test_close_drops_all(self) -> None:
+        """
+        Closing drops and counts each of them.
+        """
+        r = Recorder()
+        replies = r.replies()
+        replies.add_many(b"abc", 3)
+        self.assertEqual(replies.close(), 3)
+        self.assertEqual(replies.flush(), 0)
+        self.assertEqual(r.writes, [])
+
+    def test_not_behind_a_place(self) -> None:
+        """
+        Not while a place is reserved (the caller adds one by one then),
+        nor once closed.
+        """
+        r = Recorder()
+        replies = r.replies(pause_at=10, resume_at=5)
+        slot = replies.reserve()
+        assert slot is not None
+        self.assertRaises(ValueError, replies.add_many, b"ab", 2)
+        replies.fill(slot, b"s")
+        replies.close()
+        self.assertRaises(ValueError, replies.add_many, b"ab", 2)

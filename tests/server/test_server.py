@@ -1240,7 +1240,7 @@ class IdleFootprintTests(SynchronousTestCase):
         self.assertIsNone(protocol._held)
         self.assertIsNone(protocol._partial_wait)
         self.assertIsNone(protocol._frame_idle)
-        self.assertEqual(protocol.replies._slots, ())
+        self.assertEqual(protocol.replies.queue, ())
         self.assertEqual(len(clock.getDelayedCalls()), 1)  # the idle timeout
         protocol.dataReceived(b"one\n")
         self.assertEqual(transport.value(), b"one\n")
