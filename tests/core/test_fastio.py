@@ -17,10 +17,11 @@ import inspect
 import os
 import select
 import socket
+import struct
 from typing import Any
 
 import twisted.test
-from twisted.internet import _newtls, abstract, main, tcp
+from twisted.internet import _newtls, abstract, error, main, posixbase, tcp
 from twisted.internet import reactor as _reactor
 from twisted.internet import unix as unix_module
 from twisted.internet.base import ReactorBase
@@ -28,7 +29,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.error import ConnectionAborted
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.interfaces import (
+    IHalfCloseableDescriptor,
+    IHalfCloseableProtocol,
+    IPushProducer,
+)
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.ssl import CertificateOptions
@@ -447,6 +452,105 @@ class TwistedInternalsGuardTests(SynchronousTestCase):
             inspect.getsource(_newtls.ConnectionMixin.write),
         )
         self.assertTrue(hasattr(abstract.FileDescriptor, "_maybePauseProducer"))
+
+
+class ReadGuardTests(SynchronousTestCase):
+    """
+    What L{FastServer.doRead} and the read events of L{_lean_do_poll} copy
+    from Twisted.
+    """
+
+    #: sha256 of the sources in the Twisted this was written against
+    #: (26.10.0); when one changes, compare it with the copy in
+    #: L{daemon.core.fastio}, make them do the same, and update this.
+    SOURCES = {
+        "doRead": "20ac74ffecd6b7f28df457b1ca62b92e0368c6531de958ce9e24e9309b5d92ef",
+        "_dataReceived": (
+            "7ed147aeca0c7f8a6f22fcca7601a8a33d6b83f6cecd0a69148ae49a4c33bda5"
+        ),
+        "_doReadOrWrite": (
+            "5ffee55b79492b0037fc7bedacfc3aaa6d1f173122c738f8274b8be12d8d2be3"
+        ),
+    }
+
+    def test_sources_unchanged(self) -> None:
+        """
+        C{tcp.Connection.doRead} and C{_dataReceived} (which
+        L{FastServer.doRead} merges) and the epoll reactor's
+        C{_doReadOrWrite} (which L{_lean_do_poll} runs inline for an
+        C{EPOLLIN} event) are the code they copy.
+        """
+        for name, function in (
+            ("doRead", tcp.Connection.doRead),
+            ("_dataReceived", tcp.Connection._dataReceived),
+            ("_doReadOrWrite", EPollReactor._doReadOrWrite),
+        ):
+            source = inspect.getsource(function)
+            self.assertEqual(
+                hashlib.sha256(source.encode()).hexdigest(),
+                self.SOURCES[name],
+                f"{name} changed: review daemon.core.fastio",
+            )
+        self.assertIs(tcp.Server.doRead, tcp.Connection.doRead)
+        self.assertIs(tcp.Server._dataReceived, tcp.Connection._dataReceived)
+
+    def test_names(self) -> None:
+        """
+        The constants and the method the inline read event uses.
+        """
+        self.assertEqual(EPollReactor._POLL_IN, select.EPOLLIN)
+        self.assertFalse(EPollReactor._POLL_DISCONNECTED & select.EPOLLIN)
+        self.assertFalse(EPollReactor._POLL_OUT & select.EPOLLIN)
+        self.assertIsInstance(posixbase._NO_FILEDESC, error.ConnectionFdescWentAway)
+        self.assertEqual(
+            list(inspect.signature(EPollReactor._disconnectSelectable).parameters)[:4],
+            ["self", "selectable", "why", "isRead"],
+        )
+        self.assertIsInstance(tcp.Server.bufferSize, int)
+
+
+class FastReadTests(SynchronousTestCase):
+    """
+    L{FastServer.doRead} answers as Twisted's C{doRead} does.
+    """
+
+    def both(self) -> list[Harness]:
+        harnesses = [Harness(FastServer), Harness(tcp.Server)]
+        for harness in harnesses:
+            self.addCleanup(harness.close)
+        return harnesses
+
+    def test_data(self) -> None:
+        """
+        What is read goes to the protocol's C{dataReceived}; nothing to
+        read (C{EAGAIN}) is no data and no end.
+        """
+        for harness in self.both():
+            got: list[bytes] = []
+            harness.protocol.dataReceived = got.append  # type: ignore[method-assign,assignment]
+            self.assertIsNone(harness.transport.doRead())
+            harness.client.sendall(b"one\n")
+            for _ in range(100):
+                if got:
+                    break
+                self.assertIsNone(harness.transport.doRead())
+            self.assertEqual(got, [b"one\n"])
+
+    def test_end(self) -> None:
+        """
+        A clean close is C{CONNECTION_DONE}; a reset C{CONNECTION_LOST}.
+        """
+        for harness in self.both():
+            harness.client.close()
+            harness.server_socket.settimeout(5)
+            self.assertIs(harness.transport.doRead(), main.CONNECTION_DONE)
+        for harness in self.both():
+            harness.client.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+            )
+            harness.client.close()
+            harness.server_socket.settimeout(5)
+            self.assertIs(harness.transport.doRead(), main.CONNECTION_LOST)
 
 
 class FastWriteTests(SynchronousTestCase):
@@ -1167,3 +1271,100 @@ class LeanPollTests(SynchronousTestCase):
         self.assertFalse(service.applied)
         self.assertNotIn("doIteration", vars(reactor))
         service.stopService()
+
+
+@implementer(IHalfCloseableDescriptor)
+class Recorded:
+    """
+    A selectable on one end of a socket pair whose C{doRead} does what it
+    is told, recording what the reactor calls.
+    """
+
+    def __init__(self, sock: socket.socket, behaviour: str) -> None:
+        self.sock = sock
+        self.behaviour = behaviour
+        self.calls: list[str] = []
+
+    def fileno(self) -> int:
+        return -1 if self.behaviour == "no fd" else self.sock.fileno()
+
+    def logPrefix(self) -> str:
+        return "Recorded"
+
+    def doRead(self) -> object:
+        self.calls.append("doRead")
+        data = self.sock.recv(100)
+        if self.behaviour == "raise":
+            raise RuntimeError("boom in doRead")
+        if not data:
+            return main.CONNECTION_DONE
+        return None
+
+    def doWrite(self) -> object:
+        self.calls.append("doWrite")
+        return None
+
+    def readConnectionLost(self, reason: Failure) -> None:
+        self.calls.append(f"readConnectionLost {type(reason.value).__name__}")
+
+    def writeConnectionLost(self, reason: Failure) -> None:
+        self.calls.append(f"writeConnectionLost {type(reason.value).__name__}")
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.calls.append(f"connectionLost {type(reason.value).__name__}")
+
+
+class LeanReadEventTests(SynchronousTestCase):
+    """
+    An C{EPOLLIN} event, handled inline by L{_lean_do_poll}, ends as the
+    reactor's own C{_doReadOrWrite} would end it.
+    """
+
+    def run_event(self, lean: bool, behaviour: str, send: bytes | None) -> list[str]:
+        reactor = epoll_reactor(self)
+        if lean:
+            LeanPollService(reactor).startService()
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        a.setblocking(False)
+        selectable = Recorded(a, "ok")
+        reactor.addReader(selectable)
+        selectable.behaviour = behaviour
+        if send is None:
+            b.shutdown(socket.SHUT_WR)
+        else:
+            b.send(send)
+        reactor.doIteration(1)
+        calls = selectable.calls
+        for _ in self.flushLoggedErrors(RuntimeError):
+            calls.append("logged")
+        calls.append(f"reading {selectable in reactor.getReaders()}")
+        return calls
+
+    def test_same_as_the_reactor(self) -> None:
+        """
+        Data, a half-close (EOF on a half-closeable selectable), an
+        exception from C{doRead} (logged, connection lost with it), a file
+        descriptor gone: the same calls with and without the lean loop.
+        """
+        for behaviour, send, expected in (
+            ("ok", b"data", ["doRead", "reading True"]),
+            (
+                "ok",
+                None,
+                ["doRead", "readConnectionLost ConnectionDone", "reading False"],
+            ),
+            (
+                "raise",
+                b"data",
+                ["doRead", "connectionLost RuntimeError", "logged", "reading False"],
+            ),
+            (
+                "no fd",
+                b"data",
+                ["connectionLost ConnectionFdescWentAway", "reading False"],
+            ),
+        ):
+            self.assertEqual(self.run_event(False, behaviour, send), expected)
+            self.assertEqual(self.run_event(True, behaviour, send), expected)
