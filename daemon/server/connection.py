@@ -53,7 +53,7 @@ from daemon.core.replies import OrderedReplies, Slot
 from daemon.core.template import MissingVariable
 from daemon.server.framing import FrameTooLong, make_framer
 from daemon.server.parse import ParseError, parse_frame
-from daemon.server.replyplan import plan_for, plans
+from daemon.server.replyplan import NO_PLAN, Form, ReplyPlan, plan_for
 from daemon.server.tls import peer_subject
 
 if TYPE_CHECKING:
@@ -128,6 +128,12 @@ class ServerConnection(Protocol):
     reply data.
     """
 
+    #: How the replies of a read are built (see L{dataReceived}): looked up
+    #: at the first read, and again after a reload changed the config.
+    _plan: ReplyPlan = NO_PLAN
+    #: The reply's shape with this connection's variables filled in, for
+    #: the plan and base variables it was made with (see L{ReplyPlan}).
+    _resolved: tuple[ReplyPlan, dict[str, str], Form | None] | None = None
     #: On an ``ssl:`` listener: the TLS handshake finished.
     handshake_done = False
     #: C{[peer_cert]}: the subject of the client's certificate
@@ -492,6 +498,7 @@ class ServerConnection(Protocol):
         self.last_data = trigger.clock.seconds()
         oversized: FrameTooLong | None = None
         framer = self.framer
+        replies = self.replies
         try:
             frames = framer.feed(data)
         except FrameTooLong as e:
@@ -503,11 +510,10 @@ class ServerConnection(Protocol):
                 kept = [frame for frame in frames if frame]
                 stats.empty_frames += len(frames) - len(kept)
                 frames = kept
-            replies = self.replies
             config = trigger.config
-            plan = plans.get(id(config))
-            if plan is None or plan.config is not config:
-                plan = plan_for(config)
+            plan = self._plan
+            if plan.config is not config:
+                plan = self._plan = plan_for(config)
             if (
                 plan.batch
                 and frames
@@ -542,7 +548,12 @@ class ServerConnection(Protocol):
         if framer.discarded:
             stats.discarded_bytes += framer.discarded
             framer.discarded = 0
-        self._flush()
+        # As _flush, without the call when nothing is left to write.
+        if replies.ready:
+            replies.flush()
+        if self.state is not ConnectionState.OPEN:
+            # Ended meanwhile (by an action): close once drained.
+            self._close_when_drained()
         if oversized is not None:
             self._oversized(oversized)
         elif framer.buffered:

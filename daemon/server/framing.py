@@ -138,6 +138,13 @@ class LineFramer:
         # Dropping the CR of every CR LF strips exactly one CR per line; the
         # pattern cannot overlap itself, so "\r\r\n" keeps one "\r".
         parts = data.replace(_CRLF, _LF).split(_LF)
+        if not buf and len(data) <= max_frame:
+            # The common read: nothing held, and no line of it can be too
+            # long (each is part of data).
+            tail = parts.pop()
+            if tail:
+                buf += tail
+            return parts
         if buf:
             if len(parts) == 1:
                 size = len(buf) + len(data)
@@ -244,6 +251,12 @@ class DelimiterFramer:
                 parts.insert(0, head)
         else:
             parts = data.split(delimiter)
+            if len(data) <= max_frame:
+                # Nothing held, and no frame of it can be too long.
+                tail = parts.pop()
+                if tail:
+                    buf += tail
+                return parts
         tail = parts.pop()
         if parts and max(map(len, parts)) > max_frame:
             for i, frame in enumerate(parts):

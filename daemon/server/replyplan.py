@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from daemon.core.actions import EventVariables
 from daemon.core.codecs import AUTO
-from daemon.core.events import DATA, SEQ
+from daemon.core.events import DATA, SEQ, TIMESTAMP
 
 if TYPE_CHECKING:
     from daemon.config import ServerConfig
@@ -46,8 +46,9 @@ Segment = bytes | int | str
 
 #: Shapes of a reply, once every name is resolved: C{(kind, a, b)}.
 #: NONE: no reply.  WRAP: C{a + frame + b}.  CONST: C{a} whatever the
-#: message.  EACH: C{a} is a tuple of bytes and slots, joined per message.
-#: ECHO: the connection's echo wrapping around the frame.
+#: message.  EACH: C{a} is a bytes format of one reply (C{%s} for [data],
+#: C{%d} for [seq]), C{b} the slots in order and whether a reply is never
+#: empty.  ECHO: the connection's echo wrapping around the frame.
 NONE = "none"
 WRAP = "wrap"
 CONST = "const"
@@ -103,7 +104,18 @@ def _reduce(segments: list[Segment]) -> Form:
             b"".join(merged[:i]),  # type: ignore[arg-type]
             b"".join(merged[i + 1 :]),  # type: ignore[arg-type]
         )
-    return (EACH, tuple(merged), b"")
+    # A bytes format for one reply ([seq] as %d: its digits are ASCII), the
+    # slots in order, and whether a reply can be empty (only [data] slots).
+    fmt = b"".join(
+        s.replace(b"%", b"%%")
+        if isinstance(s, bytes)
+        else b"%s"
+        if s == _DATA
+        else b"%d"
+        for s in merged
+    )
+    literal = any(isinstance(s, bytes) and s for s in merged)
+    return (EACH, fmt, (tuple(slots), literal or _SEQ in slots))
 
 
 class ReplyPlan:
@@ -115,7 +127,7 @@ class ReplyPlan:
         by the caller, as the chain is the trigger's).
     """
 
-    __slots__ = ("batch", "check", "config", "encoding", "form", "segments")
+    __slots__ = ("batch", "check", "config", "encoding", "form", "segments", "timed")
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
@@ -124,6 +136,8 @@ class ReplyPlan:
         self.form: Form | None = None
         self.segments: tuple[Segment, ...] = ()
         self.check: str | None = None
+        #: the reply names [timestamp]: its names are resolved per read
+        self.timed = False
         self.encoding = "utf-8" if config.encoding == AUTO else config.encoding
         if config.parse is not None or config.log_frames:
             return
@@ -149,6 +163,7 @@ class ReplyPlan:
                     segments.append(_SEQ)
                 else:
                     segments.append(part)
+                    self.timed = self.timed or part == TIMESTAMP
             self.segments = tuple(segments)
             if not any(isinstance(s, str) for s in segments):
                 self.form = _reduce(segments)
@@ -201,8 +216,8 @@ class ReplyPlan:
             return (a * len(frames), len(frames)) if a else (b"", 0)
         if kind is NONE:
             return b"", 0
-        assert type(a) is tuple
-        return self._each(a, frames, connection.seq)
+        assert type(a) is bytes and type(b) is tuple
+        return self._each(a, b, frames, connection.seq)
 
     def _valid(self, frames: list[bytes], joined: bytes | None) -> bool:
         """
@@ -225,26 +240,29 @@ class ReplyPlan:
 
     @staticmethod
     def _each(
-        parts: tuple[bytes | int, ...], frames: list[bytes], seq: int
+        fmt: bytes,
+        shape: tuple[tuple[int, ...], bool],
+        frames: list[bytes],
+        seq: int,
     ) -> tuple[bytes, int]:
         """
-        One reply per message, joined: for C{[seq]}, or C{[data]} more than
-        once.
+        One reply per message, for C{[seq]} or C{[data]} more than once:
+        the format repeated for every message, filled in one operation
+        (the frames and the numbers laid out in the order of the slots).
         """
-        out = list(parts)
-        data_at = [i for i, p in enumerate(parts) if p is _DATA]
-        seq_at = [i for i, p in enumerate(parts) if p is _SEQ]
-        replies = []
-        for frame in frames:
-            seq += 1
-            for i in data_at:
-                out[i] = frame
-            if seq_at:
-                number = str(seq).encode()
-                for i in seq_at:
-                    out[i] = number
-            replies.append(b"".join(out))  # type: ignore[arg-type]
-        return b"".join(replies), len(replies) - replies.count(b"")
+        slots, never_empty = shape
+        n = len(frames)
+        k = len(slots)
+        args: list[bytes | int] | range
+        if k == 1:
+            # [seq] alone ([data] alone is WRAP).
+            args = range(seq + 1, seq + n + 1)
+        else:
+            args = [0] * (n * k)
+            for j, slot in enumerate(slots):
+                args[j::k] = frames if slot == _DATA else range(seq + 1, seq + n + 1)
+        data = (fmt * n) % tuple(args)
+        return data, n if never_empty else n - frames.count(b"")
 
     def _resolve(self, connection: ServerConnection) -> Form | None:
         """
@@ -252,18 +270,41 @@ class ReplyPlan:
         for all its messages looked up as an event would (None: one has no
         value or cannot be encoded; the per-message path says so).
         """
-        values = EventVariables(connection.base_variables())
+        base = connection.base_variables()
+        cached = connection._resolved
+        if cached is not None and cached[0] is self and cached[1] is base:
+            return cached[2]
+        values = EventVariables(base)
         values.seconds = connection.last_data
         segments: list[Segment] = []
+        form: Form | None = None
         for segment in self.segments:
             if isinstance(segment, str):
                 try:
                     segment = values[segment].encode(self.encoding)
                 except (KeyError, UnicodeError):
-                    return None
+                    break
             segments.append(segment)
-        return _reduce(segments)
+        else:
+            form = _reduce(segments)
+        if not self.timed:
+            # The same for every read until a reload or the TLS handshake
+            # makes new base variables.
+            connection._resolved = (self, base, form)
+        return form
 
+
+class _NoPlan:
+    """
+    What a connection has before its first read: the plan of no
+    configuration.
+    """
+
+    config = None
+
+
+#: The plan of no configuration (see L{_NoPlan}).
+NO_PLAN: ReplyPlan = _NoPlan()  # type: ignore[assignment]
 
 #: Plans by the id of their configuration (which each plan keeps alive).
 plans: dict[int, ReplyPlan] = {}
@@ -282,4 +323,4 @@ def plan_for(config: ServerConfig) -> ReplyPlan:
     return plan
 
 
-__all__ = ["ReplyPlan", "plan_for"]
+__all__ = ["NO_PLAN", "ReplyPlan", "plan_for"]
