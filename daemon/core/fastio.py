@@ -265,12 +265,13 @@ def _lean_do_poll(reactor: EPollReactor, timeout: float | None) -> None:
     except InterruptedError:
         return
     handle = reactor._doReadOrWrite
+    read_only = EPOLLIN
     for fd, event in events:
         selectable = selectables.get(fd)
         if selectable is None:
             continue
         try:
-            if event == EPOLLIN:
+            if event == read_only:
                 # _doReadOrWrite(selectable, fd, EPOLLIN), inline.
                 why: BaseException | None = None
                 in_read = False

@@ -105,6 +105,11 @@ class ConnectionInput(enum.Enum):
     LOST = "lost"
 
 
+#: The states the per-read path compares with, as module names: an enum
+#: member looked up on its class costs about 90 ns on Python 3.11.
+_OPEN = ConnectionState.OPEN
+_ENDING = ConnectionState.ENDING
+
 #: C{(state, input) -> new state}.  An input not listed for a state changes
 #: nothing (an END while ENDING, a LOST after CLOSED...).
 TRANSITIONS: dict[tuple[ConnectionState, ConnectionInput], ConnectionState] = {
@@ -493,7 +498,7 @@ class ServerConnection(Protocol):
         trigger = self.trigger
         stats = trigger.stats
         stats.bytes_in += len(data)
-        if self.state is not ConnectionState.OPEN:
+        if self.state is not _OPEN:
             return
         self.last_data = trigger.clock.seconds()
         oversized: FrameTooLong | None = None
@@ -551,12 +556,12 @@ class ServerConnection(Protocol):
         # As _flush, without the call when nothing is left to write.
         if replies.ready:
             replies.flush()
-        if self.state is not ConnectionState.OPEN:
+        if self.state is not _OPEN:
             # Ended meanwhile (by an action): close once drained.
             self._close_when_drained()
         if oversized is not None:
             self._oversized(oversized)
-        elif framer.buffered:
+        elif framer.buf:
             if self._partial_watch:
                 wait = self._partial_wait
                 if wait is None:
@@ -883,7 +888,7 @@ class ServerConnection(Protocol):
         Write the replies ready, in order, in one C{write}.
         """
         self.replies.flush()
-        if self.state is ConnectionState.ENDING:
+        if self.state is _ENDING:
             self._close_when_drained()
 
     def _write_replies(self, data: bytes, count: int) -> None:
@@ -892,7 +897,8 @@ class ServerConnection(Protocol):
         connection is gone.
         """
         stats = self.trigger.stats
-        if self.alive and not self._aborted:
+        state = self.state
+        if (state is _OPEN or state is _ENDING) and not self._aborted:
             stats.bytes_out += len(data)
             stats.replies += count
             self.transport.write(data)  # type: ignore[union-attr]

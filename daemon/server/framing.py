@@ -66,6 +66,8 @@ class Framer(Protocol):
     max_frame: int
     #: bytes thrown away so far (noise outside stx-etx frames, tails at flush)
     discarded: int
+    #: the partial frame held right now (C{buffered} is its length)
+    buf: bytearray
 
     def feed(self, data: bytes) -> list[bytes]:
         """Return the frames completed by data, in order.
@@ -116,22 +118,22 @@ def _split_excess(partial: bytearray, max_frame: int, terminator: bytes) -> byte
 class LineFramer:
     """Frames end at LF; one CR before the LF is stripped."""
 
-    __slots__ = ("_buf", "_excess", "discarded", "max_frame")
+    __slots__ = ("buf", "_excess", "discarded", "max_frame")
 
     def __init__(self, max_frame: int) -> None:
         self.max_frame = max_frame
         self.discarded = 0
-        self._buf = bytearray()
+        self.buf = bytearray()
         # A CR held past max_frame: it may be the start of a CR LF.
         self._excess = b""
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self.buf)
 
     def feed(self, data: bytes) -> list[bytes]:
         max_frame = self.max_frame
-        buf = self._buf
+        buf = self.buf
         if self._excess:
             buf += self._excess
             self._excess = b""
@@ -182,8 +184,8 @@ class LineFramer:
                 raise FrameTooLong(frames[:i], len(frame), self.max_frame)
 
     def flush(self) -> bytes | None:
-        rest = bytes(self._buf) + self._excess
-        self._buf.clear()
+        rest = bytes(self.buf) + self._excess
+        self.buf.clear()
         self._excess = b""
         if rest[-1:] == _CR:
             rest = rest[:-1]
@@ -195,25 +197,25 @@ class LineFramer:
 class DelimiterFramer:
     """Frames end at a fixed, non-empty byte sequence, which is removed."""
 
-    __slots__ = ("_buf", "_delimiter", "_excess", "discarded", "max_frame")
+    __slots__ = ("buf", "_delimiter", "_excess", "discarded", "max_frame")
 
     def __init__(self, max_frame: int, delimiter: bytes) -> None:
         self.max_frame = max_frame
         self.discarded = 0
         self._delimiter = delimiter
-        self._buf = bytearray()
+        self.buf = bytearray()
         # Bytes held past max_frame that may be the start of the delimiter.
         self._excess = b""
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self.buf)
 
     def feed(self, data: bytes) -> list[bytes]:
         max_frame = self.max_frame
         delimiter = self._delimiter
         dlen = len(delimiter)
-        buf = self._buf
+        buf = self.buf
         if self._excess:
             buf += self._excess
             self._excess = b""
@@ -276,8 +278,8 @@ class DelimiterFramer:
         return parts
 
     def flush(self) -> bytes | None:
-        rest = bytes(self._buf) + self._excess
-        self._buf.clear()
+        rest = bytes(self.buf) + self._excess
+        self.buf.clear()
         self._excess = b""
         if len(rest) > self.max_frame:
             # Only possible when the rest ends in the first bytes of the
@@ -290,24 +292,24 @@ class DelimiterFramer:
 class StxEtxFramer:
     """A frame is what lies between STX and ETX; the rest is noise."""
 
-    __slots__ = ("_buf", "_in_frame", "discarded", "max_frame")
+    __slots__ = ("buf", "_in_frame", "discarded", "max_frame")
 
     def __init__(self, max_frame: int) -> None:
         self.max_frame = max_frame
         self.discarded = 0
-        self._buf = bytearray()
+        self.buf = bytearray()
         self._in_frame = False  # an STX was seen and its ETX was not yet
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self.buf)
 
     def feed(self, data: bytes) -> list[bytes]:
         # Cut at every ETX: each segment but the last ends a frame if it
         # holds an STX (the last STX, as an STX restarts the frame) or if a
         # frame was open from the previous read; otherwise it is noise.
         max_frame = self.max_frame
-        buf = self._buf
+        buf = self.buf
         in_frame = self._in_frame
         discarded = 0
         frames: list[bytes] = []
@@ -384,8 +386,8 @@ class StxEtxFramer:
 
     def flush(self) -> bytes | None:
         if self._in_frame:
-            self.discarded += 1 + len(self._buf)
-            self._buf.clear()
+            self.discarded += 1 + len(self.buf)
+            self.buf.clear()
             self._in_frame = False
         return None
 
@@ -393,21 +395,21 @@ class StxEtxFramer:
 class FixedSizeFramer:
     """Frames of exactly frame_size bytes."""
 
-    __slots__ = ("_buf", "_size", "discarded", "max_frame")
+    __slots__ = ("buf", "_size", "discarded", "max_frame")
 
     def __init__(self, max_frame: int, frame_size: int) -> None:
         self.max_frame = max_frame
         self.discarded = 0
         self._size = frame_size
-        self._buf = bytearray()
+        self.buf = bytearray()
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self.buf)
 
     def feed(self, data: bytes) -> list[bytes]:
         size = self._size
-        buf = self._buf
+        buf = self.buf
         frames: list[bytes] = []
         start = 0
         if buf:
@@ -424,37 +426,37 @@ class FixedSizeFramer:
         return frames
 
     def flush(self) -> bytes | None:
-        self.discarded += len(self._buf)
-        self._buf.clear()
+        self.discarded += len(self.buf)
+        self.buf.clear()
         return None
 
 
 class IdleFramer:
     """Buffers everything until flush(): idle and disconnect modes."""
 
-    __slots__ = ("_buf", "discarded", "max_frame")
+    __slots__ = ("buf", "discarded", "max_frame")
 
     def __init__(self, max_frame: int) -> None:
         self.max_frame = max_frame
         self.discarded = 0
-        self._buf = bytearray()
+        self.buf = bytearray()
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self.buf)
 
     def feed(self, data: bytes) -> list[bytes]:
-        size = len(self._buf) + len(data)
+        size = len(self.buf) + len(data)
         if size > self.max_frame:
             raise FrameTooLong([], size, self.max_frame)
-        self._buf += data
+        self.buf += data
         return []
 
     def flush(self) -> bytes | None:
-        if not self._buf:
+        if not self.buf:
             return None
-        frame = bytes(self._buf)
-        self._buf.clear()
+        frame = bytes(self.buf)
+        self.buf.clear()
         return frame
 
 
