@@ -439,6 +439,8 @@ class Reloader:
         )
         new_actions: dict[str, SendAction] = {}
         updates: dict[str, tuple[Any, Any]] = {}
+        # fast_io changes only with a restart: the running daemon's.
+        fast_io = top.config.daemon.fast_io
         for send in new.sends:
             label = f"send:{send.name}"
             change = plan.change("send", send.name)
@@ -454,13 +456,14 @@ class Reloader:
                     old.stats if isinstance(old, SendAction) else ActionStats(),
                     limiters=limiters,
                     path=new.path,
+                    fast_io=fast_io,
                     **_events(top),
                 )
             elif change is not None:
                 tls = load_tls(send, new.path) if send.tls.enabled else None
                 updates[send.name] = (
                     send,
-                    make_endpoint_factory(self.reactor, send, tls),
+                    make_endpoint_factory(self.reactor, send, tls, fast_io),
                 )
         deciders = {
             r.name: Decider(r, self.reactor, f"reader:{r.name}", **_events(top))

@@ -63,6 +63,8 @@ loudly instead of silently reordering or losing replies.
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import sys
 from errno import EWOULDBLOCK
@@ -71,10 +73,11 @@ from types import MethodType
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet import main, tcp
+from twisted.internet import error, main, tcp
 from twisted.internet.epollreactor import EPollReactor
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.internet.interfaces import IConnector, IListeningPort, IProtocolFactory
 from twisted.internet.posixbase import _NO_FILEDESC, PosixReactorBase
+from twisted.internet.protocol import ClientFactory
 from twisted.python import log
 from twisted.python.failure import Failure
 
@@ -243,6 +246,34 @@ class FastIOReactor:
         listening.startListening()
         return listening
 
+    def connectTCP(
+        self,
+        host: str,
+        port: int,
+        factory: ClientFactory,
+        timeout: float | None = 30.0,
+        bindAddress: Any = None,
+    ) -> IConnector:
+        """
+        Connect with a L{FastConnector} where the reactor's own would make
+        a C{tcp.Connector} (a send action's connections to its devices).
+        """
+        if not _stock(self._reactor, "connectTCP"):
+            own: IConnector = self._reactor.connectTCP(
+                host, port, factory, timeout, bindAddress
+            )
+            return own
+        connector = FastConnector(
+            host,
+            port,
+            factory,
+            timeout,  # type: ignore[arg-type]  # None: no timeout
+            bindAddress,
+            self._reactor,
+        )
+        connector.connect()
+        return connector
+
 
 def _lean_do_poll(reactor: EPollReactor, timeout: float | None) -> None:
     """
@@ -335,3 +366,212 @@ class LeanPollService(Service):
         if self.applied:
             del self.reactor.doIteration
             self.applied = False
+
+
+# -- The client side: connections a send action opens to its devices.
+#
+# Twisted's connectTCP starts the connect a reactor turn later (a
+# callLater(0) and a Deferred in resolveAddress), calls connect_ex twice,
+# re-registers the socket with epoll three times once connected, buffers
+# every write for the next turn and half-closes only from that turn's
+# doWrite.  L{FastConnector} and L{FastClient} do the same work at once
+# where nothing else is in the way, and hand everything else to Twisted.
+
+
+class FastClient(tcp.Client):
+    """
+    A TCP client connection (what L{FastConnector} makes instead of
+    C{tcp.Client}):
+
+    - to an address literal, the connect starts within C{connectTCP}
+      (L{begin}), not a reactor turn later; a host name keeps Twisted's
+      resolution path.  A connect that fails at once is still reported a
+      turn later, as Twisted does: C{connectTCP} never calls the factory
+      back before it returns;
+    - the connect is watched for reading and writing as Twisted does (so an
+      error reported with C{EPOLLIN} is read from C{SO_ERROR}); once it is
+      done, the socket stays watched for reading (no C{stopReading} /
+      C{startReading}) and C{connect_ex} is not called a second time;
+    - L{write} sends at once when nothing is buffered, like
+      L{FastServer.write}: what the kernel does not take goes to Twisted's
+      buffer;
+    - L{loseWriteConnection} with nothing buffered (and no producer
+      waiting) shuts the socket down for writing at once and calls the
+      protocol's C{writeConnectionLost} before it returns (Twisted does
+      both from the next C{doWrite}); otherwise it is Twisted's;
+    - once half-closed that way, the final close skips C{shutdown(2)}
+      (our FIN is out; only C{close} is left), and L{loseConnection} after
+      a half-close calls C{connectionLost} with a reason made once (as
+      the reactor does) instead of a new one.
+    """
+
+    #: Set by L{_finishInit} when L{begin} is to start the connect.
+    _pending = False
+
+    def _finishInit(
+        self, whenDone: Any, skt: socket.socket, error: Any, reactor: Any
+    ) -> None:
+        if whenDone is not None and not self._requiresResolution:
+            # What Twisted's _finishInit does, minus the callLater(0).
+            self._commonConnection.__init__(self, skt, None, reactor)  # type: ignore[arg-type]
+            self._pending = True
+            return
+        tcp.Client._finishInit(self, whenDone, skt, error, reactor)
+
+    def begin(self) -> None:
+        """
+        Start connecting (once; a no-op on Twisted's path).
+        """
+        if self._pending:
+            self._pending = False
+            self._setRealAddress(self.addr)
+
+    def doConnect(self) -> None:
+        """
+        Start the connect (L{begin}, or Twisted's resolution path): watch
+        the socket until L{_connect_ready}.
+        """
+        self.doRead = self.doWrite = self._connect_ready  # type: ignore[method-assign]
+        if not hasattr(self, "connector"):
+            return
+        try:
+            result = self.socket.connect_ex(self.realAddress)
+        except OSError as e:
+            result = e.args[0]
+        if result in _CONNECTING:
+            self.startReading()
+            self.startWriting()
+            return
+        # Refused (or worse) at once: reported a turn later, as Twisted does
+        # for a socket it cannot create.
+        self.reactor.callLater(  # type: ignore[attr-defined]
+            0,
+            self.failIfNotConnected,
+            error.getConnectError((result, os.strerror(result))),
+        )
+
+    def _connect_ready(self) -> None:
+        """
+        The socket is readable or writable after the connect: connected,
+        or failed (C{SO_ERROR}).
+        """
+        if not hasattr(self, "connector"):
+            # Stopped meanwhile (failIfNotConnected unwatched it).
+            return
+        err = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self.failIfNotConnected(error.getConnectError((err, os.strerror(err))))
+            return
+        del self.doRead, self.doWrite
+        self.stopWriting()
+        # Reading stays on: _connectDone's startReading finds it watched.
+        self._connectDone()
+
+    def write(self, data: bytes) -> None:
+        if (
+            self._tempDataLen
+            or self.dataBuffer
+            or type(data) is not bytes
+            or not data
+            or not self.connected
+            or self.disconnecting
+            or self._writeDisconnecting
+            or self._writeDisconnected
+            or self._aborting
+            or self.TLS
+            or (
+                self.producer is not None
+                and (not self.streamingProducer or self.producerPaused)
+            )
+        ):
+            tcp.Client.write(self, data)
+            return
+        try:
+            sent = self.socket.send(data)
+        except OSError:
+            # EAGAIN, ENOBUFS or the connection failing: buffered; the
+            # reactor's doWrite retries it or loses the connection.
+            sent = 0
+        if sent < len(data):
+            tcp.Client.write(self, data[sent:])
+
+    def loseWriteConnection(self) -> None:
+        if (
+            self._tempDataLen
+            or self.dataBuffer
+            or not self.connected
+            or self.disconnecting
+            or self._writeDisconnecting
+            or self._writeDisconnected
+            or self._aborting
+            or self.TLS
+            or (
+                self.producer is not None
+                and (not self.streamingProducer or self.producerPaused)
+            )
+        ):
+            tcp.Client.loseWriteConnection(self)
+            return
+        # What doWrite does once the buffer is empty and a half-close was
+        # asked for.  _writeDisconnecting stays false: a doWrite of the
+        # same poll event must not half-close a second time.
+        self._writeDisconnected = True
+        self._shouldShutdown = False
+        self._closeWriteConnection()
+
+    def doWrite(self) -> Any:
+        if self._writeDisconnected and not self._tempDataLen and not self.dataBuffer:
+            # Half-closed at once by loseWriteConnection, and a poll event
+            # that also said "writable" (the connect done, with data from
+            # the device already there): nothing to write, and Twisted's
+            # doWrite would send b"" on a socket shut down for writing
+            # (EPIPE: the connection lost).
+            self.stopWriting()
+            return None
+        return tcp.Client.doWrite(self)
+
+    def loseConnection(self) -> None:
+        if (
+            self._writeDisconnected
+            and self.connected
+            and not self.disconnecting
+            and not self.TLS
+        ):
+            # Twisted's own path once half-closed (connectionLost at once;
+            # it stops reading and writing), with the reason made once, as
+            # the reactor's own are.
+            self.connectionLost(_CONNECTION_DONE)
+            return
+        tcp.Client.loseConnection(self)
+
+
+#: The reason of a connection closed by us: one instance, as the reactor
+#: does for those it reports.
+_CONNECTION_DONE = Failure(main.CONNECTION_DONE)
+
+
+#: What C{connect_ex} returns for a connect under way (or already made:
+#: then the socket is writable at once and L{FastClient._connect_ready}
+#: finds C{SO_ERROR} zero).
+_CONNECTING = frozenset(
+    {0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY, errno.EISCONN}
+)
+
+
+class FastConnector(tcp.Connector):
+    """
+    Twisted's TCP connector, making a L{FastClient} and starting its
+    connect once C{connect} has done its bookkeeping (the connector's
+    state, the factory started, the timeout armed,
+    C{startedConnecting}).  C{timeout=None} arms no timeout (the caller
+    keeps its own).
+    """
+
+    def _makeTransport(self) -> FastClient:
+        return FastClient(self.host, self.port, self.bindAddress, self, self.reactor)
+
+    def connect(self) -> None:
+        tcp.Connector.connect(self)
+        transport = getattr(self, "transport", None)
+        if self.state == "connecting" and isinstance(transport, FastClient):
+            transport.begin()

@@ -86,6 +86,8 @@ class Sending:
         self._current: Deferred[bytes] | None = None
         self._link: Link | None = None
         self._delay: IDelayedCall | None = None
+        # The limit of the destination turn this send waits for, if it does.
+        self._waiting: int | None = None
         self._done = False
 
     def start(self) -> Deferred[Mapping[str, str] | None]:
@@ -96,30 +98,45 @@ class Sending:
         self._delay = None
         self.attempts += 1
         action = self.action
-        key = self.destination.key
-        if not action.stopping and action.limiters.try_acquire(
-            key, action.config.max_parallel
-        ):
-            # A free slot (the usual case): the link reports to _link_done,
-            # with no Deferred between.
-            try:
-                link = action._make_link(
-                    self.destination, self.payload, None, self._link_done
-                )
-            except BaseException:
-                self._failed(action._attempt_failed(Failure(), key))
-                return
-            self._link = link
-            link.begin()
+        if action.stopping:
+            # Fails at once, as SendAction.attempt says.
+            current = action.attempt(self.destination, self.payload)
+            self._current = current
+            current.addCallbacks(self._succeeded, self._failed)
             return
-        current = self.action.attempt(
-            self.destination, self.payload, on_link=self._on_link
-        )
-        self._current = current
-        current.addCallbacks(self._succeeded, self._failed)
+        key = self.destination.key
+        limit = action.config.max_parallel
+        if action.limiters.try_acquire(key, limit):
+            # A free slot (the usual case).
+            self._open()
+            return
+        # The destination's links are busy: wait for a turn, still with no
+        # Deferred (_stop gives the place up).
+        self._waiting = limit
+        action.limiters.wait(key, limit, self._granted)
 
-    def _on_link(self, link: Link) -> None:
+    def _granted(self) -> None:
+        """
+        A link to the destination may open now (after L{_attempt} waited).
+        """
+        self._waiting = None
+        self._open()
+
+    def _open(self) -> None:
+        """
+        Open the link of this attempt in the slot just taken: it reports to
+        L{_link_done}, with no Deferred between.
+        """
+        action = self.action
+        try:
+            link = action._make_link(
+                self.destination, self.payload, None, self._link_done
+            )
+        except BaseException:
+            self._failed(action._attempt_failed(Failure(), self.destination.key))
+            return
         self._link = link
+        link.begin()
 
     def _link_done(self, reply: bytes, error: str | None) -> None:
         """
@@ -204,6 +221,11 @@ class Sending:
         delay, self._delay = self._delay, None
         if delay is not None and delay.active():
             delay.cancel()
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            self.action.limiters.cancel_wait(
+                self.destination.key, waiting, self._granted
+            )
         current, self._current = self._current, None
         if current is not None:
             current.cancel()
@@ -231,6 +253,9 @@ class SendAction:
         of one daemon.
     @ivar outbox: the action's outbox with ``queue = memory | durable``,
         once the outbox service has opened it.
+
+    C{fast_io} (C{[plantd] fast_io}): links connect over TCP with
+    L{daemon.core.fastio}'s client unless an C{endpoint_factory} is given.
     """
 
     log = Logger(observer=logs.observer)
@@ -246,6 +271,7 @@ class SendAction:
         path: str = "<config>",
         random: Callable[[], float] = _random.random,
         events: IEventRecorder = NO_EVENTS,
+        fast_io: bool = True,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -260,7 +286,7 @@ class SendAction:
         self.random = random
         if endpoint_factory is None:
             tls = load_tls(config, path) if config.tls.enabled else None
-            endpoint_factory = make_endpoint_factory(reactor, config, tls)
+            endpoint_factory = make_endpoint_factory(reactor, config, tls, fast_io)
         self.endpoint_factory = endpoint_factory
         self.outbox: Outbox | None = None
         self.stopping = False
@@ -591,6 +617,7 @@ def build_send_actions(
             limiters=limiters,
             path=config.path,
             events=stats.events,
+            fast_io=config.daemon.fast_io,
         )
         actions[send.name] = action
         stats.register_devices("destination", send.name, action.device_states)

@@ -59,6 +59,7 @@ from zope.interface import implementer
 
 from daemon.config import SendConfig
 from daemon.core.actions import ActionFailed
+from daemon.core.fastio import FastIOReactor
 from daemon.send.destination import Destination
 from daemon.send.tls import MAX_TLS_OPTIONS, TLSSettings
 
@@ -87,13 +88,15 @@ class DirectTCPEndpoint(TCP4ClientEndpoint):
     def connect_link(self, factory: ClientFactory) -> IConnector:
         """
         Connect C{factory} (its C{clientConnectionFailed} reports a failed
-        attempt; C{stopConnecting} on the result cancels it).
+        attempt; C{stopConnecting} on the result cancels it).  No connect
+        timeout is armed: the link bounds the attempt with its own timer
+        (one delayed call per link, not two).
         """
         connector: IConnector = self._reactor.connectTCP(
             self._host,
             self._port,
             factory,
-            timeout=self._timeout,
+            timeout=None,  # the link times it
             bindAddress=self._bindAddress,
         )
         return connector
@@ -110,7 +113,7 @@ class DirectTCP6Endpoint(TCP6ClientEndpoint):
             self._host,
             self._port,
             factory,
-            timeout=self._timeout,
+            timeout=None,  # the link times it
             bindAddress=self._bindAddress,
         )
         return connector
@@ -284,7 +287,7 @@ class _NameConnect:
 
 
 def make_endpoint_factory(
-    reactor: Any, config: SendConfig, tls: TLSSettings | None
+    reactor: Any, config: SendConfig, tls: TLSSettings | None, fast_io: bool = True
 ) -> EndpointFactory:
     """
     The endpoint factory of an action: a TCP endpoint for ``host:port``
@@ -292,9 +295,15 @@ def make_endpoint_factory(
     L{NameCache}), C{clientFromString} for endpoint descriptions, wrapped in
     TLS when C{tls} is given; one endpoint per distinct destination.
 
+    @param fast_io: connect over TCP with L{daemon.core.fastio}'s client
+        (C{[plantd] fast_io}); else with the reactor's own C{connectTCP}.
+
     @raise ActionFailed: (from the factory) for an endpoint description
         that cannot be combined with C{tls}.
     """
+    # What the endpoints connect with; names are cached on the reactor's
+    # own clock.
+    connecting: Any = FastIOReactor(reactor) if fast_io else reactor
     tls_cache: dict[str, Any] = {}
     endpoints: dict[str, IStreamClientEndpoint] = {}
     # Made at the first name (a bare clock in tests has no resolver).
@@ -327,7 +336,7 @@ def make_endpoint_factory(
                         f"{destination}: tls = yes with an endpoint destination "
                         f"needs tls_hostname"
                     )
-            endpoint = clientFromString(reactor, destination.endpoint)
+            endpoint = clientFromString(connecting, destination.endpoint)
             if tls is None:
                 return endpoint
             assert tls.hostname is not None
@@ -336,13 +345,13 @@ def make_endpoint_factory(
         host, port = destination.host, destination.port
         timeout = config.connect_timeout
         if isIPAddress(host):
-            endpoint = DirectTCPEndpoint(reactor, host, port, timeout=timeout)
+            endpoint = DirectTCPEndpoint(connecting, host, port, timeout=timeout)
         elif isIPv6Address(host):
-            endpoint = DirectTCP6Endpoint(reactor, host, port, timeout=timeout)
+            endpoint = DirectTCP6Endpoint(connecting, host, port, timeout=timeout)
         else:
             if not names:
                 names.append(NameCache(reactor.nameResolver, reactor))
-            endpoint = NameEndpoint(reactor, names[0], host, port, timeout)
+            endpoint = NameEndpoint(connecting, names[0], host, port, timeout)
         if tls is None:
             return endpoint
         return wrapClientTLS(tls_options(tls.hostname or destination.host), endpoint)

@@ -6,8 +6,16 @@ Per-destination link limits, shared by every send action of a daemon
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from daemon.core import logs
+
+#: A job waiting for a link: the Deferred of L{LinkLimiters.acquire}, or
+#: the function given to L{LinkLimiters.wait}.
+Waiter = Deferred[None] | Callable[[], None]
 
 
 class _Gate:
@@ -19,7 +27,7 @@ class _Gate:
 
     def __init__(self) -> None:
         self.active = 0
-        self.waiting: deque[tuple[int, Deferred[None]]] = deque()
+        self.waiting: deque[tuple[int, Waiter]] = deque()
 
 
 class LinkLimiters:
@@ -28,6 +36,8 @@ class LinkLimiters:
     action, granted first come first served.  Idle destinations are
     forgotten, so memory does not grow with the number of destinations.
     """
+
+    log = Logger(observer=logs.observer)
 
     def __init__(self) -> None:
         self._gates: dict[str, _Gate] = {}
@@ -91,6 +101,31 @@ class LinkLimiters:
         gate.waiting.append((limit, d))
         return d
 
+    def wait(self, key: str, limit: int, granted: Callable[[], None]) -> None:
+        """
+        L{acquire} without a Deferred, for a job that L{try_acquire} turned
+        away: C{granted} is called (with the grant taken, to be given back
+        with L{release}) when its turn comes, unless L{cancel_wait} came
+        first.  A job waits at most once at a time with one C{granted}.
+        """
+        gate = self._gates.get(key)
+        if gate is None:
+            gate = self._gates[key] = _Gate()
+        gate.waiting.append((limit, granted))
+
+    def cancel_wait(self, key: str, limit: int, granted: Callable[[], None]) -> None:
+        """
+        Give up the place that L{wait} took (a no-op once granted).
+        """
+        gate = self._gates.get(key)
+        if gate is None:
+            return
+        try:
+            gate.waiting.remove((limit, granted))
+        except ValueError:
+            return
+        self._forget_if_idle(key, gate)
+
     def release(self, key: str) -> None:
         """
         A link to C{key} is gone: let the next waiting job go.
@@ -100,9 +135,16 @@ class LinkLimiters:
             return
         gate.active -= 1
         while gate.waiting and gate.active < gate.waiting[0][0]:
-            _, d = gate.waiting.popleft()
+            _, waiter = gate.waiting.popleft()
             gate.active += 1
-            d.callback(None)
+            if isinstance(waiter, Deferred):
+                waiter.callback(None)
+                continue
+            try:
+                waiter()
+            except Exception:
+                # As a Deferred would: the next jobs still get their turn.
+                self.log.failure("granting a link to {key}", key=key)
         self._forget_if_idle(key, gate)
 
     def _forget_if_idle(self, key: str, gate: _Gate) -> None:

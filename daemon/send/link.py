@@ -57,7 +57,6 @@ from daemon.send.machine import (
     TRANSITIONS,
     LinkInput,
     LinkState,
-    transition,
 )
 from daemon.send.protocol import ILinkEvents, LinkClientFactory, LinkFactory
 from daemon.send.reply import ReplyBuffer
@@ -177,6 +176,7 @@ class Link:
         self._transport: LinkTransport | None = None
         self._timer: IDelayedCall | None = None
         self._timer_event: LinkInput | None = None
+        self._timer_due = 0.0
         # What the write needs before it counts (see _check_written).
         self._tls = False
         self._handshake = False
@@ -198,11 +198,16 @@ class Link:
     def _feed(self, event: LinkInput) -> None:
         """
         Move to the state the table gives for C{event}, then run its
-        outputs in order (an output may feed the next input).
+        outputs in order (an output may feed the next input).  An input
+        the table does not list for the state is ignored (as
+        L{daemon.send.machine.transition} says).
         """
-        self.state, outputs = transition(self.state, event)
+        step = _STEPS[self.state].get(event)
+        if step is None:
+            return
+        self.state, outputs = step
         for output in outputs:
-            getattr(self, _METHODS[output])()
+            output(self)
 
     @property
     def _reply_complete(self) -> bool:
@@ -358,22 +363,39 @@ class Link:
 
     def _set_timer(self, delay: float, event: LinkInput) -> None:
         """
-        Arm the link's one timer: C{event} in C{delay} seconds.  The same
-        delayed call is moved from state to state (C{reset}: no new call,
-        and no heap work when the new time is later).
+        Arm the link's one timer: C{event} in C{delay} seconds.
+
+        The link keeps one delayed call from its connect to its end.  A
+        new time later than the call's is only noted (L{_timer_fired}
+        sleeps again for the rest); only an earlier one moves the call.
+        The first call is set to the sooner of C{connect_timeout} and the
+        close timeout, so that a link whose connect, write and close
+        follow each other within a moment moves it never: one delayed call
+        made and cancelled per link.
         """
         self._timer_event = event
+        now = self.clock.seconds()
+        due = self._timer_due = now + delay
         timer = self._timer
-        if timer is not None and timer.active():
-            timer.reset(delay)
-        else:
+        if timer is None or not timer.active():
+            if event is LinkInput.CONNECT_TIMEOUT:
+                delay = min(delay, self.options.close_timeout)
             self._timer = self.clock.callLater(delay, self._timer_fired)
+        elif timer.getTime() > due:
+            timer.reset(delay)
 
     def _timer_fired(self) -> None:
         self._timer = None
-        event, self._timer_event = self._timer_event, None
-        if event is not None:
-            self._feed(event)
+        event = self._timer_event
+        if event is None:
+            return
+        left = self._timer_due - self.clock.seconds()
+        if left > 0:
+            # Woken early (the time was moved later): sleep the rest.
+            self._timer = self.clock.callLater(left, self._timer_fired)
+            return
+        self._timer_event = None
+        self._feed(event)
 
     def _disarm_timer(self) -> None:
         """
@@ -672,3 +694,16 @@ class Link:
                 "or a reset); delivery not confirmed"
             )
         return f"connection reset by the device: {reason.getErrorMessage()}"
+
+
+#: L{TRANSITIONS} as the link runs it: per state, each input's new state
+#: and outputs as L{Link} functions (one dict lookup and no name lookup
+#: per output).
+_STEPS: dict[
+    LinkState, dict[LinkInput, tuple[LinkState, tuple[Callable[[Link], None], ...]]]
+] = {state: {} for state in LinkState}
+for (_state, _input), (_new, _outputs) in TRANSITIONS.items():
+    _STEPS[_state][_input] = (
+        _new,
+        tuple(getattr(Link, _METHODS[output]) for output in _outputs),
+    )

@@ -35,7 +35,7 @@ from twisted.internet.interfaces import (
     IPushProducer,
 )
 from twisted.internet.posixbase import PosixReactorBase
-from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
 from twisted.internet.ssl import CertificateOptions
 from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols.tls import TLSMemoryBIOProtocol
@@ -46,6 +46,8 @@ from zope.interface import implementer
 
 from daemon.config import ConfigError, config_from_string
 from daemon.core.fastio import (
+    FastClient,
+    FastConnector,
     FastIOReactor,
     FastPort,
     FastServer,
@@ -1368,3 +1370,639 @@ class LeanReadEventTests(SynchronousTestCase):
         ):
             self.assertEqual(self.run_event(False, behaviour, send), expected)
             self.assertEqual(self.run_event(True, behaviour, send), expected)
+
+
+# -- the client side (FastConnector / FastClient)
+
+
+class ClientRecording(Recording):
+    """
+    A L{Recording} client protocol that also records its data and when it
+    was connected.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.made = False
+        self.data = b""
+        self.read_closed = False
+        self.events: list[str] = []
+
+    def connectionMade(self) -> None:
+        self.made = True
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def readConnectionLost(self) -> None:
+        self.read_closed = True
+
+    def writeConnectionLost(self) -> None:
+        super().writeConnectionLost()
+        self.events.append("write closed")
+
+
+class ClientFactoryRecording(ClientFactory):
+    """
+    Builds one L{ClientRecording}; records a failed attempt.
+    """
+
+    noisy = False
+
+    def __init__(self) -> None:
+        self.protocol_made = ClientRecording()
+        self.failed: Failure | None = None
+        self.started = 0
+
+    def startedConnecting(self, connector: Any) -> None:
+        self.started += 1
+
+    def buildProtocol(self, addr: Any) -> ClientRecording:
+        return self.protocol_made
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self.failed = reason
+
+
+def wait_writable(sock: socket.socket) -> None:
+    """
+    Until the kernel has finished a connect on C{sock} (loopback: at once).
+    """
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLOUT)
+    poller.poll(5000)
+
+
+class ClientHarness:
+    """
+    A L{FastConnector} (or Twisted's own connector) on a memory reactor, to
+    a listener on 127.0.0.1 (or a closed port): the test calls
+    C{doRead}/C{doWrite} where the reactor would.
+    """
+
+    def __init__(
+        self,
+        test: SynchronousTestCase,
+        listening: bool = True,
+        small: bool = False,
+        connector: type[tcp.Connector] = FastConnector,
+    ) -> None:
+        self.reactor = MemoryReactorClock()
+        self.listener = socket.socket()
+        test.addCleanup(self.listener.close)
+        if small:
+            # Inherited by the accepted socket (its window is set from it).
+            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.listener.bind(("127.0.0.1", 0))
+        if listening:
+            self.listener.listen(1)
+        self.port = self.listener.getsockname()[1]
+        if not listening:
+            self.listener.close()
+        self.small = small
+        self.factory = ClientFactoryRecording()
+        self.connector = connector(
+            "127.0.0.1",
+            self.port,
+            self.factory,  # type: ignore[arg-type]
+            None,  # type: ignore[arg-type]
+            None,
+            self.reactor,
+        )
+        self.connector.connect()
+        self.transport: Any = self.connector.transport
+        self.peer: socket.socket | None = None
+        test.addCleanup(self.close)
+
+    @property
+    def protocol(self) -> ClientRecording:
+        return self.factory.protocol_made
+
+    def watched(self) -> tuple[bool, bool]:
+        """
+        Whether the reactor watches the transport (reading, writing).
+        """
+        return (
+            self.transport in self.reactor.getReaders(),
+            self.transport in self.reactor.getWriters(),
+        )
+
+    def complete(self) -> None:
+        """
+        Accept on the listener, and let the transport see the connect done
+        (the reactor's C{doWrite}).
+        """
+        peer, _ = self.listener.accept()
+        self.peer = peer
+        peer.settimeout(5)
+        if self.small:
+            self.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        wait_writable(self.transport.socket)
+        self.transport.doWrite()
+
+    def read(self, count: int) -> bytes:
+        assert self.peer is not None
+        data = b""
+        while len(data) < count:
+            chunk = self.peer.recv(count - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    def close(self) -> None:
+        if self.peer is not None:
+            self.peer.close()
+        socket_ = getattr(self.transport, "socket", None)
+        if socket_ is not None:
+            socket_.close()
+
+
+class ClientGuardTests(SynchronousTestCase):
+    """
+    The Twisted client internals that L{FastClient} and L{FastConnector}
+    rely on, with the meaning they rely on.
+    """
+
+    #: sha256 of C{BaseClient.doConnect}'s source in the Twisted this was
+    #: written against (26.10.0): L{FastClient.doConnect} and
+    #: L{FastClient._connect_ready} replace it; when it changes, compare
+    #: them, make them do the same, and update this.
+    DO_CONNECT_SHA256 = (
+        "9cded3ad6897cb966282bde14fed3d6e822e0650d026fd66575da2e6c5838a0d"
+    )
+
+    def test_do_connect_unchanged(self) -> None:
+        """
+        C{BaseClient.doConnect} is still the code L{FastClient} splits in
+        two (connect_ex then watch for reading and writing; on the second
+        call C{SO_ERROR}, then stop watching and C{_connectDone}).
+        """
+        source = inspect.getsource(tcp.BaseClient.doConnect)
+        for part in (
+            "self.doWrite = self.doConnect",
+            "self.doRead = self.doConnect",
+            'if not hasattr(self, "connector"):',
+            "self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)",
+            "self.socket.connect_ex(self.realAddress)",
+            "self.startReading()",
+            "self.startWriting()",
+            "del self.doWrite",
+            "del self.doRead",
+            "self._connectDone()",
+        ):
+            self.assertIn(part, source)
+        self.assertEqual(
+            hashlib.sha256(source.encode()).hexdigest(),
+            self.DO_CONNECT_SHA256,
+            "BaseClient.doConnect changed: review daemon.core.fastio.FastClient",
+        )
+
+    def test_client_init_and_finish_init(self) -> None:
+        """
+        C{tcp.Client.__init__} sets C{connector}, C{addr} and
+        C{_requiresResolution} (false for an address literal), then calls
+        C{_finishInit(whenDone, skt, err, reactor)} with C{resolveAddress}
+        (or None when the socket could not be made); C{_finishInit} starts
+        the connection with C{_commonConnection.__init__(self, skt, None,
+        reactor)} and schedules C{whenDone} a turn later.
+        """
+        source = inspect.getsource(tcp._BaseTCPClient.__init__)
+        for part in (
+            "self.connector = connector",
+            "self.addr = (host, port)",
+            "whenDone = self.resolveAddress",
+            "self._requiresResolution = False",
+            "self._finishInit(whenDone, skt, err, reactor)",
+        ):
+            self.assertIn(part, source)
+        source = inspect.getsource(tcp._BaseBaseClient._finishInit)
+        self.assertIn(
+            "self._commonConnection.__init__(self, skt, None, reactor)", source
+        )
+        self.assertIn("reactor.callLater(0, whenDone)", source)
+        self.assertEqual(
+            list(inspect.signature(tcp._BaseBaseClient._finishInit).parameters),
+            ["self", "whenDone", "skt", "error", "reactor"],
+        )
+        self.assertIs(tcp.Client._commonConnection, tcp.Connection)
+        self.assertIn(
+            "self.doConnect()", inspect.getsource(tcp.BaseClient._setRealAddress)
+        )
+
+    def test_connect_done_and_failure(self) -> None:
+        """
+        C{_connectDone} builds the protocol through the connector, starts
+        reading and calls C{makeConnection}; C{failIfNotConnected} deletes
+        C{connector} (which L{FastClient} checks), and C{getPeer} is made
+        from C{realAddress}.
+        """
+        source = inspect.getsource(tcp.BaseClient._connectDone)
+        self.assertIn("self.connector.buildProtocol(self.getPeer())", source)
+        self.assertIn("self.startReading()", source)
+        self.assertIn("self.protocol.makeConnection(self)", source)
+        self.assertIn(
+            "del self.connector",
+            inspect.getsource(tcp._BaseBaseClient.failIfNotConnected),
+        )
+        self.assertIn("self.realAddress", inspect.getsource(tcp._BaseTCPClient.getPeer))
+
+    def test_half_close_internals(self) -> None:
+        """
+        Twisted half-closes from C{doWrite} when C{_writeDisconnecting} is
+        set (L{FastClient.loseWriteConnection} leaves it unset, so that
+        does not happen twice), through C{_closeWriteConnection}
+        (C{shutdown(1)} and the protocol's C{writeConnectionLost}); after
+        that C{write} drops data and C{loseConnection} calls
+        C{connectionLost} at once; C{_closeSocket} calls C{shutdown(2)}
+        only with C{_shouldShutdown}.
+        """
+        source = inspect.getsource(abstract.FileDescriptor.doWrite)
+        self.assertIn("elif self._writeDisconnecting:", source)
+        source = inspect.getsource(tcp.Connection._closeWriteConnection)
+        self.assertIn("self.socket.shutdown(1)", source)
+        self.assertIn("p.writeConnectionLost()", source)
+        self.assertIn(
+            "self._writeDisconnected",
+            inspect.getsource(abstract.FileDescriptor.write),
+        )
+        source = inspect.getsource(abstract.FileDescriptor.loseConnection)
+        self.assertIn("if self._writeDisconnected:", source)
+        self.assertIn(
+            "self.connectionLost(failure.Failure(main.CONNECTION_DONE))", source
+        )
+        source = inspect.getsource(tcp.Connection._closeSocket)
+        self.assertIn("if self._shouldShutdown:", source)
+        self.assertIs(tcp.Connection._shouldShutdown, True)
+        source = inspect.getsource(abstract.FileDescriptor.connectionLost)
+        self.assertIn("self.stopReading()", source)
+        self.assertIn("self.stopWriting()", source)
+
+    def test_connector(self) -> None:
+        """
+        C{BaseConnector.connect} makes the transport with
+        C{_makeTransport}, arms the timeout only when it is not None, then
+        calls C{startedConnecting}; C{stopConnecting} deletes the
+        transport; the reactor's C{connectTCP} is C{tcp.Connector(...)}
+        then C{connect()}, with the arguments L{FastIOReactor.connectTCP}
+        gives.
+        """
+        source = inspect.getsource(PosixReactorBase.connectTCP)
+        self.assertIn(
+            "tcp.Connector(host, port, factory, timeout, bindAddress, self)", source
+        )
+        self.assertIn("c.connect()", source)
+        from twisted.internet.base import BaseConnector
+
+        source = inspect.getsource(BaseConnector.connect)
+        self.assertIn("self.transport: Client | None = self._makeTransport()", source)
+        self.assertIn("if self.timeout is not None:", source)
+        self.assertIn("self.factory.startedConnecting(self)", source)
+        self.assertIn(
+            "del self.transport", inspect.getsource(BaseConnector.stopConnecting)
+        )
+        self.assertEqual(
+            list(inspect.signature(tcp.Connector.__init__).parameters),
+            ["self", "host", "port", "factory", "timeout", "bindAddress", "reactor"],
+        )
+        self.assertIs(type(_reactor).connectTCP, PosixReactorBase.connectTCP)
+
+    def test_stock_client_is_what_fast_io_no_uses(self) -> None:
+        """
+        Twisted's own client (C{fast_io = no}) connects a reactor turn
+        later, buffers writes and half-closes from C{doWrite}.
+        """
+        harness = ClientHarness(self, connector=tcp.Connector)
+        self.assertEqual(harness.watched(), (False, False))
+        self.assertEqual(len(harness.reactor.getDelayedCalls()), 1)
+        harness.reactor.advance(0)
+        self.assertEqual(harness.watched(), (True, True))
+        harness.complete()
+        self.assertTrue(harness.protocol.made)
+        harness.transport.write(b"data")
+        self.assertEqual(harness.watched(), (True, True))
+        harness.transport.loseWriteConnection()
+        self.assertFalse(harness.protocol.write_closed)
+        self.assertIsNone(harness.transport.doWrite())
+        self.assertTrue(harness.protocol.write_closed)
+        self.assertEqual(harness.read(10), b"data")
+
+
+class FastClientTests(SynchronousTestCase):
+    """
+    What L{FastConnector} and L{FastClient} change, and what they keep.
+    """
+
+    def test_connects_at_once(self) -> None:
+        """
+        The connect starts within C{connect()}: the socket is watched for
+        reading and writing, no delayed call (no turn later, and no timeout
+        with C{timeout=None}); the factory heard C{startedConnecting}
+        first.
+        """
+        harness = ClientHarness(self)
+        self.assertIsInstance(harness.transport, FastClient)
+        self.assertEqual(harness.watched(), (True, True))
+        self.assertEqual(harness.reactor.getDelayedCalls(), [])
+        self.assertEqual(harness.factory.started, 1)
+        self.assertFalse(harness.protocol.made)
+        harness.complete()
+        self.assertTrue(harness.protocol.made)
+        self.assertEqual(harness.connector.state, "connected")
+        # Reading stays on, writing stops.
+        self.assertEqual(harness.watched(), (True, False))
+        self.assertEqual(harness.transport.getPeer().port, harness.port)
+
+    def test_timeout_armed_when_given(self) -> None:
+        """
+        A connector with a timeout arms it as Twisted's does.
+        """
+        reactor = MemoryReactorClock()
+        factory = ClientFactoryRecording()
+        connector = FastConnector("127.0.0.1", 9, factory, 3.0, None, reactor)
+        connector.connect()
+        self.addCleanup(connector.transport.socket.close)  # type: ignore[union-attr]
+        self.assertEqual([c.getTime() for c in reactor.getDelayedCalls()], [3.0])
+
+    def test_sends_and_half_closes_at_once(self) -> None:
+        """
+        Connected, a write is sent at once, and C{loseWriteConnection}
+        shuts down the socket for writing at once: the protocol hears
+        C{writeConnectionLost} before it returns, and nothing waits for
+        the reactor.  A C{doWrite} of the same poll event does not half-close
+        again; a later write is dropped; C{loseConnection} closes without
+        C{shutdown(2)}.
+        """
+        harness = ClientHarness(self)
+        harness.complete()
+        harness.transport.write(b"line\n")
+        self.assertEqual(harness.watched(), (True, False))
+        harness.transport.loseWriteConnection()
+        self.assertEqual(harness.protocol.events, ["write closed"])
+        self.assertEqual(harness.read(100), b"line\n")
+        self.assertEqual(harness.watched(), (True, False))
+        self.assertIsNone(harness.transport.doWrite())
+        self.assertEqual(harness.protocol.events, ["write closed"])
+        harness.transport.write(b"late")
+        self.assertFalse(harness.transport._shouldShutdown)
+        harness.transport.loseConnection()
+        self.assertIsNotNone(harness.protocol.lost)
+        assert harness.protocol.lost is not None
+        self.assertIsInstance(
+            harness.protocol.lost.value, main.CONNECTION_DONE.__class__
+        )
+        self.assertEqual(harness.watched(), (False, False))
+
+    def test_device_speaks_first(self) -> None:
+        """
+        The device sent data before the connect was seen done: the poll
+        event says readable and writable, the reactor calls C{doRead}
+        (the connect done: the protocol writes and half-closes at once)
+        then C{doWrite} in the same event, which has nothing to do and
+        does not lose the connection; the data is read next.
+        """
+
+        class Sends(ClientRecording):
+            def connectionMade(self) -> None:
+                super().connectionMade()
+                assert self.transport is not None
+                self.transport.write(b"job\n")
+                self.transport.loseWriteConnection()  # type: ignore[attr-defined]
+
+        harness = ClientHarness(self)
+        harness.factory.protocol_made = Sends()
+        peer, _ = harness.listener.accept()
+        harness.peer = peer
+        peer.sendall(b"banner\n")
+        wait_writable(harness.transport.socket)
+        self.assertIsNone(harness.transport.doRead())
+        self.assertIsNone(harness.transport.doWrite())
+        self.assertEqual(harness.protocol.events, ["write closed"])
+        self.assertIsNone(harness.protocol.lost)
+        self.assertIsNone(harness.transport.doRead())
+        self.assertEqual(harness.protocol.data, b"banner\n")
+        self.assertEqual(harness.read(100), b"job\n")
+
+    def test_partial_write_then_half_close_waits(self) -> None:
+        """
+        A write the kernel takes only in part: the rest is buffered and
+        watched; a half-close then waits for C{doWrite} to send the rest
+        (Twisted's path), and the bytes arrive in order before the FIN.
+        """
+        harness = ClientHarness(self, small=True)
+        harness.complete()
+        payload = bytes(range(256)) * 4096
+        harness.transport.write(payload)
+        self.assertGreater(harness.transport._tempDataLen, 0)
+        self.assertEqual(harness.watched(), (True, True))
+        harness.transport.loseWriteConnection()
+        self.assertEqual(harness.protocol.events, [])
+        assert harness.peer is not None
+        harness.peer.setblocking(False)
+        received = b""
+        while harness.transport in harness.reactor.getWriters():
+            try:
+                received += harness.peer.recv(2**20)
+            except BlockingIOError:
+                pass
+            self.assertIsNone(harness.transport.doWrite())
+        harness.peer.setblocking(True)
+        while chunk := harness.peer.recv(2**20):
+            received += chunk
+        self.assertEqual(received, payload)
+        self.assertEqual(harness.protocol.events, ["write closed"])
+
+    def test_eagain_buffers(self) -> None:
+        """
+        C{EAGAIN} on the immediate send: everything is buffered, watched,
+        and sent by C{doWrite}.
+        """
+        harness = ClientHarness(self)
+        harness.complete()
+        real = harness.transport.socket
+        harness.transport.socket = FakeSocket(
+            real, BlockingIOError(errno.EAGAIN, "again")
+        )
+        harness.transport.write(b"abc")
+        self.assertEqual(harness.transport._tempDataLen, 3)
+        self.assertEqual(harness.watched(), (True, True))
+        self.assertIsNone(harness.transport.doWrite())
+        self.assertEqual(harness.read(3), b"abc")
+
+    def test_device_closed_early(self) -> None:
+        """
+        The device closes before we write: the write does not raise, and
+        the connection ends through the reactor (a read of the device's
+        FIN, or a send error from C{doWrite}) as without fast_io.
+        """
+        harness = ClientHarness(self)
+        harness.complete()
+        assert harness.peer is not None
+        harness.peer.close()
+        harness.peer = None
+        harness.transport.write(b"abc")
+        self.assertIsNone(harness.protocol.lost)
+        self.assertEqual(harness.transport.doRead(), main.CONNECTION_DONE)
+
+    def test_send_error_left_to_the_reactor(self) -> None:
+        """
+        A send that fails (reset) is buffered; the reactor's C{doWrite}
+        reports the connection lost.
+        """
+        harness = ClientHarness(self)
+        harness.complete()
+        harness.transport.socket = FakeSocket(
+            harness.transport.socket,
+            ConnectionResetError(errno.ECONNRESET, "reset"),
+            BrokenPipeError(errno.EPIPE, "pipe"),
+        )
+        harness.transport.write(b"abc")
+        self.assertIsNone(harness.protocol.lost)
+        self.assertIs(harness.transport.doWrite(), main.CONNECTION_LOST)
+
+    def test_refused(self) -> None:
+        """
+        Nobody listening: the reactor's event reads C{SO_ERROR}, and the
+        factory hears C{ConnectionRefusedError}.
+        """
+        harness = ClientHarness(self, listening=False)
+        wait_writable(harness.transport.socket)
+        harness.transport.doRead()
+        assert harness.factory.failed is not None
+        self.assertTrue(harness.factory.failed.check(error.ConnectionRefusedError))
+        self.assertEqual(harness.watched(), (False, False))
+        self.assertEqual(harness.connector.state, "disconnected")
+
+    def test_immediate_failure_reported_a_turn_later(self) -> None:
+        """
+        A connect that fails within C{connect_ex}: the factory hears it a
+        turn later, never within C{connectTCP}.
+        """
+        reactor = MemoryReactorClock()
+        factory = ClientFactoryRecording()
+        connector = FastConnector("127.0.0.1", 9, factory, None, None, reactor)  # type: ignore[arg-type]
+        original = FastClient.begin
+
+        def failing_begin(client: FastClient) -> None:
+            client.socket = FakeConnect(client.socket, errno.ENETUNREACH)  # type: ignore[assignment]
+            original(client)
+
+        self.patch(FastClient, "begin", failing_begin)
+        connector.connect()
+        self.assertIsNone(factory.failed)
+        reactor.advance(0)
+        assert factory.failed is not None
+        self.assertTrue(factory.failed.check(error.ConnectError))
+
+    def test_stopped_while_connecting(self) -> None:
+        """
+        C{stopConnecting} before the connect is done: the factory hears it
+        at once, the socket is no longer watched, and a late event is a
+        no-op.
+        """
+        harness = ClientHarness(self)
+        transport = harness.transport
+        harness.connector.stopConnecting()
+        assert harness.factory.failed is not None
+        self.assertTrue(harness.factory.failed.check(error.UserError))
+        self.assertEqual(harness.watched(), (False, False))
+        self.assertIsNone(transport._connect_ready())
+        self.assertFalse(harness.protocol.made)
+
+    def test_name_keeps_twisted_resolution(self) -> None:
+        """
+        A host name goes through Twisted's resolution a turn later (no
+        immediate connect).
+        """
+        reactor = MemoryReactorClock()
+        factory = ClientFactoryRecording()
+        connector = FastConnector("localhost", 9, factory, None, None, reactor)  # type: ignore[arg-type]
+        connector.connect()
+        self.addCleanup(connector.transport.socket.close)  # type: ignore[union-attr]
+        self.assertEqual(len(reactor.getDelayedCalls()), 1)
+
+    def test_fast_io_reactor_connects_with_it(self) -> None:
+        """
+        L{FastIOReactor.connectTCP} makes a L{FastConnector} on Twisted's
+        POSIX reactor, and leaves another reactor's own C{connectTCP}.
+        """
+        memory = MemoryReactorClock()
+        FastIOReactor(memory).connectTCP("127.0.0.1", 9, ClientFactory(), 5)
+        self.assertEqual(len(memory.tcpClients), 1)
+
+
+class FakeConnect:
+    """
+    A socket whose C{connect_ex} returns C{result}.
+    """
+
+    def __init__(self, real: socket.socket, result: int) -> None:
+        self.real = real
+        self.result = result
+
+    def connect_ex(self, address: Any) -> int:
+        return self.result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+class FastClientEndToEndTests(TestCase):
+    """
+    L{FastIOReactor.connectTCP} on the real reactor, to a real listener on
+    127.0.0.1.
+    """
+
+    timeout = 10
+
+    async def test_line_then_half_close(self) -> None:
+        """
+        Connect, write, half-close at once; the server reads the line and
+        the FIN, closes, and the client hears the whole close.
+        """
+        got: Deferred[bytes] = Deferred()
+
+        class Sink(Protocol):
+            buffer = b""
+
+            def dataReceived(self, data: bytes) -> None:
+                self.buffer += data
+
+            def connectionLost(self, reason: Failure = connectionDone) -> None:
+                got.callback(self.buffer)
+
+        @implementer(IHalfCloseableProtocol)
+        class Sender(Protocol):
+            def __init__(self) -> None:
+                self.lost: Deferred[None] = Deferred()
+
+            def connectionMade(self) -> None:
+                assert self.transport is not None
+                self.transport.write(b"hello\n")
+                self.transport.loseWriteConnection()  # type: ignore[attr-defined]
+
+            def readConnectionLost(self) -> None:
+                assert self.transport is not None
+                self.transport.loseConnection()
+
+            def writeConnectionLost(self) -> None:
+                pass
+
+            def connectionLost(self, reason: Failure = connectionDone) -> None:
+                self.lost.callback(None)
+
+        reactor: Any = _reactor
+        port = reactor.listenTCP(0, Factory.forProtocol(Sink), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        sender = Sender()
+
+        class Connect(ClientFactory):
+            def buildProtocol(self, addr: Any) -> Sender:
+                return sender
+
+        connector = FastIOReactor(_reactor).connectTCP(
+            "127.0.0.1", port.getHost().port, Connect(), None
+        )
+        self.assertIsInstance(connector, FastConnector)
+        self.assertEqual(await got, b"hello\n")
+        await sender.lost

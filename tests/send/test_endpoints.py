@@ -338,8 +338,9 @@ class DirectConnectTests(SynchronousTestCase):
 
     def test_connect_link(self) -> None:
         """
-        IPv4 and IPv6 literals: C{connectTCP} with the connect timeout, no
-        name lookup; the factory builds a protocol that reports to the link.
+        IPv4 and IPv6 literals: C{connectTCP} with no timeout of its own (the
+        link's connect timer bounds it), no name lookup; the factory builds
+        a protocol that reports to the link.
         """
         for destination, host in (
             ("10.0.0.5:9100", "10.0.0.5"),
@@ -349,7 +350,7 @@ class DirectConnectTests(SynchronousTestCase):
             link = self.link(reactor, destination)
             link.start()
             h, port, factory, timeout, _ = reactor.tcpClients[0]
-            self.assertEqual((h, port, timeout), (host, 9100, 4.0))
+            self.assertEqual((h, port, timeout), (host, 9100, None))
             protocol: Any = factory.buildProtocol(None)
             self.assertIs(protocol.link, link)
 

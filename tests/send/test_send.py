@@ -6,7 +6,7 @@ endpoints, fake transports and a fake clock.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -24,6 +24,7 @@ from twisted.internet.error import (
     TimeoutError,
 )
 from twisted.internet.interfaces import (
+    IDelayedCall,
     IHalfCloseableDescriptor,
     IPushProducer,
     ISSLTransport,
@@ -354,6 +355,170 @@ class LinkLimitersTests(SynchronousTestCase):
         self.successResultOf(first)
         limiters.release("a")
         self.assertEqual(len(limiters), 0)
+
+
+class LinkLimitersWaitTests(SynchronousTestCase):
+    """
+    L{LinkLimiters.wait}: a turn without a Deferred, in the same queue as
+    L{LinkLimiters.acquire}.
+    """
+
+    def test_fifo_with_acquire(self) -> None:
+        """
+        Functions given to C{wait} and Deferreds of C{acquire} are granted
+        in the order they came, one per released link.
+        """
+        limiters = LinkLimiters()
+        order: list[str] = []
+        self.assertTrue(limiters.try_acquire("a", 1))
+        self.assertFalse(limiters.try_acquire("a", 1))
+        limiters.wait("a", 1, lambda: order.append("first"))
+        limiters.acquire("a", 1).addCallback(lambda _: order.append("second"))
+        limiters.wait("a", 1, lambda: order.append("third"))
+        self.assertEqual(limiters.waiting("a"), 3)
+        for expected in (["first"], ["first", "second"], ["first", "second", "third"]):
+            limiters.release("a")
+            self.assertEqual(order, expected)
+            self.assertEqual(limiters.active("a"), 1)
+        limiters.release("a")
+        self.assertEqual(len(limiters), 0)
+
+    def test_cancel_wait(self) -> None:
+        """
+        C{cancel_wait} gives the place up; after the grant it is a no-op.
+        """
+        limiters = LinkLimiters()
+        granted: list[int] = []
+
+        def one() -> None:
+            granted.append(1)
+
+        def two() -> None:
+            granted.append(2)
+
+        self.assertTrue(limiters.try_acquire("a", 1))
+        limiters.wait("a", 1, one)
+        limiters.wait("a", 1, two)
+        limiters.cancel_wait("a", 1, one)
+        limiters.release("a")
+        self.assertEqual(granted, [2])
+        limiters.cancel_wait("a", 1, two)
+        limiters.cancel_wait("b", 1, two)
+        limiters.release("a")
+        self.assertEqual(len(limiters), 0)
+
+    def test_failing_waiter_does_not_hold_up_the_next(self) -> None:
+        """
+        A granted function that raises is logged; the grant it took stays
+        taken (its owner gives it back), and the queue goes on.
+        """
+        limiters = LinkLimiters()
+        granted: list[str] = []
+
+        def broken() -> None:
+            raise RuntimeError("boom")
+
+        self.assertTrue(limiters.try_acquire("a", 2))
+        self.assertTrue(limiters.try_acquire("a", 2))
+        limiters.wait("a", 2, broken)
+        limiters.wait("a", 2, lambda: granted.append("next"))
+        with capturedLogs() as events:
+            limiters.release("a")
+            limiters.release("a")
+        self.assertEqual(granted, ["next"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertTrue(any("granting a link" in formatEvent(e) for e in events))
+
+
+class CountingClock(Clock):
+    """
+    A clock that counts the delayed calls made.
+    """
+
+    made = 0
+
+    def callLater(
+        self, delay: float, callable: Callable[..., object], *args: object, **kw: object
+    ) -> IDelayedCall:
+        self.made += 1
+        return super().callLater(delay, callable, *args, **kw)
+
+
+class LinkTimerTests(SynchronousTestCase):
+    """
+    The link's one delayed call: made once, moved only when a state needs
+    it sooner.
+    """
+
+    def test_quick_link_makes_one_call(self) -> None:
+        """
+        A link connected, written and closed within a moment makes one
+        delayed call over its life (set to the sooner of the connect and
+        close timeouts), and none is left.
+        """
+        clock = CountingClock()
+        endpoint = printer_endpoint()
+        link = Link(clock, PRINTER, endpoint, b"job", LinkOptions(connect_timeout=5.0))
+        d = link.start()
+        (call,) = clock.getDelayedCalls()
+        self.assertEqual(call.getTime(), CLOSE_TIMEOUT)
+        protocol, _ = endpoint.accept()
+        self.assertIs(link.state, LinkState.CLOSING)
+        self.assertEqual(clock.getDelayedCalls(), [call])
+        self.assertEqual(call.getTime(), CLOSE_TIMEOUT)
+        device_closes(protocol)
+        self.successResultOf(d)
+        self.assertEqual(clock.made, 1)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_woken_early_sleeps_the_rest(self) -> None:
+        """
+        Still connecting when the first call fires (at the close timeout):
+        it sleeps until connect_timeout, and the link fails then, not
+        before.
+        """
+        clock = Clock()
+        endpoint = printer_endpoint()
+        link = Link(clock, PRINTER, endpoint, b"job", LinkOptions(connect_timeout=5.0))
+        d = link.start()
+        clock.advance(CLOSE_TIMEOUT)
+        self.assertIs(link.state, LinkState.CONNECTING)
+        (call,) = clock.getDelayedCalls()
+        self.assertEqual(call.getTime(), 5.0)
+        clock.advance(5.0 - CLOSE_TIMEOUT - 0.001)
+        self.assertNoResult(d)
+        clock.advance(0.001)
+        self.failureResultOf(d, ActionFailed)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_sooner_time_moves_the_call(self) -> None:
+        """
+        A C{disconnect_delay} shorter than the time the call is set for
+        moves it sooner: the link closes at the delay exactly.
+        """
+        clock = Clock()
+        endpoint = printer_endpoint()
+        link = Link(
+            clock,
+            PRINTER,
+            endpoint,
+            b"job",
+            LinkOptions(connect_timeout=5.0, disconnect_delay=0.25),
+        )
+        d = link.start()
+        protocol, transport = endpoint.accept()
+        assert isinstance(transport, HalfCloseTransport)
+        self.assertIs(link.state, LinkState.WAITING_REPLY)
+        (call,) = clock.getDelayedCalls()
+        self.assertEqual(call.getTime(), 0.25)
+        clock.advance(0.249)
+        self.assertIs(link.state, LinkState.WAITING_REPLY)
+        clock.advance(0.001)
+        self.assertIs(link.state, LinkState.CLOSING)
+        self.assertTrue(transport.write_closed)
+        link.abort("test over")
+        lost(protocol, ConnectionAborted())
+        self.failureResultOf(d, ActionFailed)
 
 
 class LinkTests(SynchronousTestCase):

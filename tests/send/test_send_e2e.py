@@ -760,3 +760,49 @@ class NeverClosingDeviceTests(TestCase):
             f"open); delivery not confirmed",
         )
         self.assertEqual(await device.wait_for_jobs(1), [b"^XAA1^XZ"])
+
+
+class FastIOChoiceTests(TestCase):
+    """
+    C{[plantd] fast_io}: links connect with L{daemon.core.fastio}'s client
+    (on by default) or with Twisted's own; the job arrives either way.
+    """
+
+    timeout = 30
+
+    async def test_client_follows_fast_io(self) -> None:
+        from twisted.internet import tcp
+
+        from daemon.core.fastio import FastClient
+        from daemon.send.link import Link
+
+        transports: list[type] = []
+        made = Link.connection_made
+
+        def spy(link: Link, protocol: object, transport: Any) -> None:
+            transports.append(type(transport))
+            made(link, protocol, transport)
+
+        self.patch(Link, "connection_made", spy)
+        for value, kind in (("yes", FastClient), ("no", tcp.Client)):
+            sim = PrinterSimulator(global_reactor)
+            port = await sim.listen(global_reactor, "tcp:0:interface=127.0.0.1")
+            self.addCleanup(sim.disconnect_all)
+            self.addCleanup(port.stopListening)
+            number = port.getHost().port  # type: ignore[attr-defined]
+            config = config_from_string(
+                f"[plantd]\nfast_io = {value}\n"
+                f"[send:label]\ndestination = 127.0.0.1:{number}\ndata = job-{value}\n"
+            )
+            action = build_send_actions(
+                config, global_reactor, Stats(), MultiService()
+            )["label"]
+            assert isinstance(action, SendAction)
+            self.addCleanup(action.stop)
+            result = action.run(Event("server:line1", "x", {}, []))
+            assert isinstance(result, Deferred)
+            self.assertIsNone(await result)
+            jobs = await sim.wait_for_jobs(1)
+            self.assertEqual(jobs[0].data, f"job-{value}".encode())
+            self.assertIs(transports[-1], kind)
+            self.assertEqual((sim.broken, sim.empty), (0, 0))
