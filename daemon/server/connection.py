@@ -35,7 +35,7 @@ from zope.interface import implementer
 
 from daemon.core import logs
 from daemon.core.actions import Event, EventVariables, Outcome
-from daemon.core.codecs import decode_message, encode_reply
+from daemon.core.codecs import AUTO, decode_message, encode_reply
 from daemon.core.deadline import Deadline
 from daemon.core.events import (
     DATA,
@@ -751,8 +751,14 @@ class ServerConnection(Protocol):
         variables = EventVariables(base)
         variables.seconds = self.last_data
         variables[SEQ] = str(seq)
+        encoding = config.encoding
         try:
-            text = decode_message(frame, config.encoding)
+            # decode_message, without the call for an explicit encoding.
+            text = (
+                frame.decode(encoding)
+                if encoding != AUTO
+                else decode_message(frame, encoding)
+            )
         except UnicodeError as e:
             stats.decode_errors += 1
             variables[DATA] = frame.decode("latin-1")
@@ -774,7 +780,19 @@ class ServerConnection(Protocol):
                 return
         chain = trigger.chain
         if not chain.actions:
-            self.replies.add(self._reply(variables, None, frame, None, config))
+            template = config.reply_template
+            if template is None:
+                self.replies.add(self._reply(variables, None, frame, None, config))
+                return
+            # _reply's template case, inline.
+            try:
+                data = template.render(variables).encode(
+                    "utf-8" if encoding == AUTO else encoding
+                )
+            except (MissingVariable, UnicodeError) as e:
+                self._unbuilt(variables, e)
+                data = b""
+            self.replies.add(data)
             return
         event = Event(trigger.section, self.peer, variables, [])
         outcome = chain.run(event)
