@@ -36,7 +36,7 @@ from zope.interface import implementer
 from daemon.core import logs
 from daemon.core.actions import Event, EventVariables, Outcome
 from daemon.core.codecs import AUTO, decode_message, encode_reply
-from daemon.core.deadline import Deadline
+from daemon.core.deadline import Deadline, Entry
 from daemon.core.events import (
     DATA,
     ERROR,
@@ -188,13 +188,9 @@ class ServerConnection(Protocol):
             if config.frame == "idle"
             else None
         )
-        self._idle_timeout = Deadline(
-            clock,
-            config.idle_timeout,
-            self._last,
-            self._idle_timeout_expired,
-            busy=self._replies_pending,
-        )
+        # The idle timeout's entry in the trigger's Deadlines (see
+        # deadline_passed), from connectionMade while it is watched.
+        self._idle: Entry | None = None
         self._stall_call: IDelayedCall | None = None
         self._waiters: list[Deferred[None]] = []
         self._aborted = False
@@ -286,8 +282,9 @@ class ServerConnection(Protocol):
                     peer=self.peer,
                     error=e.strerror,
                 )
-        if self.config.idle_timeout > 0:
-            self._idle_timeout.start()
+        idle_timeout = self.config.idle_timeout
+        if idle_timeout > 0:
+            self._idle = trigger.idle_deadlines.add(self, self.since + idle_timeout)
         # Per connection: at debug (a client that connects per message would
         # fill the log); the status page's recent events and the
         # connections/active counters show every one.
@@ -391,7 +388,9 @@ class ServerConnection(Protocol):
         stats.active -= 1
         if self._frame_idle is not None:
             self._frame_idle.cancel()
-        self._idle_timeout.cancel()
+        if self._idle is not None:
+            trigger.idle_deadlines.cancel(self._idle)
+            self._idle = None
         if self._partial_wait is not None:
             self._partial_wait.cancel()
         if self._stall_call is not None and self._stall_call.active():
@@ -643,6 +642,24 @@ class ServerConnection(Protocol):
             end=end,
             remedy=remedy,
         )
+
+    def deadline_passed(self, now: float) -> float | None:
+        """
+        The time of the idle timeout came (the trigger's L{Deadlines} asks):
+        silent for C{idle_timeout} seconds, and no event of this client
+        unfinished (silence is expected then: ask again a timeout later),
+        aborts; otherwise when to ask again.
+        """
+        if not self.alive:
+            return None
+        timeout = self.config.idle_timeout
+        when = self.last_data + timeout
+        if when > now:
+            return when
+        if self._replies_pending():
+            return now + timeout
+        self._idle_timeout_expired()
+        return None
 
     def _idle_timeout_expired(self) -> None:
         if not self.alive:

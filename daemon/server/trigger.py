@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from daemon.config import ServerConfig
 from daemon.core import logs
 from daemon.core.actions import ActionChain
+from daemon.core.deadline import Deadlines
 from daemon.core.listening import ListeningService
 from daemon.core.networks import host_allowed
 from daemon.core.peers import host_port, join_host_port
@@ -70,6 +71,8 @@ class ServerTrigger(Factory):
         self.stats = stats
         self.section = f"server:{config.name}"
         self.connections: set[ServerConnection] = set()
+        #: the idle timeouts of the connections, on one delayed call
+        self.idle_deadlines = Deadlines(clock)
         self._refused_logged: dict[str, float] = {}
         self._echo_wrap = self._echo_wrapping(config)
         #: C{tls_client_ca}'s CAs, which the listener requires client

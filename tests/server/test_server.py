@@ -515,6 +515,53 @@ class LimitTests(SynchronousTestCase):
         self.assertEqual(trigger.stats.idle_timeouts, 1)
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_idle_timeout_not_while_busy(self) -> None:
+        """
+        A client whose event is unfinished is not aborted for its silence
+        (it is looked at again a timeout later); once the event finished,
+        its silence is.
+        """
+        action = FakeAction()
+        action.later = []
+        trigger, clock = make("actions = fake\nidle_timeout = 10", (action,))
+        protocol, transport = connect(trigger)
+        protocol.dataReceived(b"slow\n")
+        for _ in range(5):
+            clock.advance(5)
+        self.assertTrue(transport.connected)
+        action.later[0].callback(None)
+        clock.advance(4.9)
+        self.assertTrue(transport.connected)
+        clock.advance(0.1)
+        self.assertFalse(transport.connected)
+        self.assertEqual(trigger.stats.idle_timeouts, 1)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_idle_timeouts_share_one_delayed_call(self) -> None:
+        """
+        The idle timeouts of a trigger's clients are one delayed call; each
+        client is aborted after its own silence; a client gone is no
+        longer watched, and with no client left no delayed call is.
+        """
+        trigger, clock = make("idle_timeout = 10")
+        first, first_transport = connect(trigger, port=1)
+        clock.advance(3)
+        second, second_transport = connect(trigger, port=2)
+        third, third_transport = connect(trigger, port=3)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        clock.advance(6)
+        first.dataReceived(b"a\n")
+        third_transport.loseConnection()
+        clock.advance(4)
+        self.assertTrue(first_transport.connected)
+        self.assertFalse(second_transport.connected)
+        self.assertEqual(trigger.stats.idle_timeouts, 1)
+        clock.advance(6)
+        self.assertFalse(first_transport.connected)
+        self.assertEqual(trigger.stats.idle_timeouts, 2)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(len(trigger.idle_deadlines), 0)
+
     def test_max_pending_pauses(self) -> None:
         """
         Reading pauses while max_pending events are unfinished, and resumes
