@@ -4,13 +4,16 @@ or a reset (power cut, cable pulled, a switch that drops the link) is
 declared dead by the kernel within about C{seconds}, and the connection's
 C{connectionLost} runs, instead of a socket that stays open for hours.
 
-Three functions, no state and no reactor:
+Functions, no state and no reactor:
 
   - L{keepalive_options}: the C{(level, option, value)} triples for a bound
     (pure; the options this platform lacks are left out);
   - L{find_socket}: the TCP socket under a transport, through TLS and other
     wrapping transports;
-  - L{apply_keepalive}: both, setting the options on the socket.
+  - L{apply_keepalive}: both, setting the options on the socket;
+  - L{set_keepalive}, L{has_keepalive}, L{clear_keepalive}: set them on a
+    (listening) socket, check that an accepted socket got them from it,
+    and undo them.
 
 Used by the reader trigger on its session to the reader; usable on any
 Twisted TCP (or TLS over TCP) transport.
@@ -107,16 +110,69 @@ def apply_keepalive(transport: object, seconds: float) -> bool:
         not TCP over IPv4 or IPv6 (a UNIX socket…), or C{seconds <= 0}.
     @raise OSError: the system refused an option.
     """
-    options = _options(seconds)
     sock = find_socket(transport)
-    if not options or sock is None:
-        return False
-    if _FAMILY.__get__(sock) not in _TCP_FAMILIES:
-        return False
-    if _TYPE.__get__(sock) != socket.SOCK_STREAM:
+    return sock is not None and set_keepalive(sock, seconds)
+
+
+def _tcp(sock: socket.socket) -> bool:
+    return (
+        _FAMILY.__get__(sock) in _TCP_FAMILIES
+        and _TYPE.__get__(sock) == socket.SOCK_STREAM
+    )
+
+
+def set_keepalive(sock: socket.socket, seconds: float) -> bool:
+    """
+    Set the L{keepalive_options} for C{seconds} on C{sock}.  On a
+    listening socket (Linux) the sockets it accepts get them from it: see
+    L{has_keepalive}.
+
+    @return: whether they were set: False for a socket that is not TCP
+        over IPv4 or IPv6, or C{seconds <= 0}.
+    @raise OSError: the system refused an option.
+    """
+    options = _options(seconds)
+    if not options or not _tcp(sock):
         return False
     for level, option, value in options:
         sock.setsockopt(level, option, value)
+    return True
+
+
+def has_keepalive(sock: socket.socket, seconds: float) -> bool:
+    """
+    Whether C{sock} has every one of the L{keepalive_options} for
+    C{seconds} (as an accepted socket does when its listening socket had
+    them and the system passes them on, as Linux does).
+    """
+    options = _options(seconds)
+    if not options or not _tcp(sock):
+        return False
+    try:
+        return all(
+            sock.getsockopt(level, option) == value for level, option, value in options
+        )
+    except OSError:
+        return False
+
+
+def clear_keepalive(transport: object) -> bool:
+    """
+    Undo on the TCP socket under C{transport} what L{set_keepalive} set on
+    its listening socket: no keepalive probes, and (Linux) no
+    C{TCP_USER_TIMEOUT}: the system's defaults, as for a socket that never
+    had them.
+
+    @return: whether there was a TCP socket to clear.
+    @raise OSError: the system refused an option.
+    """
+    sock = find_socket(transport)
+    if sock is None or not _tcp(sock):
+        return False
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0)
+    user_timeout = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if user_timeout is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, user_timeout, 0)
     return True
 
 
@@ -125,6 +181,9 @@ __all__ = [
     "MAX_TRANSPORT_WRAPPERS",
     "SocketOption",
     "apply_keepalive",
+    "clear_keepalive",
     "find_socket",
+    "has_keepalive",
     "keepalive_options",
+    "set_keepalive",
 ]

@@ -91,8 +91,15 @@ class ListeningService(Service):
         if self._failure is not None:
             raise self._failure
 
+    def port_listening(self, port: IListeningPort) -> None:
+        """
+        C{port} listens (before the first connection is accepted).
+        Subclasses set options of the listening socket.
+        """
+
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
+        self.port_listening(port)
         self.log.info(
             "{label} listening on {address}{stock}",
             label=self.label,

@@ -47,7 +47,6 @@ from daemon.core.events import (
     TIMESTAMP,
     TRIGGER,
 )
-from daemon.core.keepalive import apply_keepalive
 from daemon.core.peers import join_host_port
 from daemon.core.replies import OrderedReplies, Slot
 from daemon.core.template import MissingVariable
@@ -272,9 +271,12 @@ class ServerConnection(Protocol):
         self._input(ConnectionInput.MADE)
         self.last_data = self.since = trigger.clock.seconds()
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
-        if self.config.keepalive > 0:
+        keepalive = self.config.keepalive
+        if keepalive != trigger.inherited_keepalive and (
+            keepalive > 0 or trigger.listener_keepalive > 0
+        ):
             try:
-                apply_keepalive(self.transport, self.config.keepalive)
+                trigger.set_keepalive(self.transport, keepalive)
             except OSError as e:
                 log.warn(
                     "[{trigger}] {peer}: cannot set keepalive options: {error}",

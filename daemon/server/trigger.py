@@ -11,12 +11,13 @@ clients take their last replies before closing them.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Mapping
 from typing import Any
 
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -25,6 +26,13 @@ from daemon.config import ServerConfig
 from daemon.core import logs
 from daemon.core.actions import ActionChain
 from daemon.core.deadline import Deadlines
+from daemon.core.keepalive import (
+    apply_keepalive,
+    clear_keepalive,
+    find_socket,
+    has_keepalive,
+    set_keepalive,
+)
 from daemon.core.listening import ListeningService
 from daemon.core.networks import host_allowed
 from daemon.core.peers import host_port, join_host_port
@@ -73,6 +81,13 @@ class ServerTrigger(Factory):
         self.connections: set[ServerConnection] = set()
         #: the idle timeouts of the connections, on one delayed call
         self.idle_deadlines = Deadlines(clock)
+        #: the keepalive (seconds) set on the listening socket, which the
+        #: sockets it accepts get from it (0: none; see listening_socket)
+        self.listener_keepalive = 0.0
+        #: that keepalive, once the first connection's socket showed that
+        #: it got it (None: each connection sets its own)
+        self.inherited_keepalive: float | None = None
+        self._inheritance_checked = False
         self._refused_logged: dict[str, float] = {}
         self._echo_wrap = self._echo_wrapping(config)
         #: C{tls_client_ca}'s CAs, which the listener requires client
@@ -116,6 +131,47 @@ class ServerTrigger(Factory):
             return None
         connection = ServerConnection(self, host, port)
         return connection
+
+    def listening_socket(self, sock: socket.socket) -> None:
+        """
+        The listening socket: give it the keepalive options of the config,
+        so that the sockets it accepts have them from the start (Linux
+        passes them on) instead of five C{setsockopt} per connection.
+        Whether they do is checked once, on the first connection (see
+        L{set_keepalive}).
+        """
+        self.listener_keepalive = 0.0
+        self.inherited_keepalive = None
+        self._inheritance_checked = False
+        keepalive = self.config.keepalive
+        try:
+            if set_keepalive(sock, keepalive):
+                self.listener_keepalive = keepalive
+        except OSError:
+            pass  # each connection sets its own, and says if it cannot
+
+    def set_keepalive(self, transport: object, keepalive: float) -> None:
+        """
+        Give a new connection's socket the keepalive options of its config
+        (C{keepalive} seconds, 0: none), unless it got them from the
+        listening socket: the first connection made while the listening
+        socket has them checks that it did; after a reload that changed
+        C{keepalive}, each connection sets its own, or clears those of the
+        listening socket.
+
+        @raise OSError: the system refused an option.
+        """
+        listener = self.listener_keepalive
+        if keepalive == listener and not self._inheritance_checked:
+            self._inheritance_checked = True
+            sock = find_socket(transport)
+            if sock is not None and has_keepalive(sock, keepalive):
+                self.inherited_keepalive = keepalive
+                return
+        if keepalive > 0:
+            apply_keepalive(transport, keepalive)
+        elif listener > 0:
+            clear_keepalive(transport)
 
     def connection_closed(self, connection: ServerConnection) -> None:
         """
@@ -244,6 +300,11 @@ class ListenerService(ListeningService):
 
     def build_factory(self) -> ServerTrigger:
         return self.trigger
+
+    def port_listening(self, port: IListeningPort) -> None:
+        sock = getattr(port, "socket", None)
+        if isinstance(sock, socket.socket):
+            self.trigger.listening_socket(sock)
 
     def configure_tls(self, context: SSL.Context) -> None:
         """

@@ -6,6 +6,7 @@ setting on real (unconnected) socket objects found under fake transports.
 from __future__ import annotations
 
 import socket
+import sys
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,8 +17,11 @@ from daemon.core.keepalive import (
     KEEPALIVE_PROBES,
     MAX_TRANSPORT_WRAPPERS,
     apply_keepalive,
+    clear_keepalive,
     find_socket,
+    has_keepalive,
     keepalive_options,
+    set_keepalive,
 )
 
 
@@ -225,3 +229,73 @@ class ApplyKeepaliveTests(SynchronousTestCase):
         sock.close()
         with self.assertRaises(OSError):
             apply_keepalive(FakeTransport(sock), 30)
+
+
+class ListeningSocketTests(SynchronousTestCase):
+    """
+    L{set_keepalive} on a listening socket: the sockets it accepts have the
+    options from the start (Linux passes them on), which L{has_keepalive}
+    reads back; L{clear_keepalive} undoes them on one connection.
+    """
+
+    def accepted(self, seconds: float) -> socket.socket:
+        listener = socket.socket()
+        self.addCleanup(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        if seconds:
+            self.assertTrue(set_keepalive(listener, seconds))
+        listener.listen(1)
+        client = socket.create_connection(listener.getsockname())
+        self.addCleanup(client.close)
+        sock, _ = listener.accept()
+        self.addCleanup(sock.close)
+        return sock
+
+    def test_accepted_socket_has_them(self) -> None:
+        """
+        Read back with C{getsockopt} on the accepted socket: every option.
+        """
+        if not sys.platform.startswith("linux"):
+            raise self.skipTest("Linux passes keepalive options on; others may not")
+        sock = self.accepted(60)
+        for level, option, value in keepalive_options(60):
+            self.assertEqual(sock.getsockopt(level, option), value, option)
+        self.assertTrue(has_keepalive(sock, 60))
+        self.assertFalse(has_keepalive(sock, 30))
+
+    def test_plain_socket_has_none(self) -> None:
+        """
+        Without them on the listening socket, an accepted one has none.
+        """
+        sock = self.accepted(0)
+        self.assertFalse(has_keepalive(sock, 60))
+        self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 0)
+
+    def test_clear(self) -> None:
+        """
+        L{clear_keepalive} turns the probes and C{TCP_USER_TIMEOUT} off.
+        """
+        sock = socket.socket()
+        self.addCleanup(sock.close)
+        set_keepalive(sock, 60)
+        self.assertTrue(clear_keepalive(FakeTransport(sock)))
+        self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 0)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            self.assertEqual(
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT), 0
+            )
+        self.assertFalse(clear_keepalive(StringTransport()))
+
+    def test_not_tcp(self) -> None:
+        """
+        A UNIX socket gets nothing and has nothing.
+        """
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        self.assertFalse(set_keepalive(a, 60))
+        self.assertFalse(has_keepalive(a, 60))
+        self.assertFalse(clear_keepalive(FakeTransport(a)))
+        tcp = socket.socket()
+        self.addCleanup(tcp.close)
+        self.assertFalse(has_keepalive(tcp, 0))

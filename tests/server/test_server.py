@@ -20,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from daemon.config import config_from_string
 from daemon.core.actions import ActionChain, timestamp
+from daemon.core.keepalive import has_keepalive
 from daemon.server.connection import PARTIAL_WARNING_DELAY, ServerConnection
 from daemon.server.parse import parse_frame
 from daemon.server.trigger import ServerTrigger
@@ -876,6 +877,35 @@ class KeepaliveTests(SynchronousTestCase):
         protocol, transport = connect(trigger)
         self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 0)
         transport.loseConnection()
+
+
+class KeepaliveNotInheritedTests(SynchronousTestCase):
+    """
+    A listening socket with keepalive options whose accepted sockets do not
+    have them (a system that does not pass them on): the first connection
+    finds out, and each connection sets its own.
+    """
+
+    def test_each_sets_its_own(self) -> None:
+        import socket
+
+        trigger, _ = make("keepalive = 30")
+        listener = socket.socket()
+        self.addCleanup(listener.close)
+        trigger.listening_socket(listener)
+        self.assertEqual(trigger.listener_keepalive, 30)
+        for port in (1, 2):
+            sock = socket.socket()
+            self.addCleanup(sock.close)
+            protocol = trigger.buildProtocol(IPv4Address("TCP", "10.0.0.1", port))
+            assert protocol is not None
+            transport = StringTransportWithDisconnection()
+            transport.getHandle = lambda sock=sock: sock  # type: ignore[attr-defined]
+            transport.protocol = protocol
+            protocol.makeConnection(transport)
+            self.assertTrue(has_keepalive(sock, 30))
+            self.assertIsNone(trigger.inherited_keepalive)
+            transport.loseConnection()
 
 
 class SecondReviewTests(SynchronousTestCase):

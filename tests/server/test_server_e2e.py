@@ -7,6 +7,8 @@ after its transport had paused us as its producer.
 from __future__ import annotations
 
 import os
+import socket
+import sys
 from collections.abc import Sequence
 
 import twisted.test
@@ -23,12 +25,14 @@ from twisted.trial.unittest import TestCase
 
 from daemon.config import config_from_string
 from daemon.core.actions import ActionChain, Event
+from daemon.core.keepalive import find_socket, has_keepalive
 from daemon.server.trigger import ListenerService, ServerTrigger
 from daemon.status.stats import ActionStats, ServerStats
 from tests.support import (
     Collector,
     TLSExchange,
     connect_client,
+    open_client,
     tls_close_notify_client,
 )
 
@@ -253,3 +257,81 @@ class TLSCloseNotifyTests(TestCase):
         self.assertEqual(client.data, b"")
         self.assertEqual(trigger.stats.frames, 0)
         self.assertEqual(trigger.stats.truncated, 1)
+
+
+class KeepaliveFromListenerTests(TestCase):
+    """
+    The listening socket has the trigger's keepalive options, so the
+    sockets it accepts have them without a C{setsockopt} each; checked on
+    the first connection; after a reload that changed C{keepalive} each
+    connection sets its own (or clears the listening socket's).
+    """
+
+    timeout = 30
+
+    async def accepted(self, trigger: ServerTrigger, port: int) -> socket.socket:
+        """
+        The server side's socket of a new client's connection.
+        """
+        before = set(trigger.connections)
+        client = await open_client(self, port)
+        self.assertIsNotNone(client)
+        for _ in range(500):
+            new = trigger.connections - before
+            if new:
+                [connection] = new
+                sock = find_socket(connection.transport)
+                assert sock is not None
+                return sock
+            await deferLater(reactor, 0.01, lambda: None)
+        self.fail("no connection")
+
+    def reload(self, trigger: ServerTrigger, keepalive: int) -> None:
+        config = config_from_string(
+            f"[server:t]\nlisten = tcp:0\nkeepalive = {keepalive}\n"
+        )
+        trigger.update(config.servers[0], ActionChain([]), {})
+
+    async def test_inherited(self) -> None:
+        """
+        The first connection finds the options on its socket; later ones
+        are not touched; after reloads, the connections have the new
+        value's options (or none).
+        """
+        if not sys.platform.startswith("linux"):
+            raise self.skipTest("Linux passes keepalive options on; others may not")
+        trigger, port = await listen(
+            self, "keepalive = 60\n", "tcp:0:interface=127.0.0.1"
+        )
+        self.assertEqual(trigger.listener_keepalive, 60)
+        self.assertIsNone(trigger.inherited_keepalive)
+        sock = await self.accepted(trigger, port)
+        self.assertTrue(has_keepalive(sock, 60))
+        self.assertEqual(trigger.inherited_keepalive, 60)
+        sock = await self.accepted(trigger, port)
+        self.assertTrue(has_keepalive(sock, 60))
+        self.reload(trigger, 0)
+        sock = await self.accepted(trigger, port)
+        self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 0)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            self.assertEqual(
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT), 0
+            )
+        self.reload(trigger, 30)
+        sock = await self.accepted(trigger, port)
+        self.assertTrue(has_keepalive(sock, 30))
+        self.reload(trigger, 60)
+        sock = await self.accepted(trigger, port)
+        self.assertTrue(has_keepalive(sock, 60))
+
+    async def test_off(self) -> None:
+        """
+        C{keepalive = 0}: neither the listening socket nor the connections
+        get options.
+        """
+        trigger, port = await listen(
+            self, "keepalive = 0\n", "tcp:0:interface=127.0.0.1"
+        )
+        self.assertEqual(trigger.listener_keepalive, 0)
+        sock = await self.accepted(trigger, port)
+        self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 0)
