@@ -6,8 +6,12 @@ snapshots, the policy of one outbox, and the errors of outboxes and stores.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from daemon.core.backoff import Backoff
 
@@ -99,6 +103,89 @@ class Job:
     created: float
     last_attempt: float | None
     last_error: str | None
+
+
+class JobBatch:
+    """
+    New jobs of one action that a store writes together, in one
+    transaction (L{IJobStore.start_batch}): the cheap way to store many
+    jobs, with one L{Deferred} for all of them and nothing built per job.
+
+    A batch starts with one job; more join it with L{append} while it is
+    L{open}.  A store closes it as soon as another operation is queued
+    behind it, a transaction takes it, or it holds C{limit} jobs, so the
+    operations of a store still run in the order they were made.
+
+    @ivar action: the action of every job.
+    @ivar destinations: each job's destination, in the order appended.
+    @ivar payloads: each job's payload.
+    @ivar created: each job's creation time (clock seconds).
+    @ivar open: can jobs still be appended?
+    @ivar limit: the most jobs the batch takes.
+    @ivar ids: once C{committed} fired, each job's id, in order; C{0} for a
+        job that could not be stored.
+    @ivar failures: once C{committed} fired, why each job that could not be
+        stored was not, by its index (usually empty: one bad job fails
+        alone, the others are stored).
+    @ivar committed: fires (with L{None}) once the batch's jobs are
+        durable, or fails if the transaction holding them failed (then no
+        job of the batch was stored).
+    """
+
+    __slots__ = (
+        "action",
+        "destinations",
+        "payloads",
+        "created",
+        "open",
+        "limit",
+        "ids",
+        "failures",
+        "committed",
+    )
+
+    def __init__(
+        self, action: str, destination: str, payload: bytes, now: float, limit: int
+    ) -> None:
+        self.action = action
+        self.destinations = [destination]
+        self.payloads = [payload]
+        self.created = [now]
+        self.limit = limit
+        self.open = limit > 1
+        self.ids: Sequence[int] = ()
+        self.failures: dict[int, Failure] = {}
+        self.committed: Deferred[None] = Deferred()
+
+    def __len__(self) -> int:
+        return len(self.payloads)
+
+    def append(self, destination: str, payload: bytes, now: float) -> None:
+        """
+        Add a job at the end of the batch (only while L{open}).
+        """
+        assert self.open, "a closed batch takes no more jobs"
+        payloads = self.payloads
+        payloads.append(payload)
+        self.destinations.append(destination)
+        self.created.append(now)
+        if len(payloads) >= self.limit:
+            self.open = False
+
+    def job(self, index: int) -> Job:
+        """
+        The stored job at C{index} (once C{committed} fired).
+        """
+        return Job(
+            self.ids[index],
+            self.action,
+            self.destinations[index],
+            self.payloads[index],
+            0,
+            self.created[index],
+            None,
+            None,
+        )
 
 
 @dataclass(frozen=True)

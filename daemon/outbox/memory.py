@@ -17,6 +17,7 @@ from daemon.outbox.jobs import (
     MAX_ERROR_LENGTH,
     DeadLetter,
     Job,
+    JobBatch,
     Kick,
     QueueSummary,
     StoreClosed,
@@ -91,6 +92,21 @@ class MemoryJobStore:
             return job
 
         return self._op(add)
+
+    def start_batch(
+        self, action: str, destination: str, payload: bytes, now: float
+    ) -> JobBatch:
+        # Nothing to wait for: the job is stored at once, alone.
+        batch = JobBatch(action, destination, payload, now, 1)
+        if self._closed:
+            batch.committed.errback(StoreClosed("memory outbox store is closed"))
+            return batch
+        job_id = self._next_id
+        self._next_id += 1
+        self._insert(Job(job_id, action, destination, payload, 0, now, None, None))
+        batch.ids = (job_id,)
+        batch.committed.callback(None)
+        return batch
 
     def remove(self, job_id: int) -> Deferred[bool]:
         return self._op(lambda: self._delete(job_id) is not None)

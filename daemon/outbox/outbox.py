@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import random as _random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from typing import Any, TypeVar
@@ -45,6 +45,7 @@ from daemon.outbox.dispatch import SHOWN, Dispatcher, IDispatchHost, State
 from daemon.outbox.jobs import (
     DestinationStats,
     Job,
+    JobBatch,
     Kick,
     OutboxFull,
     OutboxNotRunning,
@@ -109,7 +110,25 @@ class _Destination:
 class _Waiting:
     destination: str
     payload: bytes
-    deferred: Deferred[Job]
+    deferred: Deferred[Any]
+    #: fire with the L{Job} (C{put}), or with L{None} (C{enqueue})
+    job: bool
+
+
+class _Acks:
+    """
+    The callers waiting for the jobs of one L{JobBatch}: one L{Deferred}
+    per job, in the batch's order.
+
+    @ivar want_job: the indexes of the jobs whose L{Deferred} fires with
+        the L{Job} (C{put}); the others fire with L{None} (C{enqueue}).
+    """
+
+    __slots__ = ("deferreds", "want_job")
+
+    def __init__(self, deferred: Deferred[Any], job: bool) -> None:
+        self.deferreds = [deferred]
+        self.want_job: list[int] = [0] if job else []
 
 
 @implementer(IDispatchHost)
@@ -156,6 +175,9 @@ class Outbox:
         self._bytes = 0
         self._dead = 0
         self._waiting: deque[_Waiting] = deque()
+        # The batch new jobs join while it is open, and its callers.
+        self._batch: JobBatch | None = None
+        self._acks: _Acks | None = None
         self._room_waiters: list[Deferred[None]] = []
         self._stop_waiters: list[Deferred[None]] = []
         self._busy = 0
@@ -271,29 +293,44 @@ class Outbox:
         stored.  When full: C{reject} fails at once with L{OutboxFull};
         C{block} waits, first come first served, until there is room.
         """
+        return self._put(destination, payload, True)
+
+    def enqueue(self, destination: str, payload: bytes) -> Deferred[None]:
+        """
+        L{put}, firing with L{None} once the job is stored: what an action
+        waits for, without a L{Job} built for it.
+        """
+        return self._put(destination, payload, False)
+
+    def _put(self, destination: str, payload: bytes, job: bool) -> Deferred[Any]:
         if self._state is not _State.RUNNING:
             return fail(OutboxNotRunning(f"outbox {self.action!r} is not running"))
         size = len(payload)
-        if size > self.policy.max_bytes:
+        policy = self.policy
+        if size > policy.max_bytes:
             self.rejected_full += 1
             return fail(
                 OutboxFull(
                     self.action,
                     "max_bytes",
                     f"a job of {size} bytes is larger than max_bytes"
-                    f" {self.policy.max_bytes}",
+                    f" {policy.max_bytes}",
                 )
             )
-        if not self._waiting and self._has_room(size):
-            return self._store_job(destination, payload)
+        if (
+            not self._waiting
+            and self._jobs < policy.max_jobs
+            and self._bytes + size <= policy.max_bytes
+        ):
+            return self._store_job(destination, payload, job)
         limit, detail = self._full_reason(size)
-        if self.policy.when_full == "reject":
+        if policy.when_full == "reject":
             self.rejected_full += 1
             self._log_full("rejecting new jobs", detail)
             return fail(OutboxFull(self.action, limit, detail))
         self._log_full("new jobs wait for room", detail)
-        d: Deferred[Job] = Deferred(self._cancel_waiting)
-        self._waiting.append(_Waiting(destination, payload, d))
+        d: Deferred[Any] = Deferred(self._cancel_waiting)
+        self._waiting.append(_Waiting(destination, payload, d, job))
         return d
 
     def _has_room(self, size: int) -> bool:
@@ -319,38 +356,126 @@ class Outbox:
                 what=what,
             )
 
-    def _cancel_waiting(self, d: Deferred[Job]) -> None:
+    def _cancel_waiting(self, d: Deferred[Any]) -> None:
         for w in self._waiting:
             if w.deferred is d:
                 self._waiting.remove(w)
                 break
         self._admit()
 
-    def _store_job(self, destination: str, payload: bytes) -> Deferred[Job]:
-        dest = self._dest(destination)
-        self._adjust(dest, 1, len(payload))
+    def _store_job(self, destination: str, payload: bytes, job: bool) -> Deferred[Any]:
+        """
+        Count the job and store it: in the open batch if there is one (the
+        store's transaction has not begun), else in a new one.  Nothing but
+        its L{Deferred} is made per job; the bookkeeping after the commit
+        runs once per batch (L{_batch_stored}).
+        """
+        dest = self._dests.get(destination)
+        if dest is None:
+            dest = self._dest(destination)
+        size = len(payload)
+        dest.jobs += 1
+        dest.bytes += size
+        self._jobs += 1
+        self._bytes += size
+        now = self._clock.seconds()
         if dest.oldest_created is None:
-            dest.oldest_created = self._clock.seconds()
+            dest.oldest_created = now
+        d: Deferred[Any] = Deferred()
+        batch = self._batch
+        acks = self._acks
+        if batch is not None and batch.open and acks is not None:
+            if job:
+                acks.want_job.append(len(batch))
+            batch.append(destination, payload, now)
+            acks.deferreds.append(d)
+            return d
+        self._acks = acks = _Acks(d, job)
+        self._busy += 1
+        self._batch = batch = self._store.start_batch(
+            self.action, destination, payload, now
+        )
+        batch.committed.addCallbacks(
+            self._batch_stored,
+            self._batch_failed,
+            callbackArgs=(batch, acks),
+            errbackArgs=(batch, acks),
+        )
+        return d
 
-        def stored(job: Job) -> Job:
-            self.stored += 1
-            self._kick(destination)
-            return job
+    def _batch_stored(self, _: None, batch: JobBatch, acks: _Acks) -> None:
+        """
+        The jobs of C{batch} are stored (but those in its C{failures}):
+        count them, wake their destinations' dispatchers (once each), then
+        fire their callers' L{Deferred}s in order.
+        """
+        self._busy -= 1
+        if self._batch is batch:
+            self._batch = self._acks = None
+        failures = batch.failures
+        if failures:
+            self._unstore(batch, list(failures), next(iter(failures.values())))
+        self.stored += len(batch) - len(failures)
+        if self._state is _State.RUNNING:
+            dests = self._dests
+            for name in dict.fromkeys(batch.destinations):
+                dest = dests.get(name)
+                if dest is not None:
+                    dest.dispatcher.kick()
+        deferreds = acks.deferreds
+        if failures or acks.want_job:
+            want_job = set(acks.want_job)
+            for index, d in enumerate(deferreds):
+                failure = failures.get(index)
+                if failure is not None:
+                    d.errback(failure)
+                else:
+                    d.callback(batch.job(index) if index in want_job else None)
+        else:
+            for d in deferreds:
+                d.callback(None)
+        self._check_idle()
 
-        def failed(failure: Failure) -> Failure:
-            self._adjust(dest, -1, -len(payload))
-            self.log.failure(
-                "outbox {action}: could not store a job for {destination}",
-                failure,
-                action=self.action,
-                destination=destination,
-            )
-            self._forget_if_empty(dest)
-            self._admit()
-            return failure
+    def _batch_failed(self, failure: Failure, batch: JobBatch, acks: _Acks) -> None:
+        """
+        The transaction holding C{batch} failed: none of its jobs is stored.
+        """
+        self._busy -= 1
+        if self._batch is batch:
+            self._batch = self._acks = None
+        self._unstore(batch, range(len(batch)), failure)
+        for d in acks.deferreds:
+            d.errback(failure)
+        self._check_idle()
 
-        d = self._store.add(self.action, destination, payload, self._clock.seconds())
-        return self._track(d.addCallbacks(stored, failed))
+    def _unstore(
+        self, batch: JobBatch, indexes: Iterable[int], failure: Failure
+    ) -> None:
+        """
+        Take back the counts of the jobs of C{batch} at C{indexes}, which
+        could not be stored; log it, once for the batch.
+        """
+        names: dict[str, int] = {}
+        for index in indexes:
+            name = batch.destinations[index]
+            names[name] = names.get(name, 0) + 1
+            dest = self._dests.get(name)
+            if dest is not None:
+                self._adjust(dest, -1, -len(batch.payloads[index]))
+        self.log.failure(
+            "outbox {action}: could not store {what}",
+            failure,
+            action=self.action,
+            what=", ".join(
+                f"{count} jobs for {name}" if count > 1 else f"a job for {name}"
+                for name, count in names.items()
+            ),
+        )
+        for name in names:
+            dest = self._dests.get(name)
+            if dest is not None:
+                self._forget_if_empty(dest)
+        self._admit()
 
     def _admit(self) -> None:
         """
@@ -358,7 +483,7 @@ class Outbox:
         """
         while self._waiting and self._has_room(len(self._waiting[0].payload)):
             w = self._waiting.popleft()
-            self._store_job(w.destination, w.payload).chainDeferred(w.deferred)
+            self._store_job(w.destination, w.payload, w.job).chainDeferred(w.deferred)
         if not self.full:
             self._full_logged = False
             self._fire_room()

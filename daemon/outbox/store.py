@@ -16,9 +16,10 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from itertools import chain, repeat
+from typing import Any, TypeVar, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import (
@@ -38,6 +39,7 @@ from daemon.outbox.jobs import (
     MAX_ERROR_LENGTH,
     DeadLetter,
     Job,
+    JobBatch,
     Kick,
     QueueSummary,
     StoreClosed,
@@ -79,6 +81,15 @@ class IJobStore(Interface):
 
     def add(action: str, destination: str, payload: bytes, now: float) -> Deferred[Job]:
         """Store a job at the end of its destination's queue."""
+
+    def start_batch(
+        action: str, destination: str, payload: bytes, now: float
+    ) -> JobBatch:
+        """
+        Store a job at the end of its destination's queue, in a new
+        L{JobBatch} that further jobs of C{action} may join while it is
+        open; its C{committed} fires once they are all durable.
+        """
 
     def remove(job_id: int) -> Deferred[bool]:
         """Forget a delivered job.  Was it there?"""
@@ -279,6 +290,72 @@ def db_add(
     job_id = cursor.lastrowid
     assert job_id is not None
     return Job(job_id, action, destination, payload, 0, now, None, None)
+
+
+#: Most jobs one C{INSERT} statement of L{db_add_jobs} writes (5
+#: parameters each), unless SQLite allows fewer parameters.
+INSERT_CHUNK = 1024
+
+
+def _insert_jobs_sql(rows: int) -> str:
+    return (
+        "INSERT INTO jobs (action, destination, payload, size, attempts, created)"
+        " VALUES " + ", ".join(["(?, ?, ?, ?, 0, ?)"] * rows)
+    )
+
+
+#: The statements of L{db_add_jobs}, by rows: powers of two up to
+#: L{INSERT_CHUNK}, so that few distinct statements are prepared (and
+#: cached by the connection: preparing one costs more than running it).
+_INSERT_JOBS_SQL = {
+    1 << n: _insert_jobs_sql(1 << n) for n in range(INSERT_CHUNK.bit_length())
+}
+
+
+def db_add_jobs(
+    conn: sqlite3.Connection,
+    action: str,
+    destinations: Sequence[str],
+    payloads: Sequence[bytes],
+    created: Sequence[float],
+) -> int:
+    """
+    Insert jobs of C{action} in order, each at the end of its destination's
+    queue, with consecutive ids; return the first id.
+
+    A few multi-row C{INSERT}s write them all (a power of two of rows
+    each): a statement releases the GIL once, and must win it back from a
+    busy reactor thread, where one statement per job would release it per
+    job.  Inside the caller's write transaction nobody else inserts, and
+    C{AUTOINCREMENT} gives each new row the largest id so far plus one, so
+    the ids follow each other.
+    """
+    count = len(payloads)
+    if not count:
+        return 0
+    chunk = min(INSERT_CHUNK, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 5)
+    params = list(
+        chain.from_iterable(
+            zip(repeat(action), destinations, payloads, map(len, payloads), created)
+        )
+    )
+    done = 0
+    first = last = 0
+    while done < count:
+        rows = min(chunk, count - done)
+        rows = 1 << (rows.bit_length() - 1)
+        cursor = conn.execute(
+            _INSERT_JOBS_SQL[rows], params[done * 5 : (done + rows) * 5]
+        )
+        last = cursor.lastrowid or 0
+        if done == 0:
+            first = last - rows + 1
+        done += rows
+    if last - first + 1 != count:
+        raise StoreError(
+            f"job ids of one batch do not follow each other ({first}..{last})"
+        )
+    return first
 
 
 def db_remove(conn: sqlite3.Connection, job_id: int) -> bool:
@@ -550,12 +627,17 @@ class SqliteJobStore:
     are committed together in the next one (group commit, at most
     L{MAX_BATCH} per transaction), and each caller's L{Deferred} fires only
     after the commit that holds its operation.  One failing operation is
-    rolled back to its savepoint without failing the others.
+    rolled back to its savepoint without failing the others.  New jobs come
+    cheapest in a L{JobBatch} (L{start_batch}): a few multi-row C{INSERT}s
+    for all of them and one L{Deferred}.  When a transaction commits, the
+    next one starts before the callbacks of the first run, so the worker
+    writes and syncs while the reactor thread acknowledges.
 
     @ivar path: the database file.
     @ivar recovered: what the database held when it was opened.
     @ivar transactions: transactions committed so far.
-    @ivar operations: operations committed so far.
+    @ivar operations: operations committed so far (each job of a batch
+        counts as one).
     @ivar commit_hook: if set, called on the worker thread just before each
         C{COMMIT} (for tests).
 
@@ -595,7 +677,7 @@ class SqliteJobStore:
         self.transactions = 0
         self.operations = 0
         self.commit_hook: Callable[[], None] | None = None
-        self._queue: deque[_Op] = deque()
+        self._queue: deque[_Op | JobBatch] = deque()
         self._running = False
         self._closing = False
         self._closed: Deferred[None] | None = None
@@ -690,48 +772,78 @@ class SqliteJobStore:
 
     # Group commit
 
+    def start_batch(
+        self, action: str, destination: str, payload: bytes, now: float
+    ) -> JobBatch:
+        batch = JobBatch(action, destination, payload, now, self._max_batch)
+        if self._closing:
+            batch.open = False
+            batch.committed.errback(StoreClosed(f"outbox store {self.path} is closed"))
+            return batch
+        self._enqueue(batch)
+        return batch
+
     def _submit(self, fn: Callable[[sqlite3.Connection], _T]) -> Deferred[_T]:
         if self._closing:
             return fail(StoreClosed(f"outbox store {self.path} is closed"))
         d: Deferred[_T] = Deferred()
-        self._queue.append(_Op(fn, d))
-        if not self._running:
-            self._flush()
+        self._enqueue(_Op(fn, d))
         return d
 
+    def _enqueue(self, item: _Op | JobBatch) -> None:
+        queue = self._queue
+        if queue:
+            # A batch takes jobs only while it is the last operation
+            # queued, so that every operation runs in the order made.
+            last = queue[-1]
+            if isinstance(last, JobBatch):
+                last.open = False
+        queue.append(item)
+        if not self._running:
+            self._flush()
+
     def _flush(self) -> None:
-        batch = [
-            self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))
-        ]
+        # The operations of the next transaction: at most max_batch, a
+        # batch of jobs counting as its jobs (it never holds more).
+        queue = self._queue
+        items: list[_Op | JobBatch] = []
+        size = 0
+        while queue:
+            item = queue[0]
+            weight = len(item) if isinstance(item, JobBatch) else 1
+            if items and size + weight > self._max_batch:
+                break
+            queue.popleft()
+            if isinstance(item, JobBatch):
+                item.open = False
+            items.append(item)
+            size += weight
         self._running = True
-        d = deferToThreadPool(
-            self._reactor, self._pool, self._run_batch, [op.fn for op in batch]
-        )
+        d = deferToThreadPool(self._reactor, self._pool, self._run_batch, items)
         d.addCallbacks(
             self._batch_done,
             self._batch_failed,
-            callbackArgs=(batch,),
-            errbackArgs=(batch,),
+            callbackArgs=(items, size),
+            errbackArgs=(items, size),
         )
 
-    def _run_batch(
-        self, fns: list[Callable[[sqlite3.Connection], object]]
-    ) -> list[tuple[bool, object]]:
+    def _run_batch(self, items: list[_Op | JobBatch]) -> list[tuple[bool, object]]:
         # On the worker thread.  Every statement gives up the GIL and must
         # win it back from the busy reactor thread, so the usual batch, where
-        # every operation succeeds, runs without savepoints; if one fails,
+        # every operation succeeds, runs without savepoints, and the jobs of
+        # a JobBatch go in a few multi-row INSERTs; if one operation fails,
         # the transaction is rolled back and run again with a savepoint per
-        # operation, so that only the failing one is undone.
+        # operation (and per job), so that only the failing one is undone.
         conn = self._conn
         outcomes: list[tuple[bool, object]] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
             try:
-                outcomes = [(True, fn(conn)) for fn in fns]
+                outcomes = [self._run_one(conn, item) for item in items]
             except Exception:
                 conn.execute("ROLLBACK")
                 conn.execute("BEGIN IMMEDIATE")
-                outcomes = self._run_isolated(conn, fns)
+                outcomes = self._run_isolated(conn, items)
             if self.commit_hook is not None:
                 self.commit_hook()
             conn.execute("COMMIT")
@@ -742,47 +854,101 @@ class SqliteJobStore:
         return outcomes
 
     @staticmethod
+    def _run_one(conn: sqlite3.Connection, item: _Op | JobBatch) -> tuple[bool, object]:
+        if isinstance(item, JobBatch):
+            first = db_add_jobs(
+                conn, item.action, item.destinations, item.payloads, item.created
+            )
+            return True, range(first, first + len(item))
+        return True, item.fn(conn)
+
+    @staticmethod
     def _run_isolated(
-        conn: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], object]]
+        conn: sqlite3.Connection, items: list[_Op | JobBatch]
     ) -> list[tuple[bool, object]]:
-        outcomes: list[tuple[bool, object]] = []
-        for fn in fns:
+        def isolated(fn: Callable[..., object], *args: Any) -> tuple[bool, object]:
             conn.execute("SAVEPOINT op")
             try:
-                value = fn(conn)
+                value = fn(conn, *args)
             except Exception:
                 conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
-                outcomes.append((False, Failure()))
-            else:
-                conn.execute("RELEASE op")
-                outcomes.append((True, value))
+                return False, Failure()
+            conn.execute("RELEASE op")
+            return True, value
+
+        outcomes: list[tuple[bool, object]] = []
+        for item in items:
+            if not isinstance(item, JobBatch):
+                outcomes.append(isolated(item.fn))
+                continue
+            # Each job alone: one that fails does not fail the others.
+            ids: list[int] = []
+            failures: dict[int, Failure] = {}
+            for index in range(len(item)):
+                ok, value = isolated(
+                    db_add_jobs,
+                    item.action,
+                    item.destinations[index : index + 1],
+                    item.payloads[index : index + 1],
+                    item.created[index : index + 1],
+                )
+                if ok:
+                    assert isinstance(value, int)
+                    ids.append(value)
+                else:
+                    assert isinstance(value, Failure)
+                    ids.append(0)
+                    failures[index] = value
+            outcomes.append((True, (ids, failures)))
         return outcomes
 
     def _batch_done(
-        self, outcomes: list[tuple[bool, object]], batch: list[_Op]
+        self,
+        outcomes: list[tuple[bool, object]],
+        items: list[_Op | JobBatch],
+        size: int,
     ) -> None:
         self.transactions += 1
-        self.operations += len(batch)
+        self.operations += size
         if self._checkpointer is not None:
             self._checkpointer.committed()
-        for op, (ok, value) in zip(batch, outcomes, strict=True):
-            if ok:
-                op.deferred.callback(value)
+        # The operations queued meanwhile go into the next transaction now,
+        # which the worker runs while the callbacks below do; those that the
+        # callbacks make wait for the one after.
+        pipelined = bool(self._queue)
+        if pipelined:
+            self._flush()
+        for item, (ok, value) in zip(items, outcomes, strict=True):
+            if isinstance(item, JobBatch):
+                if isinstance(value, range):
+                    item.ids = value
+                else:
+                    ids, failures = cast(tuple[list[int], dict[int, Failure]], value)
+                    item.ids, item.failures = ids, failures
+                item.committed.callback(None)
+            elif ok:
+                item.deferred.callback(value)
             else:
                 assert isinstance(value, Failure)
-                op.deferred.errback(value)
-        self._next()
+                item.deferred.errback(value)
+        if not pipelined:
+            self._next()
 
-    def _batch_failed(self, failure: Failure, batch: list[_Op]) -> None:
+    def _batch_failed(
+        self, failure: Failure, items: list[_Op | JobBatch], size: int
+    ) -> None:
         self.log.failure(
             "outbox store {path}: a transaction of {count} operations failed",
             failure,
             path=self.path,
-            count=len(batch),
+            count=size,
         )
-        for op in batch:
-            op.deferred.errback(failure)
+        for item in items:
+            if isinstance(item, JobBatch):
+                item.committed.errback(failure)
+            else:
+                item.deferred.errback(failure)
         self._next()
 
     def _next(self) -> None:

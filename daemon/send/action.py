@@ -28,7 +28,6 @@ from twisted.internet.defer import (
     Deferred,
     DeferredList,
     fail,
-    succeed,
 )
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -560,15 +559,14 @@ class SendAction:
             raise ActionFailed(f"the outbox of {self.name} is not open")
         if self._outbox_error is not None:
             raise ActionFailed(self._outbox_error)
-        ready: Deferred[None]
         if self._outbox_running:
-            ready = succeed(None)
-        else:
-            ready = Deferred()
-            self._outbox_waiters.append(ready)
+            stored: Deferred[Any] = outbox.enqueue(destination.key, payload)
+            return stored.addErrback(self._put_failed)
+        ready: Deferred[None] = Deferred()
+        self._outbox_waiters.append(ready)
 
-        def put(_: None) -> Deferred[Mapping[str, str] | None]:
-            return outbox.put(destination.key, payload).addCallback(lambda _: None)
+        def put(_: None) -> Deferred[Any]:
+            return outbox.enqueue(destination.key, payload)
 
         return ready.addCallback(put).addErrback(self._put_failed)
 

@@ -31,6 +31,7 @@ from zope.interface.verify import verifyClass, verifyObject
 import daemon
 from daemon.outbox.jobs import (
     Job,
+    JobBatch,
     OutboxFull,
     OutboxNotRunning,
     OutboxPolicy,
@@ -682,22 +683,18 @@ class OutboxLifecycleTests(SynchronousTestCase):
         stop() fires only after the store operations the outbox started
         (here, a put not yet stored) have finished.
         """
-        held: list[Deferred[Job]] = []
         store = MemoryJobStore()
-        real_add = store.add
-
-        def add(action: str, destination: str, payload: bytes, now: float) -> Any:
-            d: Deferred[Job] = Deferred()
-            held.append(d)
-            real_add(action, destination, payload, now).chainDeferred(d)
-            return Deferred.fromCoroutine(_later(d))
-
-        async def _later(d: Deferred[Job]) -> Job:
-            await gate
-            return await d
-
+        real_start = store.start_batch
         gate: Deferred[None] = Deferred()
-        self.patch(store, "add", add)
+
+        def start_batch(
+            action: str, destination: str, payload: bytes, now: float
+        ) -> JobBatch:
+            batch = real_start(action, destination, payload, now)
+            batch.committed.addCallback(lambda _: gate)
+            return batch
+
+        self.patch(store, "start_batch", start_batch)
         outbox, store, device, clock = make(self, store=store)
         put = outbox.put("printer", b"x")
         stopped = outbox.stop()

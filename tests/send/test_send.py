@@ -176,9 +176,10 @@ def send_config(**kwargs: Any) -> SendConfig:
 
 class FakeOutbox:
     """
-    An outbox whose start the test completes; C{put} stores at once.
+    An outbox whose start the test completes; C{put} (and C{enqueue})
+    stores at once.
 
-    @ivar puts: (destination key, payload) per C{put}.
+    @ivar puts: (destination key, payload) per C{put} or C{enqueue}.
     """
 
     def __init__(self) -> None:
@@ -191,6 +192,9 @@ class FakeOutbox:
     def put(self, key: str, payload: bytes) -> Deferred[None]:
         self.puts.append((key, payload))
         return succeed(None)
+
+    #: what a send action calls: C{put} without the job
+    enqueue = put
 
 
 def event(**variables: str) -> Event:

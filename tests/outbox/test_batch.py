@@ -1,0 +1,390 @@
+"""
+Tests for the batched way of storing jobs: L{JobBatch}, the store's
+L{IJobStore.start_batch}, and L{Outbox.enqueue} (what a send action calls).
+
+A batch takes the jobs put while the store's previous transaction runs and
+writes them in a few multi-row C{INSERT}s of one transaction; each caller's
+L{Deferred} still fires only after that commit, one bad job fails alone, a
+failed transaction fails every job of it and acknowledges none.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Any, cast
+
+from twisted.internet import reactor as _reactor
+from twisted.internet.defer import gatherResults
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from daemon.outbox.jobs import Job, JobBatch, OutboxPolicy, StoreClosed
+from daemon.outbox.memory import MemoryJobStore
+from daemon.outbox.outbox import Outbox
+from daemon.outbox.store import (
+    SqliteJobStore,
+    db_add_jobs,
+    db_load,
+    open_database,
+    outbox_path,
+)
+from tests.fakes import FakeDevice
+from tests.support import HeldCommit
+
+reactor = cast(IReactorFromThreads, _reactor)
+
+
+def _rows(path: str) -> list[tuple[int, str, bytes]]:
+    conn = sqlite3.connect(path)
+    try:
+        return [
+            (row[0], row[1], bytes(row[2]))
+            for row in conn.execute(
+                "SELECT id, destination, payload FROM jobs ORDER BY id"
+            )
+        ]
+    finally:
+        conn.close()
+
+
+class AddJobsTests(SynchronousTestCase):
+    """
+    L{db_add_jobs}: the multi-row inserts of a batch.
+    """
+
+    def open(self) -> sqlite3.Connection:
+        path = outbox_path(os.path.abspath(self.mktemp()))
+        os.makedirs(os.path.dirname(path))
+        conn = open_database(path)
+        self.addCleanup(conn.close)
+        return conn
+
+    def test_ids_follow_each_other_in_order(self) -> None:
+        """
+        Jobs get consecutive ids in the order given, in chunks of powers of
+        two (1000 = 512 + 256 + 128 + 64 + 32 + 8), after the jobs already
+        there; each lands in its destination's queue.
+        """
+        conn = self.open()
+        conn.execute("INSERT INTO jobs (action, destination, payload, size,"
+                     " created) VALUES ('label', 'p', x'00', 1, 0)")  # fmt: skip
+        count = 1000
+        dests = [f"p{n % 3}" for n in range(count)]
+        payloads = [b"%d" % n for n in range(count)]
+        created = [float(n) for n in range(count)]
+        conn.execute("BEGIN IMMEDIATE")
+        first = db_add_jobs(conn, "label", dests, payloads, created)
+        conn.execute("COMMIT")
+        self.assertEqual(first, 2)
+        page = db_load(conn, "label", "p1", 0, 2000)
+        self.assertEqual(
+            [(j.id, j.payload, j.created, j.attempts) for j in page],
+            [(first + n, b"%d" % n, float(n), 0) for n in range(count) if n % 3 == 1],
+        )
+        [[size]] = conn.execute("SELECT SUM(size) FROM jobs WHERE id >= 2")
+        self.assertEqual(size, sum(len(p) for p in payloads))
+
+    def test_few_parameters_allowed(self) -> None:
+        """
+        Where SQLite allows fewer parameters per statement, the chunks are
+        smaller: here 2 jobs (10 parameters) per statement.
+        """
+        conn = self.open()
+        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 12)
+        conn.execute("BEGIN IMMEDIATE")
+        first = db_add_jobs(conn, "label", ["p"] * 7, [b"a"] * 7, [0.0] * 7)
+        conn.execute("COMMIT")
+        self.assertEqual(first, 1)
+        [[count]] = conn.execute("SELECT COUNT(*) FROM jobs")
+        self.assertEqual(count, 7)
+
+    def test_empty(self) -> None:
+        """
+        No jobs: nothing written.
+        """
+        conn = self.open()
+        self.assertEqual(db_add_jobs(conn, "label", [], [], []), 0)
+
+
+class JobBatchTests(SynchronousTestCase):
+    """
+    L{JobBatch} on its own, and L{MemoryJobStore.start_batch}.
+    """
+
+    def test_closes_at_its_limit(self) -> None:
+        """
+        A batch takes jobs until it holds C{limit} of them.
+        """
+        batch = JobBatch("label", "p", b"1", 1.0, 3)
+        self.assertTrue(batch.open)
+        batch.append("q", b"2", 2.0)
+        self.assertTrue(batch.open)
+        batch.append("p", b"3", 3.0)
+        self.assertFalse(batch.open)
+        self.assertEqual(len(batch), 3)
+        batch.ids = range(10, 13)
+        self.assertEqual(batch.job(1), Job(11, "label", "q", b"2", 0, 2.0, None, None))
+
+    def test_memory_store(self) -> None:
+        """
+        A memory store stores the batch's one job at once and closes it.
+        """
+        store = MemoryJobStore()
+        batch = store.start_batch("label", "p", b"x", 1.0)
+        self.assertFalse(batch.open)
+        self.assertIsNone(self.successResultOf(batch.committed))
+        self.assertEqual(list(batch.ids), [1])
+        [job] = self.successResultOf(store.load("label", "p", 0, 10))
+        self.assertEqual(job, batch.job(0))
+        self.successResultOf(store.close())
+        closed = store.start_batch("label", "p", b"y", 2.0)
+        self.failureResultOf(closed.committed, StoreClosed)
+
+
+class OutboxEnqueueTests(SynchronousTestCase):
+    """
+    L{Outbox.enqueue} and L{Outbox.put} over a memory store.
+    """
+
+    def test_enqueue_fires_none_put_fires_job(self) -> None:
+        """
+        C{enqueue} fires with L{None}, C{put} with the stored L{Job}; both
+        count the job and deliver it.
+        """
+        store = MemoryJobStore()
+        device = FakeDevice()
+        outbox = Outbox("label", store, OutboxPolicy(), device, Clock())
+        self.successResultOf(outbox.start())
+        self.assertIsNone(self.successResultOf(outbox.enqueue("p", b"a")))
+        job = self.successResultOf(outbox.put("p", b"bb"))
+        self.assertEqual((job.id, job.payload, job.destination), (2, b"bb", "p"))
+        self.assertEqual((outbox.stored, outbox.snapshot().pending), (2, 2))
+        self.assertEqual([j.payload for j, _ in device.calls], [b"a"])
+
+
+class SqliteBatchTests(TestCase):
+    """
+    Batches in a real L{SqliteJobStore}, through an L{Outbox}.
+    """
+
+    timeout = 60
+
+    def open(self, **kwargs: Any) -> SqliteJobStore:
+        path = outbox_path(os.path.abspath(self.mktemp()))
+        os.makedirs(os.path.dirname(path))
+        store = SqliteJobStore(path, reactor, **kwargs)
+        self.addCleanup(store.close)
+        return store
+
+    async def outbox(self, store: SqliteJobStore) -> tuple[Outbox, FakeDevice]:
+        device = FakeDevice()
+        outbox = Outbox(
+            "label", store, OutboxPolicy(), device, Clock(), rescan_interval=None
+        )
+        await outbox.start()
+        self.addCleanup(outbox.stop)
+        return outbox, device
+
+    async def test_acknowledged_after_commit(self) -> None:
+        """
+        The jobs enqueued while a transaction runs form one batch, written
+        in the next transaction: none is acknowledged, nor visible to
+        another connection, before that commit; then all are, in order,
+        with consecutive ids, and C{put}'s L{Job}s carry theirs.
+        """
+        store = self.open()
+        outbox, device = await self.outbox(store)
+        gate = HeldCommit()
+        store.commit_hook = gate
+        first = outbox.enqueue("p", b"first")
+        await gate.entered
+        second_gate = HeldCommit()
+        store.commit_hook = second_gate
+        acks: list[int] = []
+        visible: list[int] = []
+        batch = [outbox.enqueue(f"p{n % 2}", b"%d" % n) for n in range(100)]
+
+        def acked(_: None, n: int) -> None:
+            acks.append(n)
+            if n == 0:
+                visible.append(len(_rows(store.path)))
+
+        for n, d in enumerate(batch):
+            d.addCallback(acked, n)
+        put = outbox.put("p1", b"put")
+        gate.release()
+        self.assertEqual(await gatherResults([first]), [None])
+        await second_gate.entered
+        self.assertEqual(acks, [])
+        self.assertEqual(len(_rows(store.path)), 1)
+        second_gate.release()
+        self.assertEqual(await gatherResults(batch), [None] * 100)
+        job = await put
+        self.assertEqual(acks, list(range(100)))
+        # one commit for all of them
+        self.assertEqual(visible, [102])
+        rows = _rows(store.path)
+        self.assertEqual(
+            [(dest, payload) for _, dest, payload in rows],
+            [("p", b"first")]
+            + [(f"p{n % 2}", b"%d" % n) for n in range(100)]
+            + [("p1", b"put")],
+        )
+        ids = [row[0] for row in rows]
+        self.assertEqual(ids, list(range(ids[0], ids[0] + 102)))
+        self.assertEqual((job.id, job.payload), (ids[-1], b"put"))
+        self.assertEqual(outbox.stored, 102)
+
+    async def test_one_bad_job_fails_alone(self) -> None:
+        """
+        A job SQLite refuses fails on its own: the transaction is run again
+        with one savepoint per job, the other jobs of its batch are stored
+        and acknowledged, and the outbox no longer counts the bad one.
+        """
+        store = self.open()
+        outbox, device = await self.outbox(store)
+        gate = HeldCommit()
+        store.commit_hook = gate
+        first = outbox.enqueue("p", b"first")
+        await gate.entered
+        good = [outbox.enqueue("q", b"%d" % n) for n in range(3)]
+        # Not bytes: sqlite3 cannot bind it.
+        bad = outbox.enqueue("q", cast(bytes, [1, 2]))
+        last = outbox.enqueue("q", b"last")
+        gate.release()
+        await first
+        self.assertEqual(await gatherResults(good + [last]), [None] * 4)
+        with self.assertRaises(sqlite3.Error):
+            await bad
+        self.flushLoggedErrors(sqlite3.Error)
+        payloads = [payload for _, _, payload in _rows(store.path)]
+        self.assertEqual(payloads, [b"first", b"0", b"1", b"2", b"last"])
+        snapshot = outbox.snapshot()
+        self.assertEqual((snapshot.pending, outbox.stored), (5, 5))
+        self.assertEqual(snapshot.bytes, len(b"first012last"))
+
+    async def test_failed_commit_acknowledges_nothing(self) -> None:
+        """
+        A crash between the inserts and the commit (the commit hook raises,
+        as a failing COMMIT would): every job of the transaction fails,
+        none is in the database, the outbox takes back its counts, and the
+        next job is stored.
+        """
+        store = self.open()
+        outbox, device = await self.outbox(store)
+        gate = HeldCommit()
+        store.commit_hook = gate
+        first = outbox.enqueue("p", b"first")
+        await gate.entered
+
+        def crash() -> None:
+            store.commit_hook = None
+            raise OSError("disk gone")
+
+        doomed = [outbox.enqueue("q", b"%d" % n) for n in range(10)]
+        store.commit_hook = crash
+        gate.release()
+        await first
+        for d in doomed:
+            with self.assertRaises(OSError):
+                await d
+        self.assertEqual([p for _, _, p in _rows(store.path)], [b"first"])
+        snapshot = outbox.snapshot()
+        self.assertEqual((snapshot.pending, snapshot.bytes), (1, 5))
+        self.assertEqual(outbox.stored, 1)
+        self.assertEqual(await gatherResults([outbox.enqueue("q", b"after")]), [None])
+        self.assertEqual([p for _, _, p in _rows(store.path)], [b"first", b"after"])
+        self.assertEqual(outbox.snapshot().pending, 2)
+        self.flushLoggedErrors(OSError)
+
+    async def test_other_operation_closes_the_batch(self) -> None:
+        """
+        An operation queued behind a batch closes it: jobs enqueued later go
+        into a new batch behind that operation, so a read queued in between
+        sees the jobs before it and not those after.
+        """
+        store = self.open()
+        outbox, device = await self.outbox(store)
+        gate = HeldCommit()
+        store.commit_hook = gate
+        first = outbox.enqueue("p", b"first")
+        await gate.entered
+        before = outbox.enqueue("q", b"before")
+        summary = store.summary("label")
+        after = outbox.enqueue("q", b"after")
+        gate.release()
+        await gatherResults([first, before, after])
+        by_dest = {s.destination: s.jobs for s in await summary}
+        self.assertEqual(by_dest, {"p": 1, "q": 1})
+        self.assertEqual(
+            [p for _, _, p in _rows(store.path)], [b"first", b"before", b"after"]
+        )
+
+    async def test_max_batch(self) -> None:
+        """
+        A transaction holds at most C{max_batch} jobs: a batch closes when
+        full, and the next one waits for the next transaction.
+        """
+        store = self.open(max_batch=4)
+        gate = HeldCommit()
+        store.commit_hook = gate
+        first = store.add("label", "p", b"first", 0.0)
+        await gate.entered
+        batches: list[JobBatch] = []
+        for n in range(10):
+            if batches and batches[-1].open:
+                batches[-1].append("p", b"%d" % n, 0.0)
+            else:
+                batches.append(store.start_batch("label", "p", b"%d" % n, 0.0))
+        self.assertEqual([len(b) for b in batches], [4, 4, 2])
+        gate.release()
+        await first
+        await gatherResults([b.committed for b in batches])
+        self.assertEqual(store.transactions, 4)
+        self.assertEqual(
+            [list(b.ids) for b in batches],
+            [list(range(2, 6)), list(range(6, 10)), [10, 11]],
+        )
+        self.assertEqual(len(_rows(store.path)), 11)
+
+    async def test_callbacks_overlap_the_next_transaction(self) -> None:
+        """
+        When a transaction commits with operations queued, the next
+        transaction is on its way before the first one's callbacks run; an
+        operation those callbacks make goes into the one after.
+        """
+        store = self.open()
+        gate = HeldCommit()
+        store.commit_hook = gate
+        first = store.add("label", "p", b"first", 0.0)
+        await gate.entered
+        second = store.start_batch("label", "p", b"second", 0.0)
+        running: list[bool] = []
+        third: list[JobBatch] = []
+
+        def acked(_: Job) -> None:
+            running.append(store._running)
+            third.append(store.start_batch("label", "p", b"third", 0.0))
+
+        first.addCallback(acked)
+        gate.release()
+        await second.committed
+        await third[0].committed
+        self.assertEqual(running, [True])
+        self.assertEqual(store.transactions, 3)
+        self.assertEqual(
+            [p for _, _, p in _rows(store.path)], [b"first", b"second", b"third"]
+        )
+
+    async def test_closed_store(self) -> None:
+        """
+        After close, a batch fails at once with L{StoreClosed}.
+        """
+        store = self.open()
+        await store.close()
+        batch = store.start_batch("label", "p", b"x", 0.0)
+        self.assertFalse(batch.open)
+        with self.assertRaises(StoreClosed):
+            await batch.committed
