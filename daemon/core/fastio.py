@@ -253,10 +253,13 @@ class FastIOReactor:
         factory: ClientFactory,
         timeout: float | None = 30.0,
         bindAddress: Any = None,
+        at_once: bool = False,
     ) -> IConnector:
         """
         Connect with a L{FastConnector} where the reactor's own would make
         a C{tcp.Connector} (a send action's connections to its devices).
+
+        @param at_once: see L{FastConnector.at_once}.
         """
         if not _stock(self._reactor, "connectTCP"):
             own: IConnector = self._reactor.connectTCP(
@@ -271,6 +274,7 @@ class FastIOReactor:
             bindAddress,
             self._reactor,
         )
+        connector.at_once = at_once
         connector.connect()
         return connector
 
@@ -387,7 +391,10 @@ class FastClient(tcp.Client):
       (L{begin}), not a reactor turn later; a host name keeps Twisted's
       resolution path.  A connect that fails at once is still reported a
       turn later, as Twisted does: C{connectTCP} never calls the factory
-      back before it returns;
+      back with a failure before it returns;
+    - with L{FastConnector.at_once}, a connect the kernel completed within
+      C{connect()} is connected at once (a second C{connect_ex} says so),
+      without waiting for the poller;
     - the connect is watched for reading and writing as Twisted does (so an
       error reported with C{EPOLLIN} is read from C{SO_ERROR}); once it is
       done, the socket stays watched for reading (no C{stopReading} /
@@ -429,15 +436,29 @@ class FastClient(tcp.Client):
     def doConnect(self) -> None:
         """
         Start the connect (L{begin}, or Twisted's resolution path): watch
-        the socket until L{_connect_ready}.
+        the socket until L{_connect_ready} -- or, for a connector made with
+        C{at_once}, connected before this returns when the kernel finished
+        the handshake within C{connect()} (as it does on loopback).
         """
         self.doRead = self.doWrite = self._connect_ready  # type: ignore[method-assign]
         if not hasattr(self, "connector"):
             return
+        address = self.realAddress
         try:
-            result = self.socket.connect_ex(self.realAddress)
+            result = self.socket.connect_ex(address)
         except OSError as e:
             result = e.args[0]
+        if result == errno.EINPROGRESS and self.connector.at_once:
+            # Done already?  0 (or EISCONN): connected; EALREADY: still
+            # under way; an error: failed (reported a turn later).
+            try:
+                result = self.socket.connect_ex(address)
+            except OSError as e:
+                result = e.args[0]
+            if result == 0 or result == errno.EISCONN:
+                del self.doRead, self.doWrite
+                self._connectDone()
+                return
         if result in _CONNECTING:
             self.startReading()
             self.startWriting()
@@ -565,7 +586,16 @@ class FastConnector(tcp.Connector):
     state, the factory started, the timeout armed,
     C{startedConnecting}).  C{timeout=None} arms no timeout (the caller
     keeps its own).
+
+    @ivar at_once: when the kernel has finished the handshake by the time
+        C{connect()} returns (loopback does), the protocol is built and
+        connected within C{connect} (the caller must expect
+        C{buildProtocol} and C{connectionMade} before it returns); a
+        failure is still reported a turn later.  Off: Twisted's contract,
+        nothing is called back before C{connect} returns.
     """
+
+    at_once = False
 
     def _makeTransport(self) -> FastClient:
         return FastClient(self.host, self.port, self.bindAddress, self, self.reactor)

@@ -75,6 +75,23 @@ NAME_TTL = 60.0
 MAX_NAMES = 256
 
 
+def _connect_link(
+    reactor: Any, host: str, port: int, factory: ClientFactory, bind: Any
+) -> IConnector:
+    """
+    C{connectTCP} for a link: no timeout of its own (the link's timer
+    bounds the attempt), and, with fast_io, connected within the call when
+    the kernel has already finished the handshake (the link expects
+    C{connection_made} before this returns; see L{FastConnector.at_once}).
+    """
+    if isinstance(reactor, FastIOReactor):
+        return reactor.connectTCP(host, port, factory, None, bind, at_once=True)
+    connector: IConnector = reactor.connectTCP(
+        host, port, factory, timeout=None, bindAddress=bind
+    )
+    return connector
+
+
 class DirectTCPEndpoint(TCP4ClientEndpoint):
     """
     A plain TCP endpoint to an IP literal (IPv4 or IPv6) that a link can
@@ -92,14 +109,9 @@ class DirectTCPEndpoint(TCP4ClientEndpoint):
         timeout is armed: the link bounds the attempt with its own timer
         (one delayed call per link, not two).
         """
-        connector: IConnector = self._reactor.connectTCP(
-            self._host,
-            self._port,
-            factory,
-            timeout=None,  # the link times it
-            bindAddress=self._bindAddress,
+        return _connect_link(
+            self._reactor, self._host, self._port, factory, self._bindAddress
         )
-        return connector
 
 
 class DirectTCP6Endpoint(TCP6ClientEndpoint):
@@ -109,14 +121,9 @@ class DirectTCP6Endpoint(TCP6ClientEndpoint):
     """
 
     def connect_link(self, factory: ClientFactory) -> IConnector:
-        connector: IConnector = self._reactor.connectTCP(
-            self._host,
-            self._port,
-            factory,
-            timeout=None,  # the link times it
-            bindAddress=self._bindAddress,
+        return _connect_link(
+            self._reactor, self._host, self._port, factory, self._bindAddress
         )
-        return connector
 
 
 @implementer(IResolutionReceiver)

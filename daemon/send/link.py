@@ -244,8 +244,11 @@ class Link:
         connect_link = getattr(self.endpoint, "connect_link", None)
         if connect_link is not None:
             # An IP literal over plain TCP: the connector itself, no
-            # Deferred or wrapping protocol (see DirectTCPEndpoint).
-            self._connector = connect_link(LinkClientFactory(self))
+            # Deferred or wrapping protocol (see DirectTCPEndpoint).  The
+            # connection may be made (connection_made) before it returns.
+            connector = connect_link(LinkClientFactory(self))
+            if self.state is LinkState.CONNECTING and self._transport is None:
+                self._connector = connector
             return
         connecting = self.endpoint.connect(LinkFactory(self))
         self._connecting = connecting

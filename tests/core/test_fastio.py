@@ -1446,6 +1446,7 @@ class ClientHarness:
         listening: bool = True,
         small: bool = False,
         connector: type[tcp.Connector] = FastConnector,
+        at_once: bool = False,
     ) -> None:
         self.reactor = MemoryReactorClock()
         self.listener = socket.socket()
@@ -1469,6 +1470,8 @@ class ClientHarness:
             None,
             self.reactor,
         )
+        if at_once:
+            self.connector.at_once = True  # type: ignore[attr-defined]
         self.connector.connect()
         self.transport: Any = self.connector.transport
         self.peer: socket.socket | None = None
@@ -1712,6 +1715,37 @@ class FastClientTests(SynchronousTestCase):
         # Reading stays on, writing stops.
         self.assertEqual(harness.watched(), (True, False))
         self.assertEqual(harness.transport.getPeer().port, harness.port)
+
+    def test_connected_within_connect_at_once(self) -> None:
+        """
+        With C{at_once}, a connect the kernel finished within C{connect()}
+        (loopback: the listener's backlog completes the handshake) is
+        connected before C{connect} returns: the protocol is made, the
+        socket watched for reading only, nothing scheduled.
+        """
+        harness = ClientHarness(self, at_once=True)
+        self.assertTrue(harness.protocol.made)
+        self.assertEqual(harness.connector.state, "connected")
+        self.assertEqual(harness.watched(), (True, False))
+        self.assertEqual(harness.reactor.getDelayedCalls(), [])
+        harness.transport.write(b"now\n")
+        peer, _ = harness.listener.accept()
+        harness.peer = peer
+        peer.settimeout(5)
+        self.assertEqual(harness.read(4), b"now\n")
+
+    def test_refused_at_once_reported_a_turn_later(self) -> None:
+        """
+        With C{at_once}, a refusal the second C{connect_ex} sees is still
+        reported a turn later, never within C{connect}.
+        """
+        harness = ClientHarness(self, listening=False, at_once=True)
+        self.assertIsNone(harness.factory.failed)
+        self.assertFalse(harness.protocol.made)
+        harness.reactor.advance(0)
+        assert harness.factory.failed is not None
+        self.assertTrue(harness.factory.failed.check(error.ConnectionRefusedError))
+        self.assertEqual(harness.connector.state, "disconnected")
 
     def test_timeout_armed_when_given(self) -> None:
         """

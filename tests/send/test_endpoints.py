@@ -15,9 +15,14 @@ from twisted.internet.endpoints import (
     TCP6ClientEndpoint,
     clientFromString,
 )
-from twisted.internet.error import ConnectionRefusedError, DNSLookupError
+from twisted.internet.error import (
+    ConnectionDone,
+    ConnectionRefusedError,
+    DNSLookupError,
+)
 from twisted.internet.interfaces import (
     IAddress,
+    IHalfCloseableDescriptor,
     IHostnameResolver,
     IHostResolution,
     IProtocol,
@@ -27,7 +32,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 from zope.interface.verify import verifyObject
 
 from daemon.config import SendConfig, TLSConfig
@@ -363,6 +368,47 @@ class DirectConnectTests(SynchronousTestCase):
         factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
         failure = self.failureResultOf(d)
         self.assertEqual(str(failure.value), "10.0.0.5:9100: connection refused")
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_connected_within_connect_link(self) -> None:
+        """
+        A connection made before C{connect_link} returns (fast_io's
+        C{at_once} on loopback): the link writes and half-closes then and
+        there, keeps no connector (nothing to stop later), and ends as
+        usual when the device closes.
+        """
+        from twisted.internet.testing import StringTransport
+
+        from daemon.send.link import Link, LinkOptions
+        from daemon.send.machine import LinkState
+
+        class HalfClosing(StringTransport):
+            write_closed = False
+
+            def loseWriteConnection(self) -> None:
+                self.write_closed = True
+                built[0].writeConnectionLost()
+
+        transport = HalfClosing()
+        alsoProvides(transport, IHalfCloseableDescriptor)
+        built: list[Any] = []
+
+        class AtOnce:
+            def connect_link(self, factory: Any) -> Any:
+                built.append(factory.buildProtocol(None))
+                built[0].makeConnection(transport)
+                return object()
+
+        reactor = MemoryReactorClock()
+        link = Link(reactor, "10.0.0.5:9100", AtOnce(), b"x\n", LinkOptions())  # type: ignore[arg-type]
+        d = link.start()
+        self.assertEqual(transport.value(), b"x\n")
+        self.assertTrue(transport.write_closed)
+        self.assertIs(link.state, LinkState.CLOSING)
+        self.assertIsNone(link._connector)
+        built[0].readConnectionLost()
+        built[0].connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.successResultOf(d), b"")
         self.assertEqual(reactor.getDelayedCalls(), [])
 
     def test_connect_timeout_stops_connecting(self) -> None:
