@@ -2040,3 +2040,77 @@ class FastClientEndToEndTests(TestCase):
         self.assertIsInstance(connector, FastConnector)
         self.assertEqual(await got, b"hello\n")
         await sender.lost
+
+
+class LeanReadEndToEndTests(SynchronousTestCase):
+    """
+    A server trigger's connections on a L{FastPort} of an epoll reactor
+    whose loop is the lean one: reads, a half-close and a reset arrive as
+    with Twisted's own path.
+    """
+
+    def serve(self) -> tuple[EPollReactor, Any, int]:
+        from tests.server.test_server import make
+
+        reactor = epoll_reactor(self)
+        service = LeanPollService(reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        trigger, _ = make("reply = <[data]>\\n")
+        port = FastPort(0, trigger, 50, "127.0.0.1", reactor)
+        port.startListening()
+        self.addCleanup(port.connectionLost, None)
+        return reactor, trigger, port.getHost().port
+
+    def client(self, reactor: EPollReactor, number: int) -> socket.socket:
+        client = socket.create_connection(("127.0.0.1", number), timeout=5)
+        self.addCleanup(client.close)
+        client.setblocking(False)
+        return client
+
+    def spin(self, reactor: EPollReactor, done: Any) -> None:
+        for _ in range(500):
+            if done():
+                return
+            reactor.doIteration(0.01)
+        self.fail("not done in 500 turns")
+
+    def test_half_close(self) -> None:
+        """
+        Lines, then a half-close: every reply, then the server closes.
+        """
+        reactor, trigger, number = self.serve()
+        client = self.client(reactor, number)
+        self.spin(reactor, lambda: trigger.stats.connections == 1)
+        client.sendall(b"a\nb\n")
+        client.shutdown(socket.SHUT_WR)
+        received = bytearray()
+        closed = []
+
+        def done() -> bool:
+            try:
+                chunk = client.recv(4096)
+            except BlockingIOError:
+                return False
+            if not chunk:
+                closed.append(True)
+                return True
+            received.extend(chunk)
+            return False
+
+        self.spin(reactor, done)
+        self.assertEqual(bytes(received), b"<a>\n<b>\n")
+        self.spin(reactor, lambda: trigger.stats.active == 0)
+        self.assertEqual(trigger.stats.replies, 2)
+
+    def test_reset(self) -> None:
+        """
+        A client that resets: the connection is lost, nothing else read.
+        """
+        reactor, trigger, number = self.serve()
+        client = self.client(reactor, number)
+        self.spin(reactor, lambda: trigger.stats.connections == 1)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        self.spin(reactor, lambda: trigger.stats.active == 0)
+        self.assertEqual(trigger.stats.frames, 0)
