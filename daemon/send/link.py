@@ -177,6 +177,7 @@ class Link:
         self._timer: IDelayedCall | None = None
         self._timer_event: LinkInput | None = None
         self._timer_due = 0.0
+        self._timer_at = 0.0
         # What the write needs before it counts (see _check_written).
         self._tls = False
         self._handshake = False
@@ -379,12 +380,16 @@ class Link:
         self._timer_event = event
         now = self.clock.seconds()
         due = self._timer_due = now + delay
+        # Only the link moves, cancels or sees its call fire (and then
+        # forgets it): a call kept is active, and set for _timer_at.
         timer = self._timer
-        if timer is None or not timer.active():
+        if timer is None:
             if event is LinkInput.CONNECT_TIMEOUT:
                 delay = min(delay, self.options.close_timeout)
+            self._timer_at = now + delay
             self._timer = self.clock.callLater(delay, self._timer_fired)
-        elif timer.getTime() > due:
+        elif self._timer_at > due:
+            self._timer_at = due
             timer.reset(delay)
 
     def _timer_fired(self) -> None:
@@ -395,6 +400,7 @@ class Link:
         left = self._timer_due - self.clock.seconds()
         if left > 0:
             # Woken early (the time was moved later): sleep the rest.
+            self._timer_at = self._timer_due
             self._timer = self.clock.callLater(left, self._timer_fired)
             return
         self._timer_event = None
@@ -411,7 +417,7 @@ class Link:
     def _cancel_timer(self) -> None:
         self._timer_event = None
         timer, self._timer = self._timer, None
-        if timer is not None and timer.active():
+        if timer is not None:
             timer.cancel()
 
     # -- outputs (named in the transition table)
@@ -675,9 +681,10 @@ class Link:
         What a connection that ended by itself with C{reason} means: None
         for success (every byte written, and a clean end), else the error.
         """
-        tls = describe_tls_failure(reason)
-        if tls is not None:
-            return tls
+        if self._tls:
+            tls = describe_tls_failure(reason)
+            if tls is not None:
+                return tls
         clean = isinstance(reason.value, ConnectionDone)
         if self.state is LinkState.SENDING or not self.written:
             if clean:
