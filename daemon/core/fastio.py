@@ -415,6 +415,11 @@ class FastClient(tcp.Client):
     #: Set by L{_finishInit} when L{begin} is to start the connect.
     _pending = False
 
+    def createInternetSocket(self) -> socket.socket:
+        # Non-blocking from the start: one ioctl fewer than Twisted's
+        # setblocking(0) (Connection.__init__ sets it again anyway).
+        return socket.socket(self.addressFamily, self.socketType | _NONBLOCK)
+
     def _finishInit(
         self, whenDone: Any, skt: socket.socket, error: Any, reactor: Any
     ) -> None:
@@ -570,6 +575,8 @@ class FastClient(tcp.Client):
 #: does for those it reports.
 _CONNECTION_DONE = Failure(main.CONNECTION_DONE)
 
+
+_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 
 #: What C{connect_ex} returns for a connect under way (or already made:
 #: then the socket is writable at once and L{FastClient._connect_ready}

@@ -1593,6 +1593,21 @@ class ClientGuardTests(SynchronousTestCase):
             "self.doConnect()", inspect.getsource(tcp.BaseClient._setRealAddress)
         )
 
+    def test_socket_non_blocking(self) -> None:
+        """
+        C{tcp.Connection.__init__} makes its socket non-blocking (so the one
+        L{FastClient.createInternetSocket} makes is, with or without
+        C{SOCK_NONBLOCK}), and L{FastClient}'s socket is a plain
+        non-blocking TCP socket.
+        """
+        self.assertIn(
+            "self.socket.setblocking(False)", inspect.getsource(tcp.Connection.__init__)
+        )
+        harness = ClientHarness(self)
+        sock = harness.transport.socket
+        self.assertEqual((sock.family, sock.type), (socket.AF_INET, socket.SOCK_STREAM))
+        self.assertFalse(sock.getblocking())
+
     def test_connect_done_and_failure(self) -> None:
         """
         C{_connectDone} builds the protocol through the connector, starts
