@@ -89,6 +89,10 @@ class ConnectionState(enum.Enum):
     ENDING = "ending"
     CLOSED = "closed"
 
+    # Members are singletons: hashed by identity (C) rather than by name
+    # (Enum.__hash__, Python), for the TRANSITIONS lookups.
+    __hash__ = object.__hash__
+
 
 class ConnectionInput(enum.Enum):
     """
@@ -102,6 +106,8 @@ class ConnectionInput(enum.Enum):
     END = "end"
     #: The transport is gone (C{connectionLost}).
     LOST = "lost"
+
+    __hash__ = object.__hash__
 
 
 #: The states the per-read path compares with, as module names: an enum
@@ -191,7 +197,8 @@ class ServerConnection(Protocol):
         # deadline_passed), from connectionMade while it is watched.
         self._idle: Entry | None = None
         self._stall_call: IDelayedCall | None = None
-        self._waiters: list[Deferred[None]] = []
+        # Deferreds of closed() (made at the first one).
+        self._waiters: list[Deferred[None]] | None = None
         self._aborted = False
         # The variables every event starts from (see _variables).
         self._base: dict[str, str] | None = None
@@ -258,6 +265,8 @@ class ServerConnection(Protocol):
         """
         d: Deferred[None] = Deferred()
         if self.alive:
+            if self._waiters is None:
+                self._waiters = []
             self._waiters.append(d)
         else:
             d.callback(None)
@@ -366,7 +375,9 @@ class ServerConnection(Protocol):
         # close (frame = disconnect / idle) still runs its actions.
         if not self._input(ConnectionInput.LOST):
             return
-        if not self.handshake_done and reason.check(TLSError) is not None:
+        # isinstance, not Failure.check (which compares qualified names).
+        error = reason.value
+        if not self.handshake_done and isinstance(error, TLSError):
             self.trigger.handshake_failed(
                 self.peer_host,
                 self.peer_port,
@@ -379,7 +390,7 @@ class ServerConnection(Protocol):
         while held:
             self._handle(held.popleft())
         if was_open:
-            if reason.check(ConnectionDone) is not None:
+            if isinstance(error, ConnectionDone):
                 self._end_of_input(("disconnect", "idle"), "a clean close")
             else:
                 self._end_of_input((), "an abnormal close")
@@ -409,9 +420,10 @@ class ServerConnection(Protocol):
                 peer=self.peer,
                 count=self.seq,
             )
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(None)
+        waiters, self._waiters = self._waiters, None
+        if waiters:
+            for d in waiters:
+                d.callback(None)
 
     def _end_of_input(self, complete: tuple[str, ...], why: str) -> None:
         """
