@@ -21,6 +21,11 @@ the protocol's C{readConnectionLost} returns, as Twisted closes a protocol
 that is not half-closeable, instead of watching the socket for writing and
 closing one reactor turn later from a C{doWrite} that sends nothing.
 
+L{FastPort} accepts with a L{_ListeningSocket}, whose C{accept} is
+C{socket.socket.accept} reading the listening socket's family and type as
+plain integers, and L{FastServer.connectionLost} is Twisted's with
+C{isinstance} instead of C{Failure.check}.
+
 Only server connections of the listeners plantd makes use it
 (L{FastIOReactor}: C{listenTCP} for ``tcp:``/``tcp6:`` and, under
 L{daemon.core.tlshalfclose}, ``ssl:``; C{adoptStreamPort} for ``systemd:``
@@ -52,7 +57,9 @@ C{TLS}, C{producer}, C{streamingProducer}, C{producerPaused}, C{connected},
 C{disconnecting}, C{socket}, C{bufferSize} and C{protocol} of the
 transport (and sets C{disconnecting} in its C{loseConnection}, as
 Twisted's does; its C{doRead} is C{tcp.Connection.doRead} and
-C{_dataReceived} in one); it replaces the epoll reactor's C{doIteration}
+C{_dataReceived} in one, its C{connectionLost} a copy of
+C{tcp.Connection.connectionLost} calling C{_closeSocket}; the port's
+C{socket} gets another class); it replaces the epoll reactor's C{doIteration}
 (an alias of C{doPoll}) on the reactor instance and uses its C{_poller},
 C{_selectables}, C{_doReadOrWrite} and C{_disconnectSelectable}, and
 C{posixbase._NO_FILEDESC}.
@@ -63,6 +70,7 @@ loudly instead of silently reordering or losing replies.
 
 from __future__ import annotations
 
+import _socket
 import errno
 import os
 import socket
@@ -73,7 +81,7 @@ from types import MethodType
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet import error, main, tcp
+from twisted.internet import abstract, error, main, tcp
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.interfaces import IConnector, IListeningPort, IProtocolFactory
 from twisted.internet.posixbase import _NO_FILEDESC, PosixReactorBase
@@ -181,13 +189,60 @@ class FastServer(tcp.Server):
             return
         tcp.Server.loseConnection(self)
 
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        C{tcp.Connection.connectionLost}, telling an abort with
+        C{isinstance} instead of C{Failure.check} (which compares
+        qualified class names).
+        """
+        if not hasattr(self, "socket"):
+            return
+        abstract.FileDescriptor.connectionLost(self, reason)
+        self._closeSocket(not isinstance(reason.value, error.ConnectionAborted))
+        protocol = self.protocol
+        del self.protocol
+        del self.socket
+        del self.fileno
+        protocol.connectionLost(reason)
+
+
+#: The family, type and protocol of a socket as plain integers (the
+#: C{socket.socket} properties convert the first two to enums).
+_FAMILY = _socket.socket.family.__get__
+_TYPE = _socket.socket.type.__get__
+_PROTO = _socket.socket.proto.__get__
+
+
+class _ListeningSocket(socket.socket):
+    """
+    A listening socket whose C{accept} is C{socket.socket.accept} without
+    reading its family and type through the properties that convert them
+    to enums (about a microsecond per connection).  L{FastPort} gives its
+    socket this class.
+    """
+
+    __slots__ = ()
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        fd, addr = self._accept()  # type: ignore[attr-defined]
+        sock = socket.socket(_FAMILY(self), _TYPE(self), _PROTO(self), fd)
+        if socket.getdefaulttimeout() is None and self.gettimeout():
+            sock.setblocking(True)
+        return sock, addr
+
 
 class FastPort(tcp.Port):
     """
-    A TCP listening port whose connections are L{FastServer}s.
+    A TCP listening port whose connections are L{FastServer}s, accepted by
+    a L{_ListeningSocket}.
     """
 
     transport = FastServer
+
+    def startListening(self) -> None:
+        tcp.Port.startListening(self)
+        if type(self.socket) is socket.socket:
+            self.socket.__class__ = _ListeningSocket
 
 
 def _stock(reactor: Any, name: str) -> bool:

@@ -53,6 +53,7 @@ from daemon.core.fastio import (
     FastServer,
     LeanPollService,
     _lean_do_poll,
+    _ListeningSocket,
     lean_poll_applies,
 )
 from daemon.core.listening import ListeningService
@@ -443,6 +444,48 @@ class TwistedInternalsGuardTests(SynchronousTestCase):
         source = inspect.getsource(abstract.FileDescriptor.loseConnection)
         self.assertIn("if self._writeDisconnected:", source)
         self.assertIn("self.disconnecting = 1", source)
+
+    #: sha256 of C{tcp.Connection.connectionLost}'s source in the Twisted
+    #: this was written against; when it changes, make
+    #: L{FastServer.connectionLost} do what the new one does, and update this.
+    CONNECTION_LOST_SHA256 = (
+        "dd7a9a87035a20843d1de305c830148d91a9e17541d1b0f949abd9d66e0d7450"
+    )
+
+    def test_connection_lost_unchanged(self) -> None:
+        """
+        C{tcp.Server.connectionLost} is C{tcp.Connection}'s, the code
+        L{FastServer.connectionLost} copies (with C{isinstance} for
+        C{reason.check}).
+        """
+        self.assertIs(tcp.Server.connectionLost, tcp.Connection.connectionLost)
+        source = inspect.getsource(tcp.Connection.connectionLost)
+        self.assertIn(
+            "self._closeSocket(not reason.check(error.ConnectionAborted))", source
+        )
+        self.assertEqual(
+            hashlib.sha256(source.encode()).hexdigest(),
+            self.CONNECTION_LOST_SHA256,
+            "tcp.Connection.connectionLost changed: review FastServer.connectionLost",
+        )
+
+    def test_port_accepts_with_its_socket(self) -> None:
+        """
+        C{tcp.Port.doRead} accepts with C{accept()} of its C{socket}, which
+        C{startListening} sets (L{FastPort} gives it another class), and
+        C{socket.socket.accept} is still what L{_ListeningSocket.accept}
+        does with plain integers.
+        """
+        self.assertIn("self.socket", inspect.getsource(tcp.Port.doRead))
+        self.assertIn("listener.accept()", inspect.getsource(tcp._accept))
+        self.assertIn("self.socket = skt", inspect.getsource(tcp.Port.startListening))
+        source = inspect.getsource(socket.socket.accept)
+        self.assertIn("fd, addr = self._accept()", source)
+        self.assertIn(
+            "sock = socket(self.family, self.type, self.proto, fileno=fd)", source
+        )
+        self.assertIn("if getdefaulttimeout() is None and self.gettimeout():", source)
+        self.assertIn("sock.setblocking(True)", source)
 
     def test_file_descriptor_send_limit_unchanged(self) -> None:
         """
@@ -926,6 +969,103 @@ class ReadLostCloseTests(SynchronousTestCase):
         self.assertFalse(harness.transport._closeAfterRead)
 
 
+class FastPortTests(SynchronousTestCase):
+    """
+    L{FastPort}'s accepted sockets are those C{socket.socket.accept}
+    makes; L{FastServer.connectionLost} closes as Twisted's does.
+    """
+
+    def test_accepted_socket_same(self) -> None:
+        """
+        A connection accepted by a L{FastPort} has a socket of the same
+        family, type, protocol, timeout and inheritability as one accepted
+        by C{socket.socket.accept}; over IPv6 too.
+        """
+        self.accepted_like_stock("127.0.0.1", socket.AF_INET)
+        if socket.has_ipv6:
+            try:
+                socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+            except OSError:
+                return  # no IPv6 loopback here
+            self.accepted_like_stock("::1", socket.AF_INET6)
+
+    def accepted_like_stock(self, host: str, family: int) -> None:
+        built: list[Protocol] = []
+
+        class Built(Factory):
+            def buildProtocol(self, addr: Any) -> Protocol:
+                protocol = Recording()
+                built.append(protocol)
+                return protocol
+
+        port = FastPort(0, Built(), 5, host, MemoryReactorClock())
+        port.startListening()
+        self.addCleanup(port.socket.close)
+        self.assertIsInstance(port.socket, _ListeningSocket)
+        client = socket.create_connection(port.socket.getsockname()[:2])
+        self.addCleanup(client.close)
+        port.doRead()
+        [protocol] = built
+        transport = protocol.transport
+        assert isinstance(transport, FastServer)
+        ours = transport.socket
+        self.addCleanup(ours.close)
+        stock_listener = socket.socket(family)
+        self.addCleanup(stock_listener.close)
+        stock_listener.bind((host, 0))
+        stock_listener.listen(1)
+        stock_listener.setblocking(False)
+        other = socket.create_connection(stock_listener.getsockname()[:2])
+        self.addCleanup(other.close)
+        stock, _ = stock_listener.accept()
+        self.addCleanup(stock.close)
+        stock.setblocking(False)  # as tcp.Connection does
+        self.assertIs(type(ours), socket.socket)
+        for name in ("family", "type", "proto"):
+            self.assertEqual(getattr(ours, name), getattr(stock, name), name)
+        self.assertEqual(ours.gettimeout(), stock.gettimeout())
+        self.assertEqual(ours.get_inheritable(), stock.get_inheritable())
+        self.assertEqual(transport.client[0], client.getsockname()[0])
+
+    def test_blocking_listener(self) -> None:
+        """
+        As C{socket.socket.accept}: a listening socket with a timeout, and
+        no default timeout, gives blocking sockets.
+        """
+        listener = _ListeningSocket()
+        self.addCleanup(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.settimeout(5)
+        client = socket.create_connection(listener.getsockname())
+        self.addCleanup(client.close)
+        sock, address = listener.accept()
+        self.addCleanup(sock.close)
+        self.assertIsNone(sock.gettimeout())
+        self.assertEqual(address, client.getsockname())
+
+    def test_connection_lost(self) -> None:
+        """
+        A clean close shuts the socket down (the client reads the end of
+        the stream); an abort resets it; the protocol hears the reason
+        once, and a second call changes nothing.
+        """
+        harness = Harness(FastServer)
+        self.addCleanup(harness.close)
+        done = Failure(main.CONNECTION_DONE)
+        harness.transport.connectionLost(done)
+        self.assertIs(harness.protocol.lost, done)
+        self.assertEqual(harness.client.recv(10), b"")
+        harness.transport.connectionLost(Failure(main.CONNECTION_LOST))
+        self.assertIs(harness.protocol.lost, done)
+        harness = Harness(FastServer)
+        self.addCleanup(harness.close)
+        aborted = Failure(ConnectionAborted())
+        harness.transport.connectionLost(aborted)
+        self.assertIs(harness.protocol.lost, aborted)
+        self.assertRaises(ConnectionResetError, harness.client.recv, 10)
+
+
 class Echo(Protocol):
     def dataReceived(self, data: bytes) -> None:
         assert self.transport is not None
@@ -1006,6 +1146,7 @@ class ListenerTests(TestCase):
         )
         self.addCleanup(port.stopListening)
         self.assertIsInstance(port, FastPort)
+        self.assertIsInstance(port.socket, _ListeningSocket)  # type: ignore[attr-defined]
         client = await connect_client(listener.getsockname()[1])
         client.transport.write(b"adopted\n")  # type: ignore[union-attr]
         self.assertEqual(await client.lines(1), b"adopted\n")
