@@ -88,6 +88,7 @@ from twisted.internet.posixbase import _NO_FILEDESC, PosixReactorBase
 from twisted.internet.protocol import ClientFactory
 from twisted.python import log
 from twisted.python.failure import Failure
+from zope.interface import directlyProvides, providedBy
 
 
 class FastServer(tcp.Server):
@@ -259,11 +260,17 @@ class FastIOReactor:
     The reactor, except that C{listenTCP} and C{adoptStreamPort} (what
     ``tcp:``, ``ssl:`` through L{daemon.core.tlshalfclose} and ``systemd:``
     endpoints call) listen with a L{FastPort} where the reactor's own would
-    make a C{tcp.Port}.  Everything else is the reactor's own.
+    make a C{tcp.Port}, and C{connectTCP} (a send action's connections)
+    connects with a L{FastConnector} where the reactor's would make a
+    C{tcp.Connector}.  Everything else is the reactor's own, and it
+    provides the interfaces the reactor does (Twisted's C{HostnameEndpoint},
+    behind a ``tls:`` destination, asks for
+    C{IReactorPluggableNameResolver}).
     """
 
     def __init__(self, reactor: Any) -> None:
         self._reactor = reactor
+        directlyProvides(self, providedBy(reactor))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._reactor, name)

@@ -2111,6 +2111,28 @@ class FastClientTests(SynchronousTestCase):
         self.addCleanup(connector.transport.socket.close)  # type: ignore[union-attr]
         self.assertEqual(len(reactor.getDelayedCalls()), 1)
 
+    def test_fast_io_reactor_provides_the_reactors_interfaces(self) -> None:
+        """
+        The wrapper provides what the reactor does: a ``tls:`` destination's
+        C{HostnameEndpoint} finds C{IReactorPluggableNameResolver} and uses
+        the reactor's resolver (no deprecation warning, no fallback).
+        """
+        from twisted.internet.endpoints import clientFromString
+        from twisted.internet.interfaces import (
+            IReactorPluggableNameResolver,
+            IReactorTCP,
+        )
+
+        fast = FastIOReactor(_reactor)
+        self.assertTrue(IReactorTCP.providedBy(fast))
+        self.assertTrue(IReactorPluggableNameResolver.providedBy(fast))
+        endpoint: Any = clientFromString(fast, "tls:localhost:9100")
+        self.assertIs(
+            endpoint._wrappedEndpoint._getNameResolverAndMaybeWarn(fast),
+            _reactor.nameResolver,  # type: ignore[attr-defined]
+        )
+        self.assertEqual(self.flushWarnings(), [])
+
     def test_fast_io_reactor_connects_with_it(self) -> None:
         """
         L{FastIOReactor.connectTCP} makes a L{FastConnector} on Twisted's
