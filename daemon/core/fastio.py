@@ -244,6 +244,10 @@ class FastPort(tcp.Port):
         tcp.Port.startListening(self)
         if type(self.socket) is socket.socket:
             self.socket.__class__ = _ListeningSocket
+        # The port's logger, made once: C{_logger} is a class attribute
+        # whose descriptor makes a new Logger at each access (two per
+        # doRead).
+        self._logger = self._logger
 
 
 def _stock(reactor: Any, name: str) -> bool:

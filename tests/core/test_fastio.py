@@ -38,6 +38,7 @@ from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
 from twisted.internet.ssl import CertificateOptions
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python import log
 from twisted.python.failure import Failure
@@ -477,6 +478,11 @@ class TwistedInternalsGuardTests(SynchronousTestCase):
         does with plain integers.
         """
         self.assertIn("self.socket", inspect.getsource(tcp.Port.doRead))
+        self.assertIn(
+            "self._logger.namespace, self._logger.observer",
+            inspect.getsource(tcp.Port.doRead),
+        )
+        self.assertIsInstance(vars(tcp.Port)["_logger"], Logger)
         self.assertIn("listener.accept()", inspect.getsource(tcp._accept))
         self.assertIn("self.socket = skt", inspect.getsource(tcp.Port.startListening))
         source = inspect.getsource(socket.socket.accept)
@@ -1002,6 +1008,8 @@ class FastPortTests(SynchronousTestCase):
         port.startListening()
         self.addCleanup(port.socket.close)
         self.assertIsInstance(port.socket, _ListeningSocket)
+        self.assertIs(port._logger, port._logger)
+        self.assertEqual(port._logger.namespace, "daemon.core.fastio.FastPort")
         client = socket.create_connection(port.socket.getsockname()[:2])
         self.addCleanup(client.close)
         port.doRead()
