@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from OpenSSL.SSL import Error as TLSError
 from twisted.internet.defer import Deferred
@@ -50,7 +50,7 @@ from daemon.core.events import (
 from daemon.core.peers import join_host_port
 from daemon.core.replies import OrderedReplies, Slot
 from daemon.core.template import MissingVariable
-from daemon.server.framing import FrameTooLong, make_framer
+from daemon.server.framing import Framer, FrameTooLong, make_framer
 from daemon.server.parse import ParseError, parse_frame
 from daemon.server.replyplan import NO_PLAN, Form, ReplyPlan, plan_for
 from daemon.server.tls import peer_subject
@@ -160,22 +160,9 @@ class ServerConnection(Protocol):
         # the trigger's current config).
         self.config = config = trigger.config
         self._echo_wrap = trigger._echo_wrap
-        self.framer = make_framer(
-            config.frame,
-            max_frame=config.max_frame,
-            delimiter=config.delimiter,
-            frame_size=config.frame_size,
-        )
+        # The framer and the replies are made at their first use (see
+        # __getattr__).
         self.seq = 0
-        # Replies in message order; reading pauses at max_pending unfinished
-        # events and resumes as soon as one fewer is left.
-        self.replies = OrderedReplies(
-            self._write_replies,
-            pause=self._too_many_events,
-            resume=self._fewer_events,
-            pause_at=config.max_pending,
-            resume_at=config.max_pending - 1,
-        )
         # Whole messages read but not started while max_pending events are
         # unfinished: at most what one read delivered (see held; made when
         # first needed).
@@ -211,6 +198,49 @@ class ServerConnection(Protocol):
         self._partial_watch = terminated
         self._partial_wait: Deadline | None = None
 
+    #: What frames the bytes this client sends (made at the first use).
+    framer: Framer
+    #: The replies in message order; reading pauses at max_pending
+    #: unfinished events and resumes as soon as one fewer is left (made at
+    #: the first use).
+    replies: OrderedReplies
+
+    #: Not an adapter factory for zope.interface (a class attribute, so that
+    #: adapting a connection does not go through __getattr__).
+    __conform__ = None
+
+    if not TYPE_CHECKING:  # mypy keeps checking attribute names
+
+        def __getattr__(self, name: str) -> Any:
+            """
+            The framer and the replies, made at their first use: a client
+            that connects and stays silent holds neither (a few hundred
+            bytes per idle connection).  Once made they are plain instance
+            attributes, read without this method.
+            """
+            if name == "replies":
+                max_pending = self.config.max_pending
+                replies = self.replies = OrderedReplies(
+                    self._write_replies,
+                    pause=self._too_many_events,
+                    resume=self._fewer_events,
+                    pause_at=max_pending,
+                    resume_at=max_pending - 1,
+                )
+                return replies
+            if name == "framer":
+                config = self.config
+                framer = self.framer = make_framer(
+                    config.frame,
+                    max_frame=config.max_frame,
+                    delimiter=config.delimiter,
+                    frame_size=config.frame_size,
+                )
+                return framer
+            raise AttributeError(
+                f"{type(self).__name__!r} object has no attribute {name!r}"
+            )
+
     @property
     def held(self) -> deque[bytes]:
         """
@@ -223,7 +253,8 @@ class ServerConnection(Protocol):
         return held
 
     def _replies_pending(self) -> bool:
-        return self.replies.pending > 0
+        replies = self.__dict__.get("replies")
+        return replies is not None and replies.pending > 0
 
     def _reading_paused(self) -> bool:
         return self.reading_paused
@@ -410,9 +441,12 @@ class ServerConnection(Protocol):
             self._stall_call.cancel()
         self._stall_call = None
         # Replies that were ready but could not be written any more; those
-        # of events still running are counted when they finish.
-        self._flush()
-        stats.replies_dropped += self.replies.close()
+        # of events still running are counted when they finish.  (A client
+        # that sent nothing has no replies.)
+        replies = self.__dict__.get("replies")
+        if replies is not None:
+            self._flush()
+            stats.replies_dropped += replies.close()
         if logs.debug_enabled:
             log.debug(
                 "[{trigger}] {peer} disconnected after {count} messages",
@@ -432,7 +466,10 @@ class ServerConnection(Protocol):
         clean close, ``idle``); an unterminated line or delimited message is
         a truncated one and is dropped and counted, never acted on.
         """
-        frame = self.framer.flush()
+        framer: Framer | None = self.__dict__.get("framer")
+        if framer is None:
+            return  # nothing was read
+        frame = framer.flush()
         stats = self.trigger.stats
         if frame is not None:
             if self.config.frame in complete:
@@ -449,9 +486,9 @@ class ServerConnection(Protocol):
                     size=len(frame),
                     why=why,
                 )
-        if self.framer.discarded:
-            stats.discarded_bytes += self.framer.discarded
-            self.framer.discarded = 0
+        if framer.discarded:
+            stats.discarded_bytes += framer.discarded
+            framer.discarded = 0
 
     # -- flow control (IPushProducer: the transport tells us about our writes)
 
@@ -955,9 +992,5 @@ class ServerConnection(Protocol):
             stats.replies_dropped += count
 
     def _close_when_drained(self) -> None:
-        if (
-            self.state is ConnectionState.ENDING
-            and not self.replies.pending
-            and not self._held
-        ):
+        if self.state is _ENDING and not self._replies_pending() and not self._held:
             self._close()
