@@ -636,6 +636,26 @@ class FastClient(tcp.Client):
             return
         tcp.Client.loseConnection(self)
 
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        Twisted's (C{_BaseBaseClient.connectionLost} around
+        C{tcp.Connection.connectionLost}), telling an abort with
+        C{isinstance} instead of C{Failure.check}, as
+        L{FastServer.connectionLost} does.
+        """
+        if not self.connected:
+            self.failIfNotConnected(error.ConnectError(string=reason))
+            return
+        if hasattr(self, "socket"):
+            abstract.FileDescriptor.connectionLost(self, reason)
+            self._closeSocket(not isinstance(reason.value, error.ConnectionAborted))
+            protocol = self.protocol
+            del self.protocol
+            del self.socket
+            del self.fileno
+            protocol.connectionLost(reason)
+        self.connector.connectionLost(reason)
+
 
 #: The reason of a connection closed by us: one instance, as the reactor
 #: does for those it reports.

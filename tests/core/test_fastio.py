@@ -1561,6 +1561,7 @@ class ClientFactoryRecording(ClientFactory):
     def __init__(self) -> None:
         self.protocol_made = ClientRecording()
         self.failed: Failure | None = None
+        self.lost: list[Failure] = []
         self.started = 0
 
     def startedConnecting(self, connector: Any) -> None:
@@ -1571,6 +1572,9 @@ class ClientFactoryRecording(ClientFactory):
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         self.failed = reason
+
+    def clientConnectionLost(self, connector: Any, reason: Failure) -> None:
+        self.lost.append(reason)
 
 
 def wait_writable(sock: socket.socket) -> None:
@@ -1773,6 +1777,31 @@ class ClientGuardTests(SynchronousTestCase):
             inspect.getsource(tcp._BaseBaseClient.failIfNotConnected),
         )
         self.assertIn("self.realAddress", inspect.getsource(tcp._BaseTCPClient.getPeer))
+
+    def test_client_connection_lost(self) -> None:
+        """
+        C{tcp.Client.connectionLost} is C{_BaseBaseClient}'s: a connection
+        never made fails the attempt; else C{_commonConnection}'s
+        C{connectionLost} (C{tcp.Connection}'s, whose source the server
+        guard pins) then the connector's -- what
+        L{FastClient.connectionLost} does, with C{isinstance} for the abort.
+        """
+        self.assertIs(tcp.Client.connectionLost, tcp._BaseBaseClient.connectionLost)
+        source = inspect.getsource(tcp._BaseBaseClient.connectionLost)
+        for part in (
+            "if not self.connected:",
+            "self.failIfNotConnected(error.ConnectError(string=reason))",
+            "self._commonConnection.connectionLost(self, reason)",
+            "self.connector.connectionLost(reason)",
+        ):
+            self.assertIn(part, source)
+        self.assertIs(
+            tcp.Client._commonConnection.connectionLost, tcp.Connection.connectionLost
+        )
+        self.assertIn(
+            "self._closeSocket(not reason.check(error.ConnectionAborted))",
+            inspect.getsource(tcp.Connection.connectionLost),
+        )
 
     def test_half_close_internals(self) -> None:
         """
@@ -1980,6 +2009,31 @@ class FastClientTests(SynchronousTestCase):
         self.assertIsNone(harness.transport.doRead())
         self.assertEqual(harness.protocol.data, b"banner\n")
         self.assertEqual(harness.read(100), b"job\n")
+
+    def test_connection_lost_closes_as_twisted(self) -> None:
+        """
+        A connection lost cleanly closes the socket in order (the device
+        reads EOF), an aborted one with a reset; the protocol and the
+        factory hear it once each.
+        """
+        lost: list[str] = []
+
+        for reason, expected in (
+            (Failure(main.CONNECTION_DONE), b""),
+            (Failure(error.ConnectionAborted()), None),
+        ):
+            harness = ClientHarness(self)
+            harness.complete()
+            harness.transport.connectionLost(reason)
+            lost += [type(f.value).__name__ for f in harness.factory.lost]
+            self.assertIs(harness.protocol.lost, reason)
+            assert harness.peer is not None
+            if expected is None:
+                self.assertRaises(ConnectionResetError, harness.peer.recv, 10)
+            else:
+                self.assertEqual(harness.peer.recv(10), expected)
+            self.assertEqual(harness.watched(), (False, False))
+        self.assertEqual(lost, ["ConnectionDone", "ConnectionAborted"])
 
     def test_partial_write_then_half_close_waits(self) -> None:
         """
