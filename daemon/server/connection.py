@@ -10,7 +10,9 @@ L{daemon.server.trigger}, the ``parse`` rules in L{daemon.server.parse}.
 The hot path (read -> frame -> event -> reply) is kept lean: frames are
 split in bulk per read, counters are plain integers, an event whose actions
 are all synchronous creates no Deferred, and the replies produced by one
-read go out in one C{write}.
+read go out in one C{write}.  A read whose messages need nothing but
+themselves (no actions, parse rules or log_frames) makes no event at all:
+L{daemon.server.replyplan} builds its replies in one go.
 """
 
 from __future__ import annotations
