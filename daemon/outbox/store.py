@@ -689,7 +689,7 @@ class SqliteJobStore:
         if self._core is not None:
             # A daemon that forgets close() must still be able to exit.
             self._trigger = self._core.addSystemEventTrigger(
-                "during", "shutdown", self.close
+                "during", "shutdown", self._shutdown
             )
         jobs = sum(summary.jobs for summary in self.recovered)
         self.log.info(
@@ -752,6 +752,12 @@ class SqliteJobStore:
 
     def take_kicks(self, action: str) -> Deferred[list[Kick]]:
         return self._submit(lambda c: db_take_kicks(c, action))
+
+    def _shutdown(self) -> Deferred[None]:
+        # The reactor took this trigger off its list to run it: close()
+        # must not remove it again (that raises ValueError).
+        self._trigger = None
+        return self.close()
 
     def close(self) -> Deferred[None]:
         """
