@@ -13,6 +13,7 @@ from typing import Literal
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from daemon.core.actions import ActionFailed
 from daemon.core.backoff import Backoff
 
 #: Error texts kept with a job are cut to this many characters.
@@ -280,10 +281,11 @@ class OutboxStats:
     destinations: tuple[DestinationStats, ...]
 
 
-class OutboxFull(Exception):
+class OutboxFull(ActionFailed):
     """
     The outbox has no room for a job (C{when_full = reject}, or a single job
-    larger than C{max_bytes}).  C{str()} names the limit.
+    larger than C{max_bytes}).  C{str()} names the limit.  An
+    L{ActionFailed}: the action that queued the job failed for this reason.
     """
 
     def __init__(self, action: str, limit: str, detail: str) -> None:
@@ -296,9 +298,10 @@ class OutboxFull(Exception):
         return f"outbox {self.action!r} is full ({self.detail})"
 
 
-class OutboxNotRunning(Exception):
+class OutboxNotRunning(ActionFailed):
     """
-    C{put} on an outbox that was not started, or was stopped.
+    C{put} on an outbox that was not started, or was stopped.  An
+    L{ActionFailed}, like L{OutboxFull}.
     """
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random as _random
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import (
@@ -559,23 +559,16 @@ class SendAction:
             raise ActionFailed(f"the outbox of {self.name} is not open")
         if self._outbox_error is not None:
             raise ActionFailed(self._outbox_error)
+        # Its failures (OutboxFull, OutboxNotRunning) are ActionFailed.
         if self._outbox_running:
-            stored: Deferred[Any] = outbox.enqueue(destination.key, payload)
-            return stored.addErrback(self._put_failed)
+            return cast(Deferred[Any], outbox.enqueue(destination.key, payload))
         ready: Deferred[None] = Deferred()
         self._outbox_waiters.append(ready)
 
         def put(_: None) -> Deferred[Any]:
             return outbox.enqueue(destination.key, payload)
 
-        return ready.addCallback(put).addErrback(self._put_failed)
-
-    def _put_failed(self, failure: Failure) -> Failure:
-        from daemon.outbox.jobs import OutboxFull, OutboxNotRunning
-
-        if failure.check(OutboxFull, OutboxNotRunning):
-            raise ActionFailed(str(failure.value))
-        return failure
+        return ready.addCallback(put)
 
     def outbox_snapshot(self) -> Snapshot:
         """

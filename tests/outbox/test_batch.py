@@ -15,12 +15,21 @@ import sqlite3
 from typing import Any, cast
 
 from twisted.internet import reactor as _reactor
-from twisted.internet.defer import gatherResults
-from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorCore, IReactorFromThreads
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import directlyProvides
 
-from daemon.outbox.jobs import Job, JobBatch, OutboxPolicy, StoreClosed
+from daemon.core.actions import ActionFailed
+from daemon.outbox.jobs import (
+    Job,
+    JobBatch,
+    OutboxFull,
+    OutboxNotRunning,
+    OutboxPolicy,
+    StoreClosed,
+)
 from daemon.outbox.memory import MemoryJobStore
 from daemon.outbox.outbox import Outbox
 from daemon.outbox.store import (
@@ -162,6 +171,29 @@ class OutboxEnqueueTests(SynchronousTestCase):
         self.assertEqual((job.id, job.payload, job.destination), (2, b"bb", "p"))
         self.assertEqual((outbox.stored, outbox.snapshot().pending), (2, 2))
         self.assertEqual([j.payload for j, _ in device.calls], [b"a"])
+
+    def test_failures_are_action_failures(self) -> None:
+        """
+        A full outbox (C{reject}) and a stopped one fail C{enqueue} with an
+        L{ActionFailed} (as L{OutboxFull} and L{OutboxNotRunning}) whose
+        text is the reason the trigger's ``[error]`` shows, so the action
+        passes them on as they are.
+        """
+        outbox = Outbox(
+            "label",
+            MemoryJobStore(),
+            OutboxPolicy(max_jobs=1, when_full="reject"),
+            FakeDevice(),
+            Clock(),
+        )
+        self.successResultOf(outbox.start())
+        self.successResultOf(outbox.enqueue("p", b"a"))
+        full = self.failureResultOf(outbox.enqueue("p", b"b"), ActionFailed)
+        self.assertIsInstance(full.value, OutboxFull)
+        self.assertEqual(str(full.value), "outbox 'label' is full (1 jobs)")
+        self.successResultOf(outbox.stop())
+        stopped = self.failureResultOf(outbox.enqueue("p", b"c"), ActionFailed)
+        self.assertIsInstance(stopped.value, OutboxNotRunning)
 
 
 class SqliteBatchTests(TestCase):
@@ -388,3 +420,62 @@ class SqliteBatchTests(TestCase):
         self.assertFalse(batch.open)
         with self.assertRaises(StoreClosed):
             await batch.committed
+
+
+class _ShutdownReactor:
+    """
+    The real reactor, but for its C{shutdown} triggers, which L{shutdown}
+    runs as Twisted does: each taken off the list, then called.
+    """
+
+    def __init__(self) -> None:
+        self.during: list[tuple[Any, ...]] = []
+        directlyProvides(self, IReactorCore, IReactorFromThreads)
+
+    def addSystemEventTrigger(
+        self, phase: str, event: str, f: Any, *args: Any, **kwargs: Any
+    ) -> tuple[Any, ...]:
+        handle = (phase, event, f, args, kwargs)
+        self.during.append(handle)
+        return handle
+
+    def removeSystemEventTrigger(self, handle: tuple[Any, ...]) -> None:
+        self.during.remove(handle)  # ValueError when gone, as Twisted's
+
+    def callFromThread(self, f: Any, *args: Any, **kwargs: Any) -> None:
+        reactor.callFromThread(f, *args, **kwargs)
+
+    def shutdown(self) -> list[object]:
+        results = []
+        while self.during:
+            _, _, f, args, kwargs = self.during.pop(0)
+            results.append(f(*args, **kwargs))
+        return results
+
+
+class ShutdownTriggerTests(TestCase):
+    """
+    A store nobody closed is closed by the reactor's shutdown.
+    """
+
+    timeout = 60
+
+    async def test_shutdown_closes(self) -> None:
+        """
+        The shutdown trigger commits what is queued and closes the store;
+        close() afterwards is harmless.
+        """
+        path = outbox_path(os.path.abspath(self.mktemp()))
+        os.makedirs(os.path.dirname(path))
+        fake = _ShutdownReactor()
+        store = SqliteJobStore(
+            path, cast(IReactorFromThreads, fake), checkpoint_interval=None
+        )
+        added = store.add("label", "p", b"x", 0.0)
+        [closing] = fake.shutdown()
+        assert isinstance(closing, Deferred)
+        await added
+        await closing
+        self.assertFalse(store._pool.started)
+        self.assertEqual(len(_rows(path)), 1)
+        await store.close()
