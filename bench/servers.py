@@ -13,7 +13,9 @@ LF; the reply is the line as received.
 L{plantd_config} is the daemon's side of the same work, with every feature
 on: line framing, a reply template, counters (and the status page that
 shows them), keepalive, idle and write timeouts, backpressure
-(C{max_pending}), logging at its default level.
+(C{max_pending}), logging at its default level.  The relay's device allows
+16 links at once (C{max_parallel = 16}), as the bare relays open up to one
+connection per client (R16: 16); the default, 1, suits a printer.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ error_reply = ERR [error]\\n
 destination = 127.0.0.1:{sink_port}
 data = [data]\\n
 queue = none
+max_parallel = 16
 connect_timeout = 5
 write_timeout = 10
 """
