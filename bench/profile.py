@@ -69,7 +69,7 @@ def run_one(
     os.makedirs(build, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=build) as workdir:
         stats = os.path.join(workdir, "daemon.prof") if profile else None
-        ports = Ports(*free_ports(4))
+        ports = Ports(*free_ports(5))
         profiler = (
             (f"--profile={stats}", "--profiler=cprofile", "--savestats")
             if stats is not None
@@ -78,7 +78,7 @@ def run_one(
         server = Server("plantd", ports, workdir, fast_io, twistd_args=profiler)
         try:
             server.wait_listening()
-            port = ports.relay if scenario.port == "relay" else ports.echo
+            port = getattr(ports, scenario.port)
             args = ["--port", str(port), "--warmup", str(warmup)]
             args += ["--seconds", str(seconds), *scenario.args]
             if "--mode" not in args:

@@ -11,6 +11,9 @@ Scenarios (64-byte lines):
 
 - A1: 1 client, 1 line in flight: p50 (and p99) latency
 - A2: 50 clients x 16 pipelined lines: messages per second
+- A2P: A2 against plantd's echo with a ``parse`` rule, so that every
+  message takes the event path (as with parse rules or actions); plantd
+  only, its ratios are to the bare servers' A2
 - A3: 1000 clients x 1 line in flight: messages per second
 - B1, B32: a new connection per message, 1 or 32 at a time: connections/s
 - C: 5,000 idle connections: server RSS per connection (minus the RSS
@@ -62,13 +65,16 @@ class Scenario:
     name: str
     label: str
     args: tuple[str, ...]
-    port: str = "echo"  # or "relay"
+    port: str = "echo"  # or "relay", "parsed" (a field of Ports)
     metric: str = "rate"  # rate | p50 | rss
     unit: str = "msg/s"
     target: str = ""
     # enough load in flight to keep a server busy: a server below
     # SERVER_SATURATED means the load did not reach it
     saturates: bool = False
+    # plantd only: the bare servers have no such trigger; its ratios are
+    # to their figures for this scenario
+    baseline: str = ""
 
 
 # A result is not read as a ratio when the generator, not the server, may
@@ -104,6 +110,15 @@ SCENARIOS = [
         ("--clients", "50", "--depth", "16"),
         target="≥ 1.3× Twisted (stretch 2×)",
         saturates=True,
+    ),
+    Scenario(
+        "A2P",
+        "A2P: A2 with a parse rule (the event path), msg/s",
+        ("--clients", "50", "--depth", "16"),
+        port="parsed",
+        target="— (ratios to the bare servers' A2)",
+        saturates=True,
+        baseline="A2",
     ),
     Scenario(
         "A3",
@@ -211,6 +226,7 @@ class Ports:
     relay: int
     sink: int
     status: int
+    parsed: int
 
 
 class Server:
@@ -242,6 +258,7 @@ class Server:
                         ports.sink,
                         ports.status,
                         fast_io,
+                        parsed_port=ports.parsed,
                     )
                 )
             argv = [
@@ -278,7 +295,10 @@ class Server:
 
     def wait_listening(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
-        for port in (self.ports.echo, self.ports.relay):
+        ports = [self.ports.echo, self.ports.relay]
+        if self.kind == "plantd":
+            ports.append(self.ports.parsed)
+        for port in ports:
             while True:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"{self.kind} exited: {self.tail()}")
@@ -314,7 +334,7 @@ def run_scenario(
     One scenario against one running server: the generator's report plus
     C{value} (the scenario's figure) and C{broken}.
     """
-    port = server.ports.relay if scenario.port == "relay" else server.ports.echo
+    port = getattr(server.ports, scenario.port)
     args = [
         "--port",
         str(port),
@@ -448,15 +468,20 @@ def table(results: dict[str, Any]) -> str:
     problems: list[str] = []
     notes: list[str] = []
     for s in SCENARIOS:
+        if s.baseline and not runs.get("plantd", {}).get(s.name):
+            continue
         cells, med, shares, bound = [], {}, [], {}
         for kind in SERVERS:
-            rows = runs.get(kind, {}).get(s.name, [])
+            own = kind == "plantd" or not s.baseline
+            rows = runs.get(kind, {}).get(s.name if own else s.baseline, [])
             m = _median(rows)
             med[kind] = m
             cell = _fmt(m, s.metric)
+            if not own:
+                cell = f"({s.baseline}: {cell})"
             if s.metric == "p50" and rows:
                 cell += f" (p99 {_median(rows, 'p99_us') or 0:.0f})"
-            if any(r.get("broken") for r in rows):
+            if own and any(r.get("broken") for r in rows):
                 cell += " ⚠ broken"
                 for r in rows:
                     for e in r.get("samples", []) + (
@@ -474,7 +499,8 @@ def table(results: dict[str, Any]) -> str:
                 if lim is not None:
                     bound[kind] = lim[0]
                     cell += f" ⚠ {lim[0]}"
-                    notes.append(f"- {s.name} {kind}: {lim[0]}: {lim[1]}")
+                    if own:
+                        notes.append(f"- {s.name} {kind}: {lim[0]}: {lim[1]}")
                 us = _median(rows, "gen_us_per_reply")
                 shares.append(
                     f"{sc * 100:.0f} % / {gc * 100:.0f} %"
@@ -529,6 +555,22 @@ def table(results: dict[str, Any]) -> str:
     return out
 
 
+def kind_scenarios(scenarios: list[Scenario], kind: str) -> list[Scenario]:
+    """
+    What one server runs of C{scenarios}: a plantd-only scenario is, for a
+    bare server, the scenario its ratios are to (once).
+    """
+    if kind == "plantd":
+        return scenarios
+    out: list[Scenario] = []
+    for s in scenarios:
+        if s.baseline:
+            s = next(b for b in SCENARIOS if b.name == s.baseline)
+        if s not in out:
+            out.append(s)
+    return out
+
+
 async def bench_all(
     reactor: Any, args: argparse.Namespace, report: Callable[[str], None]
 ) -> dict[str, Any]:
@@ -561,11 +603,11 @@ async def bench_all(
     for rnd in range(args.rounds):
         for kind in SERVERS if args.only != "d" else ():
             with tempfile.TemporaryDirectory(dir=build) as workdir:
-                ports = Ports(*free_ports(4))
+                ports = Ports(*free_ports(5))
                 server = Server(kind, ports, workdir, args.fast_io == "yes")
                 try:
                     server.wait_listening()
-                    for s in scenarios:
+                    for s in kind_scenarios(scenarios, kind):
                         try:
                             r = run_scenario(server, s, args.warmup, args.seconds)
                         except Exception as e:
@@ -579,7 +621,7 @@ async def bench_all(
                         )
                 except Exception as e:
                     report(f"  round {rnd + 1} {kind}: {e}")
-                    for s in scenarios:
+                    for s in kind_scenarios(scenarios, kind):
                         results["runs"][kind].setdefault(s.name, []).append(
                             {"broken": True, "error": repr(e), "value": None}
                         )

@@ -13,9 +13,11 @@ LF; the reply is the line as received.
 L{plantd_config} is the daemon's side of the same work, with every feature
 on: line framing, a reply template, counters (and the status page that
 shows them), keepalive, idle and write timeouts, backpressure
-(C{max_pending}), logging at its default level.  The relay's device allows
-16 links at once (C{max_parallel = 16}), as the bare relays open up to one
-connection per client (R16: 16); the default, 1, suits a printer.
+(C{max_pending}), logging at its default level; plus the same echo with a
+C{parse} rule and a synchronous action (scenario A2P), which the bare
+servers do not have.  The relay's device allows 16 links at once
+(C{max_parallel = 16}), as the bare relays open up to one connection per
+client (R16: 16); the default, 1, suits a printer.
 """
 
 from __future__ import annotations
@@ -41,6 +43,19 @@ max_pending = 64
 reply = [data]\\n
 error_reply = ERR [error]\\n
 
+[server:parsed]
+listen = tcp:{parsed_port}:interface=127.0.0.1
+frame = line
+max_frame = 4096
+max_connections = 6000
+idle_timeout = 300
+write_timeout = 60
+keepalive = 60
+max_pending = 64
+parse = csv
+actions = back
+error_reply = ERR [error]\\n
+
 [server:relay]
 listen = tcp:{relay_port}:interface=127.0.0.1
 frame = line
@@ -53,6 +68,10 @@ max_pending = 64
 actions = device
 reply = [data]\\n
 error_reply = ERR [error]\\n
+
+[send:back]
+reply_to_sender = yes
+data = [field1]\\n
 
 [send:device]
 destination = 127.0.0.1:{sink_port}
@@ -71,10 +90,16 @@ def plantd_config(
     sink_port: int,
     status_port: int,
     fast_io: bool = True,
+    parsed_port: int = 0,
 ) -> str:
     """
     The benchmark's daemon config: an echo trigger and a relay trigger whose
-    replies are byte for byte those of the bare servers.
+    replies are byte for byte those of the bare servers, and on
+    C{parsed_port} (A2P) the echo made with a C{parse} rule (a line
+    without a comma is its own C{[field1]}) and a synchronous action (a
+    send back to the sender): every message goes through the event path
+    (L{daemon.server.connection.ServerConnection._handle}, the action
+    chain), as on any trigger with parse rules or actions.
 
     @param fast_io: C{[plantd] fast_io} (``make bench BENCH_ARGS="--fast-io
         no"`` compares Twisted's own transports).
@@ -85,6 +110,7 @@ def plantd_config(
         relay_port=relay_port,
         sink_port=sink_port,
         status_port=status_port,
+        parsed_port=parsed_port,
         fast_io="yes" if fast_io else "no",
     )
 

@@ -22,8 +22,15 @@ class BenchConfigTests(SynchronousTestCase):
         The server echo and relay config and the outbox config for every queue kind
         load without error.
         """
-        c = config_from_string(plantd_config("/tmp/x", 9001, 9002, 9003, 9004))
+        c = config_from_string(
+            plantd_config("/tmp/x", 9001, 9002, 9003, 9004, parsed_port=9005)
+        )
         self.assertEqual(c.actions["device"].queue.mode, "none")
+        # A2P: the echo through a parse rule and a synchronous action.
+        parsed = next(s for s in c.servers if s.name == "parsed")
+        self.assertIsNotNone(parsed.parse)
+        self.assertEqual(parsed.actions, ("back",))
+        self.assertTrue(c.actions["back"].reply_to_sender)
         for queue in ("none", "memory", "durable"):
             c = config_from_string(_config("/tmp/x", 9, queue, 100))
             self.assertEqual(c.actions["bench"].queue.mode, queue)

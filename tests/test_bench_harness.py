@@ -249,3 +249,34 @@ class TableTests(SynchronousTestCase):
         self.assertIn("— (generator-bound)", row)
         self.assertIn("1.00×", row)  # plantd / asyncio: both sound
         self.assertIn("A2 twisted: generator-bound: generator at 92 %", text)
+
+    def test_plantd_only(self) -> None:
+        """
+        A2P runs on plantd only: its row shows the bare servers' A2 figures
+        and its ratios are to them; the bare servers run A2 in its place;
+        without a plantd A2P result there is no A2P row.
+        """
+        from bench.run import kind_scenarios
+
+        a2p = next(s for s in SCENARIOS if s.name == "A2P")
+        a2 = next(s for s in SCENARIOS if s.name == "A2")
+        self.assertEqual(kind_scenarios([a2p], "plantd"), [a2p])
+        self.assertEqual(kind_scenarios([a2p], "twisted"), [a2])
+        self.assertEqual(kind_scenarios([a2, a2p], "asyncio"), [a2])
+        ok = {"value": 100.0, "server_cpu_share": 0.99, "gen_cpu_share": 0.3}
+        text = table(
+            {
+                "runs": {
+                    "plantd": {"A2": [ok], "A2P": [dict(ok, value=50.0)]},
+                    "twisted": {"A2": [dict(ok, value=200.0)]},
+                    "asyncio": {"A2": [ok]},
+                },
+                "durable": [],
+            }
+        )
+        row = next(line for line in text.splitlines() if line.startswith("| A2P:"))
+        self.assertIn("| 50 | (A2: 200) | (A2: 100) | 0.25× | 0.50× |", row)
+        text = table(
+            {"runs": {"plantd": {"A2": [ok]}, "twisted": {"A2": [ok]}}, "durable": []}
+        )
+        self.assertNotIn("A2P", text)
