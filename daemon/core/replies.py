@@ -234,13 +234,13 @@ class OrderedReplies:
         """
         self.open = False
         slots = self.queue
-        dropped = (
-            len(self.ready) + self._extra + sum(1 for s in slots if s.ready and s.data)
-        )
+        dropped = len(self.ready) + self._extra
         self.ready.clear()
         self._extra = 0
-        waiting = [s for s in slots if not s.ready]
-        self.queue = deque(waiting) if waiting else ()
+        if slots:  # (most connections close with none: no scans)
+            dropped += sum(1 for s in slots if s.ready and s.data)
+            waiting = [s for s in slots if not s.ready]
+            self.queue = deque(waiting) if waiting else ()
         return dropped
 
     def _check(self) -> None:

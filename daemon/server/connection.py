@@ -220,25 +220,27 @@ class ServerConnection(Protocol):
             bytes per idle connection).  Once made they are plain instance
             attributes, read without this method.
             """
-            if name == "replies":
-                max_pending = self.config.max_pending
-                replies = self.replies = OrderedReplies(
-                    self._write_replies,
-                    pause=self._too_many_events,
-                    resume=self._fewer_events,
-                    pause_at=max_pending,
-                    resume_at=max_pending - 1,
-                )
-                return replies
-            if name == "framer":
+            if name == "replies" or name == "framer":
+                # Both at once: whatever reads one reads the other soon.
                 config = self.config
-                framer = self.framer = make_framer(
-                    config.frame,
-                    max_frame=config.max_frame,
-                    delimiter=config.delimiter,
-                    frame_size=config.frame_size,
-                )
-                return framer
+                made = self.__dict__
+                if "replies" not in made:
+                    max_pending = config.max_pending
+                    self.replies = OrderedReplies(
+                        self._write_replies,
+                        pause=self._too_many_events,
+                        resume=self._fewer_events,
+                        pause_at=max_pending,
+                        resume_at=max_pending - 1,
+                    )
+                if "framer" not in made:
+                    self.framer = make_framer(
+                        config.frame,
+                        max_frame=config.max_frame,
+                        delimiter=config.delimiter,
+                        frame_size=config.frame_size,
+                    )
+                return made[name]
             raise AttributeError(
                 f"{type(self).__name__!r} object has no attribute {name!r}"
             )
