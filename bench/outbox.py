@@ -19,8 +19,12 @@ ramp-up a large part of it) and delivers C{--jobs} jobs in a second run.
 
 from __future__ import annotations
 
+import argparse
+import cProfile
 import os
+import pstats
 import sqlite3
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,6 +32,7 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.task import react
 
 from daemon.config import config_from_string
 from daemon.core.actions import Event
@@ -38,6 +43,8 @@ from daemon.sim.printer import PrinterSimulator
 from daemon.status.stats import Stats
 
 PAYLOAD = "x" * 98
+#: Where the durable stores go when run alone (git-ignored).
+HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "build")
 #: Jobs stored for scenario D's store rate.
 STORE_JOBS = 20000
 #: Acknowledgements checked against the database per run.
@@ -79,12 +86,13 @@ async def _one(
     report: Callable[[str], None],
     directory: str | None = None,
     deliver: bool = True,
+    meter: Meter | None = None,
 ) -> dict[str, Any]:
     """
     Store C{jobs} jobs through a send action with C{queue}, then (if
     C{deliver}) deliver them; return C{stored} and C{delivered} (jobs per
     second) and C{errors}.  The durable store lives in a fresh directory
-    under C{directory}.
+    under C{directory}; C{meter} measures the store phase.
     """
     figures: dict[str, Any] = {"errors": 0}
     printer = PrinterSimulator(reactor, mode="refuse" if queue != "none" else "normal")
@@ -115,6 +123,8 @@ async def _one(
                 return _
 
         try:
+            if meter is not None:
+                meter.start()
             start = time.perf_counter()
             results = [action.run(_event(n)) for n in range(jobs)]
             if probe is not None:
@@ -124,6 +134,8 @@ async def _one(
                     result.addCallback(committed, n)
             await gatherResults([r for r in results if isinstance(r, Deferred)])
             stored = time.perf_counter() - start
+            if meter is not None:
+                meter.stop()
             figures["stored"] = jobs / stored
             if probe is not None:
                 [(rows,)] = probe.execute("SELECT COUNT(*) FROM jobs").fetchall()
@@ -212,6 +224,70 @@ def sqlite_baseline(directory: str, jobs: int, seconds: float = 2.0) -> float:
             db.close()
 
 
+class Meter:
+    """
+    Measures the store phase of L{_one}: this process's CPU time (the
+    reactor thread and the store's worker thread) and, with C{profile},
+    the reactor thread under cProfile.
+    """
+
+    def __init__(self, profile: bool) -> None:
+        self.profiler = cProfile.Profile() if profile else None
+        self.cpu = 0.0
+
+    def start(self) -> None:
+        self.cpu = -time.process_time()
+        if self.profiler is not None:
+            self.profiler.enable()
+
+    def stop(self) -> None:
+        if self.profiler is not None:
+            self.profiler.disable()
+        self.cpu += time.process_time()
+
+
+async def profile_store(
+    reactor: Any, jobs: int, profile: bool, top: int, report: Callable[[str], None]
+) -> None:
+    """
+    Scenario D's store phase alone (C{jobs} durable jobs, not delivered):
+    CPU time per job and, with C{profile}, Python calls per job (the
+    reactor thread's) and the C{top} functions by their own time.
+    """
+    meter = Meter(profile)
+    os.makedirs(HERE, exist_ok=True)
+    figures = await _one(reactor, "durable", jobs, report, HERE, False, meter)
+    report(
+        f"  CPU {meter.cpu / jobs * 1e6:.1f} us per job"
+        f" (reactor and store threads); errors {figures['errors']}"
+    )
+    if meter.profiler is not None:
+        stats = pstats.Stats(meter.profiler, stream=sys.stdout)
+        calls = sum(entry[1] for entry in stats.stats.values())  # type: ignore[attr-defined]
+        report(f"  {calls / jobs:.1f} Python calls per job (under cProfile)")
+        stats.sort_stats("tottime").print_stats(top)
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.outbox",
+        description="Scenario D's store phase: CPU and calls per stored job.",
+    )
+    parser.add_argument("--jobs", type=int, default=STORE_JOBS)
+    parser.add_argument("--profile", action="store_true", help="under cProfile")
+    parser.add_argument("--top", type=int, default=20, help="functions shown")
+    args = parser.parse_args(argv)
+
+    def report(line: str) -> None:
+        print(line, flush=True)
+
+    react(
+        lambda reactor: Deferred.fromCoroutine(
+            profile_store(reactor, args.jobs, args.profile, args.top, report)
+        )
+    )
+
+
 async def bench_outbox(reactor: Any, jobs: int, report: Callable[[str], None]) -> None:
     """
     Store and delivery rates for each queue kind.
@@ -219,3 +295,7 @@ async def bench_outbox(reactor: Any, jobs: int, report: Callable[[str], None]) -
     for queue in ("none", "memory", "durable"):
         await _one(reactor, queue, jobs, report)
     report("  (delivery: one TCP connection per job, sink in the same process)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
