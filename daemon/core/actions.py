@@ -182,6 +182,13 @@ class IAction(Interface):
         """
 
 
+def _taken(_: object, box: list[Any]) -> Any:
+    """
+    The result a callback took out of a Deferred (see L{ActionChain}).
+    """
+    return box[0]
+
+
 class ActionChain:
     """
     The ordered actions of one trigger (or of a reader's on_connect list).
@@ -192,21 +199,20 @@ class ActionChain:
     def __init__(self, actions: Sequence[IAction]) -> None:
         self.actions = tuple(actions)
 
-    def run(self, event: Event) -> Outcome | Deferred[Outcome]:
+    def run(self, event: Event, index: int = 0) -> Outcome | Deferred[Outcome]:
         """
-        Run every action in order for C{event}.
+        Run every action in order for C{event} (from the one at C{index}).
 
         @return: None when all succeeded or the reason of the first failure
             (the later actions do not run), synchronously when every action
-            was synchronous, else as a Deferred that never errbacks.
+            was synchronous, else as a Deferred that never errbacks.  An
+            action whose Deferred has already fired counts as synchronous:
+            no Deferred is added to it.
         """
-        return self._run_from(0, event)
-
-    def _run_from(self, index: int, event: Event) -> Outcome | Deferred[Outcome]:
         actions = self.actions
-        for i in range(index, len(actions)):
-            action = actions[i]
-            action.stats.runs += 1
+        for i, action in enumerate(actions[index:] if index else actions, index):
+            stats = action.stats
+            stats.runs += 1
             try:
                 result = action.run(event)
             except Exception:
@@ -216,13 +222,30 @@ class ActionChain:
                 and type(result) is not dict
                 and isinstance(result, Deferred)
             ):
-                return result.addCallbacks(
-                    self._resume,
-                    self._failed,
-                    callbackArgs=(i, event),
-                    errbackArgs=(action, event),
-                )
-            action.stats.ok += 1
+                if not result.called or result.paused:
+                    return result.addCallbacks(
+                        self._resume,
+                        self._failed,
+                        callbackArgs=(i, event),
+                        errbackArgs=(action, event),
+                    )
+                # Fired already: its result, taken out (a failure is then
+                # handled here, not left to the garbage collector).
+                fired: list[Any] = []
+                result.addBoth(fired.append)
+                if not fired:
+                    # Still running its callbacks (re-entered): wait for
+                    # the result taken out above.
+                    return result.addBoth(_taken, fired).addCallbacks(
+                        self._resume,
+                        self._failed,
+                        callbackArgs=(i, event),
+                        errbackArgs=(action, event),
+                    )
+                result = fired[0]
+                if isinstance(result, Failure):
+                    return self._failed(result, action, event)
+            stats.ok += 1
             if result:
                 event.variables.update(result)
         return None
@@ -233,7 +256,7 @@ class ActionChain:
         self.actions[index].stats.ok += 1
         if result:
             event.variables.update(result)
-        return self._run_from(index + 1, event)
+        return self.run(event, index + 1)
 
     def _failed(self, failure: Failure, action: IAction, event: Event) -> Outcome:
         action.stats.failed += 1

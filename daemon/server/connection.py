@@ -53,12 +53,12 @@ from daemon.core.peers import join_host_port
 from daemon.core.replies import OrderedReplies, Slot
 from daemon.core.template import MissingVariable
 from daemon.server.framing import Framer, FrameTooLong, make_framer
-from daemon.server.parse import ParseError, parse_frame
+from daemon.server.parse import ParseError, Parser, parser_for
 from daemon.server.replyplan import NO_PLAN, Form, ReplyPlan, plan_for
 from daemon.server.tls import peer_subject
 
 if TYPE_CHECKING:
-    from daemon.config import ServerConfig
+    from daemon.config import ParseSpec, ServerConfig
     from daemon.server.trigger import ServerTrigger
 
 #: In line and delimiter modes, an unterminated message that has waited this
@@ -146,6 +146,10 @@ class ServerConnection(Protocol):
     #: The reply's shape with this connection's variables filled in, for
     #: the plan and base variables it was made with (see L{ReplyPlan}).
     _resolved: tuple[ReplyPlan, dict[str, str], Form | None] | None = None
+    #: The trigger's C{parse} rule, compiled, and the rule it was compiled
+    #: from (a reload may change it): see L{_handle}.
+    _parse_spec: ParseSpec | None = None
+    _parse: Parser | None = None
     #: On an ``ssl:`` listener: the TLS handshake finished.
     handshake_done = False
     #: C{[peer_cert]}: the subject of the client's certificate
@@ -801,8 +805,10 @@ class ServerConnection(Protocol):
         Per message only what is used is made: the variables are one copy
         of the connection's L{_variables} plus C{[seq]} and C{[data]}
         (C{[timestamp]} is formatted only if something reads it: see
-        L{EventVariables}); an L{Event} and the chain run only when the
-        trigger has actions.
+        L{EventVariables}); the parse rule is compiled once; an L{Event}
+        and the chain run only when the trigger has actions; an event
+        whose actions all finished at once is answered here (the queue of
+        replies untouched unless an earlier reply is still unknown).
         """
         trigger = self.trigger
         config = trigger.config
@@ -843,9 +849,14 @@ class ServerConnection(Protocol):
             )
             return
         variables[DATA] = text
-        if config.parse is not None:
+        spec = config.parse
+        if spec is not None:
+            parse = self._parse
+            if spec is not self._parse_spec or parse is None:
+                parse = self._parse = parser_for(spec)
+                self._parse_spec = spec
             try:
-                variables.update(parse_frame(config.parse, text))
+                variables.update(parse(text))
             except ParseError as e:
                 stats.parse_errors += 1
                 self._finish(variables, None, frame, str(e))
@@ -868,16 +879,41 @@ class ServerConnection(Protocol):
             return
         event = Event(trigger.section, self.peer, variables, [])
         outcome = chain.run(event)
-        # None or a reason string when every action was synchronous (the
-        # common case: skip the costlier ABC isinstance check).
-        if outcome is not None and type(outcome) is not str:
+        if outcome is None:
+            # Every action succeeded at once (the common case): _reply's
+            # success case and OrderedReplies.add, inline.
+            template = config.reply_template
+            if template is not None:
+                try:
+                    data = template.render(variables).encode(
+                        "utf-8" if encoding == AUTO else encoding
+                    )
+                except (MissingVariable, UnicodeError) as e:
+                    self._unbuilt(variables, e)
+                    data = b""
+            elif config.reply == "echo":
+                before, after = self._echo_wrap
+                data = before + frame + after
+            else:
+                data = b""
+            parts = event.reply
+            if parts:
+                data = b"".join([*parts, data]) if data else b"".join(parts)
+            replies = self.replies
+            if replies.queue or not replies.open:
+                replies.add(data)
+            elif data:
+                replies.ready.append(data)
+            return
+        # A reason string when an action failed at once (skip the costlier
+        # ABC isinstance check).
+        if type(outcome) is not str:
             assert isinstance(outcome, Deferred)
             slot = self.replies.reserve()
             assert slot is not None, "the replies close after the last event"
             outcome.addCallback(self._finished_later, slot, event, frame, config)
             return
-        if outcome is not None:
-            stats.action_errors += 1
+        stats.action_errors += 1
         self._finish(variables, event.reply, frame, outcome)
 
     def _finish(
