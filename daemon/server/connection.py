@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from OpenSSL.SSL import Error as TLSError
@@ -603,11 +604,8 @@ class ServerConnection(Protocol):
                             stats.replies += count
                             self.transport.write(out)  # type: ignore[union-attr]
                     frames = ()  # type: ignore[assignment]
-            for frame in frames:
-                if replies.paused:
-                    self.held.append(frame)
-                else:
-                    self._handle(frame)
+            if frames:
+                self._handle_frames(frames, True)
         if framer.discarded:
             stats.discarded_bytes += framer.discarded
             framer.discarded = 0
@@ -800,90 +798,95 @@ class ServerConnection(Protocol):
 
     def _handle(self, frame: bytes) -> None:
         """
-        Turn one frame into an event, run the actions, queue the reply.
+        Turn one frame into an event, run the actions, queue the reply
+        (see L{_handle_frames}).
+        """
+        self._handle_frames((frame,), False)
 
-        Per message only what is used is made: the variables are one copy
-        of the connection's L{_variables} plus C{[seq]} and C{[data]}
-        (C{[timestamp]} is formatted only if something reads it: see
-        L{EventVariables}); the parse rule is compiled once; an L{Event}
-        and the chain run only when the trigger has actions; an event
-        whose actions all finished at once is answered here (the queue of
-        replies untouched unless an earlier reply is still unknown).
+    def _handle_frames(self, frames: Iterable[bytes], hold: bool) -> None:
+        """
+        Turn each frame into an event, run the actions, queue the reply.
+        With C{hold}, the frames met while max_pending events are unfinished
+        are L{held} instead, in order.
+
+        What every frame of a read shares (the trigger's config, counters,
+        compiled parse rule, the connection's base variables) is looked up
+        once per call.  Per message only what is used is made: the
+        variables are one copy of the connection's L{_variables} plus
+        C{[seq]} and C{[data]} (C{[timestamp]} is formatted only if
+        something reads it: see L{EventVariables}); an L{Event} and the
+        chain run only when the trigger has actions; an event whose actions
+        all finished at once is answered here (the queue of replies
+        untouched unless an earlier reply is still unknown).
         """
         trigger = self.trigger
         config = trigger.config
         stats = trigger.stats
-        stats.frames += 1
-        self.seq = seq = self.seq + 1
-        if config.log_frames:
-            log.info(
-                "[{trigger}] {peer} #{seq}: {frame!r}",
-                trigger=trigger.section,
-                peer=self.peer,
-                seq=seq,
-                frame=frame[:200],
-            )
+        replies = self.replies
         base = self._base
         if base is None or self._globals is not trigger.variables:
             base = self._variables()
-        variables = EventVariables(base)
-        variables.seconds = self.last_data
-        variables[SEQ] = str(seq)
         encoding = config.encoding
-        try:
-            # decode_message, without the call for an explicit encoding.
-            text = (
-                frame.decode(encoding)
-                if encoding != AUTO
-                else decode_message(frame, encoding)
-            )
-        except UnicodeError as e:
-            stats.decode_errors += 1
-            variables[DATA] = frame.decode("latin-1")
-            where = f" at byte {e.start}" if isinstance(e, UnicodeDecodeError) else ""
-            self._finish(
-                variables,
-                None,
-                frame,
-                f"cannot decode message as {config.encoding}{where}",
-            )
-            return
-        variables[DATA] = text
         spec = config.parse
-        if spec is not None:
-            parse = self._parse
-            if spec is not self._parse_spec or parse is None:
-                parse = self._parse = parser_for(spec)
-                self._parse_spec = spec
-            try:
-                variables.update(parse(text))
-            except ParseError as e:
-                stats.parse_errors += 1
-                self._finish(variables, None, frame, str(e))
-                return
+        parse = self._parse
+        if spec is not None and (spec is not self._parse_spec or parse is None):
+            parse = self._parse = parser_for(spec)
+            self._parse_spec = spec
         chain = trigger.chain
-        if not chain.actions:
-            template = config.reply_template
-            if template is None:
-                self.replies.add(self._reply(variables, None, frame, None, config))
-                return
-            # _reply's template case, inline.
-            try:
-                data = template.render(variables).encode(
-                    "utf-8" if encoding == AUTO else encoding
+        actions = chain.actions
+        template = config.reply_template
+        log_frames = config.log_frames
+        seconds = self.last_data
+        for frame in frames:
+            if hold and replies.paused:
+                self.held.append(frame)
+                continue
+            stats.frames += 1
+            self.seq = seq = self.seq + 1
+            if log_frames:
+                log.info(
+                    "[{trigger}] {peer} #{seq}: {frame!r}",
+                    trigger=trigger.section,
+                    peer=self.peer,
+                    seq=seq,
+                    frame=frame[:200],
                 )
-            except (MissingVariable, UnicodeError) as e:
-                self._unbuilt(variables, e)
-                data = b""
-            self.replies.add(data)
-            return
-        event = Event(trigger.section, self.peer, variables, [])
-        outcome = chain.run(event)
-        if outcome is None:
-            # Every action succeeded at once (the common case): _reply's
-            # success case and OrderedReplies.add, inline.
-            template = config.reply_template
-            if template is not None:
+            variables = EventVariables(base)
+            variables.seconds = seconds
+            variables[SEQ] = str(seq)
+            try:
+                # decode_message, without the call for an explicit encoding.
+                text = (
+                    frame.decode(encoding)
+                    if encoding != AUTO
+                    else decode_message(frame, encoding)
+                )
+            except UnicodeError as e:
+                stats.decode_errors += 1
+                variables[DATA] = frame.decode("latin-1")
+                where = (
+                    f" at byte {e.start}" if isinstance(e, UnicodeDecodeError) else ""
+                )
+                self._finish(
+                    variables,
+                    None,
+                    frame,
+                    f"cannot decode message as {config.encoding}{where}",
+                )
+                continue
+            variables[DATA] = text
+            if parse is not None:
+                try:
+                    variables.update(parse(text))
+                except ParseError as e:
+                    stats.parse_errors += 1
+                    self._finish(variables, None, frame, str(e))
+                    continue
+            if not actions:
+                if template is None:
+                    replies.add(self._reply(variables, None, frame, None, config))
+                    continue
+                # _reply's template case, inline.
                 try:
                     data = template.render(variables).encode(
                         "utf-8" if encoding == AUTO else encoding
@@ -891,30 +894,44 @@ class ServerConnection(Protocol):
                 except (MissingVariable, UnicodeError) as e:
                     self._unbuilt(variables, e)
                     data = b""
-            elif config.reply == "echo":
-                before, after = self._echo_wrap
-                data = before + frame + after
-            else:
-                data = b""
-            parts = event.reply
-            if parts:
-                data = b"".join([*parts, data]) if data else b"".join(parts)
-            replies = self.replies
-            if replies.queue or not replies.open:
                 replies.add(data)
-            elif data:
-                replies.ready.append(data)
-            return
-        # A reason string when an action failed at once (skip the costlier
-        # ABC isinstance check).
-        if type(outcome) is not str:
-            assert isinstance(outcome, Deferred)
-            slot = self.replies.reserve()
-            assert slot is not None, "the replies close after the last event"
-            outcome.addCallback(self._finished_later, slot, event, frame, config)
-            return
-        stats.action_errors += 1
-        self._finish(variables, event.reply, frame, outcome)
+                continue
+            event = Event(trigger.section, self.peer, variables, [])
+            outcome = chain.run(event)
+            if outcome is None:
+                # Every action succeeded at once (the common case): _reply's
+                # success case and OrderedReplies.add, inline.
+                if template is not None:
+                    try:
+                        data = template.render(variables).encode(
+                            "utf-8" if encoding == AUTO else encoding
+                        )
+                    except (MissingVariable, UnicodeError) as e:
+                        self._unbuilt(variables, e)
+                        data = b""
+                elif config.reply == "echo":
+                    before, after = self._echo_wrap
+                    data = before + frame + after
+                else:
+                    data = b""
+                parts = event.reply
+                if parts:
+                    data = b"".join([*parts, data]) if data else b"".join(parts)
+                if replies.queue or not replies.open:
+                    replies.add(data)
+                elif data:
+                    replies.ready.append(data)
+                continue
+            # A reason string when an action failed at once (skip the
+            # costlier ABC isinstance check).
+            if type(outcome) is not str:
+                assert isinstance(outcome, Deferred)
+                slot = replies.reserve()
+                assert slot is not None, "the replies close after the last event"
+                outcome.addCallback(self._finished_later, slot, event, frame, config)
+                continue
+            stats.action_errors += 1
+            self._finish(variables, event.reply, frame, outcome)
 
     def _finish(
         self,
