@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 from typing import Any, cast
 
 from twisted.internet import reactor as _reactor
@@ -21,6 +23,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import directlyProvides
 
+import daemon
 from daemon.core.actions import ActionFailed
 from daemon.outbox.jobs import (
     Job,
@@ -43,6 +46,7 @@ from tests.fakes import FakeDevice
 from tests.support import HeldCommit
 
 reactor = cast(IReactorFromThreads, _reactor)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(daemon.__file__)))
 
 
 def _rows(path: str) -> list[tuple[int, str, bytes]]:
@@ -479,3 +483,92 @@ class ShutdownTriggerTests(TestCase):
         self.assertFalse(store._pool.started)
         self.assertEqual(len(_rows(path)), 1)
         await store.close()
+
+
+_BATCH_CRASH_SCRIPT = """
+import os, signal, sys
+from twisted.internet import reactor
+from twisted.internet.task import Clock
+from daemon.outbox.jobs import OutboxPolicy
+from daemon.outbox.outbox import Outbox
+from daemon.outbox.store import SqliteJobStore
+from twisted.internet.defer import Deferred
+
+path, total, kill_after = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+store = SqliteJobStore(path, reactor)
+outbox = Outbox("label", store, OutboxPolicy(max_jobs=total),
+                lambda job: Deferred(), Clock(), rescan_interval=None)
+state = {"issued": 0, "acked": 0}
+
+def burst():
+    # 50 jobs at once: they go into one batch; half through put (a Job
+    # with its id), half through enqueue (None).
+    for _ in range(50):
+        n = state["issued"]
+        if n >= total:
+            return
+        state["issued"] += 1
+        dest = "dest%d" % (n % 3)
+        if n % 2:
+            outbox.put(dest, b"job %d" % n).addCallback(ack, n, dest)
+        else:
+            outbox.enqueue(dest, b"job %d" % n).addCallback(ack, n, dest)
+
+def ack(_, n, dest):
+    sys.stdout.write("%d %s\\n" % (n, dest))
+    sys.stdout.flush()
+    state["acked"] += 1
+    if state["acked"] >= kill_after:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if state["acked"] % 25 == 0:
+        burst()
+
+def go():
+    outbox.start().addCallback(lambda _: [burst() for _ in range(4)])
+
+reactor.callWhenRunning(go)
+reactor.run()
+"""
+
+
+class BatchCrashTests(TestCase):
+    """
+    A process killed with SIGKILL while batches are in flight.
+    """
+
+    timeout = 60
+
+    def test_every_acknowledged_job_survives(self) -> None:
+        """
+        Every job whose C{enqueue} or C{put} fired before the kill is in the
+        database afterwards, with its destination, and each destination's
+        jobs are in the order they were put.
+        """
+        path = outbox_path(os.path.abspath(self.mktemp()))
+        os.makedirs(os.path.dirname(path))
+        env = dict(os.environ, PYTHONPATH=REPO)
+        result = subprocess.run(
+            [sys.executable, "-c", _BATCH_CRASH_SCRIPT, path, "5000", "1500"],
+            capture_output=True,
+            timeout=60,
+            cwd=REPO,
+            env=env,
+        )
+        self.assertEqual(result.returncode, -9, result.stderr.decode())
+        acked = [line.split(" ") for line in result.stdout.decode().splitlines()]
+        self.assertEqual(len(acked), 1500)
+        conn = open_database(path)
+        try:
+            rows = conn.execute(
+                "SELECT id, destination, payload FROM jobs ORDER BY id"
+            ).fetchall()
+        finally:
+            conn.close()
+        stored = {bytes(payload): dest for _, dest, payload in rows}
+        for n, dest in acked:
+            self.assertEqual(stored.get(b"job " + n.encode()), dest)
+        for dest in ("dest0", "dest1", "dest2"):
+            numbers = [
+                int(bytes(payload).split()[1]) for _, d, payload in rows if d == dest
+            ]
+            self.assertEqual(numbers, sorted(numbers))
