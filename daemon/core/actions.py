@@ -210,7 +210,9 @@ class ActionChain:
             no Deferred is added to it.
         """
         actions = self.actions
-        for i, action in enumerate(actions[index:] if index else actions, index):
+        i = index - 1
+        for action in actions[index:] if index else actions:
+            i += 1
             stats = action.stats
             stats.runs += 1
             try:
