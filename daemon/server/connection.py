@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from OpenSSL.SSL import Error as TLSError
 from twisted.internet.defer import Deferred
@@ -53,7 +53,7 @@ from daemon.core.events import (
 from daemon.core.peers import join_host_port
 from daemon.core.replies import OrderedReplies, Slot
 from daemon.core.template import MissingVariable
-from daemon.server.framing import Framer, FrameTooLong, make_framer
+from daemon.server.framing import FrameTooLong, make_framer
 from daemon.server.parse import ParseError, Parser, parser_for
 from daemon.server.replyplan import NO_PLAN, Form, ReplyPlan, plan_for
 from daemon.server.tls import peer_subject
@@ -167,9 +167,22 @@ class ServerConnection(Protocol):
         # the trigger's current config).
         self.config = config = trigger.config
         self._echo_wrap = trigger._echo_wrap
-        # The framer and the replies are made at their first use (see
-        # __getattr__).
+        self.framer = make_framer(
+            config.frame,
+            max_frame=config.max_frame,
+            delimiter=config.delimiter,
+            frame_size=config.frame_size,
+        )
         self.seq = 0
+        # Replies in message order; reading pauses at max_pending unfinished
+        # events and resumes as soon as one fewer is left.
+        self.replies = OrderedReplies(
+            self._write_replies,
+            pause=self._too_many_events,
+            resume=self._fewer_events,
+            pause_at=config.max_pending,
+            resume_at=config.max_pending - 1,
+        )
         # Whole messages read but not started while max_pending events are
         # unfinished: at most what one read delivered (see held; made when
         # first needed).
@@ -205,51 +218,6 @@ class ServerConnection(Protocol):
         self._partial_watch = terminated
         self._partial_wait: Deadline | None = None
 
-    #: What frames the bytes this client sends (made at the first use).
-    framer: Framer
-    #: The replies in message order; reading pauses at max_pending
-    #: unfinished events and resumes as soon as one fewer is left (made at
-    #: the first use).
-    replies: OrderedReplies
-
-    #: Not an adapter factory for zope.interface (a class attribute, so that
-    #: adapting a connection does not go through __getattr__).
-    __conform__ = None
-
-    if not TYPE_CHECKING:  # mypy keeps checking attribute names
-
-        def __getattr__(self, name: str) -> Any:
-            """
-            The framer and the replies, made at their first use: a client
-            that connects and stays silent holds neither (a few hundred
-            bytes per idle connection).  Once made they are plain instance
-            attributes, read without this method.
-            """
-            if name == "replies" or name == "framer":
-                # Both at once: whatever reads one reads the other soon.
-                config = self.config
-                made = self.__dict__
-                if "replies" not in made:
-                    max_pending = config.max_pending
-                    self.replies = OrderedReplies(
-                        self._write_replies,
-                        pause=self._too_many_events,
-                        resume=self._fewer_events,
-                        pause_at=max_pending,
-                        resume_at=max_pending - 1,
-                    )
-                if "framer" not in made:
-                    self.framer = make_framer(
-                        config.frame,
-                        max_frame=config.max_frame,
-                        delimiter=config.delimiter,
-                        frame_size=config.frame_size,
-                    )
-                return made[name]
-            raise AttributeError(
-                f"{type(self).__name__!r} object has no attribute {name!r}"
-            )
-
     @property
     def held(self) -> deque[bytes]:
         """
@@ -262,8 +230,7 @@ class ServerConnection(Protocol):
         return held
 
     def _replies_pending(self) -> bool:
-        replies = self.__dict__.get("replies")
-        return replies is not None and replies.pending > 0
+        return self.replies.pending > 0
 
     def _reading_paused(self) -> bool:
         return self.reading_paused
@@ -450,12 +417,9 @@ class ServerConnection(Protocol):
             self._stall_call.cancel()
         self._stall_call = None
         # Replies that were ready but could not be written any more; those
-        # of events still running are counted when they finish.  (A client
-        # that sent nothing has no replies.)
-        replies = self.__dict__.get("replies")
-        if replies is not None:
-            self._flush()
-            stats.replies_dropped += replies.close()
+        # of events still running are counted when they finish.
+        self._flush()
+        stats.replies_dropped += self.replies.close()
         if logs.debug_enabled:
             log.debug(
                 "[{trigger}] {peer} disconnected after {count} messages",
@@ -475,9 +439,7 @@ class ServerConnection(Protocol):
         clean close, ``idle``); an unterminated line or delimited message is
         a truncated one and is dropped and counted, never acted on.
         """
-        framer: Framer | None = self.__dict__.get("framer")
-        if framer is None:
-            return  # nothing was read
+        framer = self.framer
         frame = framer.flush()
         stats = self.trigger.stats
         if frame is not None:

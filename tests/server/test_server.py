@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
@@ -1318,8 +1317,7 @@ class IdleFootprintTests(SynchronousTestCase):
         self.assertIsNone(protocol._held)
         self.assertIsNone(protocol._partial_wait)
         self.assertIsNone(protocol._frame_idle)
-        self.assertNotIn("replies", vars(protocol))
-        self.assertNotIn("framer", vars(protocol))
+        self.assertEqual(protocol.replies.queue, ())
         self.assertEqual(len(clock.getDelayedCalls()), 1)  # the idle timeout
         protocol.dataReceived(b"one\n")
         self.assertEqual(transport.value(), b"one\n")
@@ -1327,28 +1325,10 @@ class IdleFootprintTests(SynchronousTestCase):
         clock.advance(30)
         self.assertEqual(trigger.stats.idle_timeouts, 1)
 
-    def test_silent_client_never_gets_them(self) -> None:
-        """
-        A client that connects and goes without a byte: no framer and no
-        replies made, the counters and recent events as for any client.
-        """
-        trigger, clock = make("reply = [data]\\n\nidle_timeout = 30\n")
-        protocol, transport = connect(trigger)
-        protocol.readConnectionLost()
-        self.assertFalse(transport.connected)
-        self.assertNotIn("replies", vars(protocol))
-        self.assertNotIn("framer", vars(protocol))
-        self.assertEqual((trigger.stats.connections, trigger.stats.active), (1, 0))
-        protocol, transport = connect(trigger)
-        clock.advance(30)
-        self.assertEqual(trigger.stats.idle_timeouts, 1)
-        self.assertNotIn("replies", vars(protocol))
-        self.assertEqual(clock.getDelayedCalls(), [])
-
     def test_made_with_the_connection_config(self) -> None:
         """
-        Made later, the framer and the replies still follow the settings
-        the connection was made with, not those of a reload since.
+        The framer and the replies follow the settings the connection was
+        made with, not those of a reload since.
         """
         trigger, _ = make("reply = [data]\\n\nmax_pending = 3\n")
         protocol, transport = connect(trigger)
@@ -1361,21 +1341,6 @@ class IdleFootprintTests(SynchronousTestCase):
         self.assertEqual(transport.value(), b"one\n")
         self.assertEqual(protocol.replies.pause_at, 3)
         self.assertEqual(type(protocol.framer).__name__, "LineFramer")
-        transport.loseConnection()
-
-    def test_other_attributes(self) -> None:
-        """
-        Any other missing attribute is an AttributeError as usual, and the
-        connection still adapts to the interfaces it provides.
-        """
-        trigger, _ = make("")
-        protocol, transport = connect(trigger)
-        with self.assertRaises(AttributeError) as caught:
-            protocol.no_such_thing  # type: ignore[attr-defined]  # noqa: B018
-        self.assertIn("no_such_thing", str(caught.exception))
-        self.assertFalse(hasattr(protocol, "__setstate_ex__"))
-        self.assertIs(IHalfCloseableProtocol(protocol), protocol)
-        self.assertIsNone(IHandshakeListener(object(), None))
         transport.loseConnection()
 
     def test_partial_timer_made_when_needed(self) -> None:
