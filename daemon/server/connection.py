@@ -151,6 +151,25 @@ class ServerConnection(Protocol):
     #: from (a reload may change it): see L{_handle}.
     _parse_spec: ParseSpec | None = None
     _parse: Parser | None = None
+    # Defaults of attributes most connections never set: each attribute set
+    # in __init__ costs every connection, and on Python 3.11 instances
+    # share their attribute names only up to 30 of them (beyond, each
+    # connection's attributes take about 1.3 KB more): see
+    # AttributeCountTests.
+    #: The client does not read its replies (the transport paused us).
+    write_blocked = False
+    #: Reading is paused (see _update_reading).
+    reading_paused = False
+    #: frame = idle: the deadline that ends a message (made in __init__).
+    _frame_idle: Deadline | None = None
+    #: write_timeout's delayed call while the client does not read.
+    _stall_call: IDelayedCall | None = None
+    #: Deferreds of closed().
+    _waiters: list[Deferred[None]] | None = None
+    #: Whole messages read but not started while max_pending events are
+    #: unfinished: at most what one read delivered (see held; made when
+    #: first needed).
+    _held: deque[bytes] | None = None
     #: On an ``ssl:`` listener: the TLS handshake finished.
     handshake_done = False
     #: C{[peer_cert]}: the subject of the client's certificate
@@ -183,29 +202,17 @@ class ServerConnection(Protocol):
             pause_at=config.max_pending,
             resume_at=config.max_pending - 1,
         )
-        # Whole messages read but not started while max_pending events are
-        # unfinished: at most what one read delivered (see held; made when
-        # first needed).
-        self._held: deque[bytes] | None = None
         self.state = ConnectionState.NEW
-        self.write_blocked = False
-        self.reading_paused = False
         self.last_data = 0.0
         #: when it connected (clock seconds)
         self.since = 0.0
-        clock = trigger.clock
-        # frame = idle only (None otherwise).
-        self._frame_idle: Deadline | None = (
-            Deadline(clock, config.frame_idle, self._last, self._frame_idle_expired)
-            if config.frame == "idle"
-            else None
-        )
+        if config.frame == "idle":
+            self._frame_idle = Deadline(
+                trigger.clock, config.frame_idle, self._last, self._frame_idle_expired
+            )
         # The idle timeout's entry in the trigger's Deadlines (see
         # deadline_passed), from connectionMade while it is watched.
         self._idle: Entry | None = None
-        self._stall_call: IDelayedCall | None = None
-        # Deferreds of closed() (made at the first one).
-        self._waiters: list[Deferred[None]] | None = None
         self._aborted = False
         # The variables every event starts from (see _variables).
         self._base: dict[str, str] | None = None
@@ -413,9 +420,11 @@ class ServerConnection(Protocol):
             self._idle = None
         if self._partial_wait is not None:
             self._partial_wait.cancel()
-        if self._stall_call is not None and self._stall_call.active():
-            self._stall_call.cancel()
-        self._stall_call = None
+        stall = self._stall_call
+        if stall is not None:
+            if stall.active():
+                stall.cancel()
+            self._stall_call = None
         # Replies that were ready but could not be written any more; those
         # of events still running are counted when they finish.
         self._flush()
@@ -427,8 +436,9 @@ class ServerConnection(Protocol):
                 peer=self.peer,
                 count=self.seq,
             )
-        waiters, self._waiters = self._waiters, None
-        if waiters:
+        waiters = self._waiters
+        if waiters is not None:
+            self._waiters = None
             for d in waiters:
                 d.callback(None)
 

@@ -908,6 +908,49 @@ class KeepaliveNotInheritedTests(SynchronousTestCase):
             transport.loseConnection()
 
 
+class AttributeCountTests(SynchronousTestCase):
+    """
+    A connection keeps few instance attributes.  On Python 3.11 the
+    instances of a class share one table of attribute names only up to 30
+    names; a connection with more gets a dictionary of its own, about
+    1.3 KB more per connection (a ``parse = csv`` trigger's connections had
+    30, and 1,584 bytes of attributes instead of 296).  Attributes most
+    connections never set are class-level defaults.
+    """
+
+    #: Below CPython 3.11's 30 even for a connection that was paused,
+    #: parsed, ran actions and held a partial message (typical ones have
+    #: about 21).
+    LIMIT = 27
+
+    def check(
+        self, settings: str, *data: bytes, actions: tuple[FakeAction, ...] = ()
+    ) -> None:
+        trigger, clock = make(settings, actions)
+        protocol, transport = connect(trigger)
+        for chunk in data:
+            protocol.dataReceived(chunk)
+        protocol.pauseProducing()
+        protocol.resumeProducing()
+        clock.advance(1)
+        transport.loseConnection()
+        self.assertLessEqual(len(vars(protocol)), self.LIMIT, sorted(vars(protocol)))
+
+    def test_plain(self) -> None:
+        self.check("reply = [data]\\n\n", b"one\n")
+
+    def test_parse_and_actions(self) -> None:
+        self.check(
+            "parse = csv\nlog_frames = yes\nactions = fake\nreply = [data]\\n\n",
+            b"a,b\n",
+            b"partial",
+            actions=(FakeAction(),),
+        )
+
+    def test_frame_idle(self) -> None:
+        self.check("frame = idle\nreply = [data]\\n\n", b"burst")
+
+
 class SecondReviewTests(SynchronousTestCase):
     """
     Regressions found by review: closing with a registered producer,
