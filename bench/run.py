@@ -415,6 +415,8 @@ def _fmt(value: float | None, metric: str) -> str:
         return f"{value:.0f} µs"
     if metric == "rss":
         return f"{value / 1024:.1f} KiB"
+    if value >= 999_500:
+        return f"{value / 1_000_000:.3g} M"
     if value >= 1000:
         return f"{value / 1000:.3g} k"
     return f"{value:.0f}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from bench.outbox import _config
+from bench.run import _fmt
 from bench.servers import plantd_config
 from daemon.config import config_from_string
 
@@ -94,3 +95,17 @@ class OutboxBenchOrderTests(SynchronousTestCase):
         jobs = expected_jobs(3)
         self.assertEqual(len(set(jobs)), 3)
         self.assertNotEqual([jobs[1], jobs[0], jobs[2]], jobs)
+
+
+class FormatTests(SynchronousTestCase):
+    """
+    The table's figures: three significant digits, with k or M.
+    """
+
+    def test_rates(self) -> None:
+        self.assertEqual(
+            [_fmt(v, "rate") for v in (950, 4160, 555_000, 999_400, 1_930_000)],
+            ["950", "4.16 k", "555 k", "999 k", "1.93 M"],
+        )
+        self.assertEqual(_fmt(2150, "rss"), "2.1 KiB")
+        self.assertEqual(_fmt(None, "rate"), "—")
