@@ -8,11 +8,12 @@ C{startService}.  This is the only module that touches the global reactor.
 from __future__ import annotations
 
 import enum
+import gc
 import importlib.metadata
 import os
 import sqlite3
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
@@ -271,6 +272,24 @@ STOP_ORDER: tuple[Phase, ...] = (
 )
 
 
+def freeze_heap() -> None:
+    """
+    Start-up is over: collect the garbage it left, then move every object
+    still alive (modules, the config, the services, the outboxes' stores)
+    into the garbage collector's permanent generation (C{gc.freeze}).
+
+    A full collection walks every object the collector tracks; with tens
+    of thousands of outbox jobs in flight (each with its L{Deferred}) it
+    ran twice per 20,000 jobs and walked the start-up heap each time
+    (17 and 26 ms in scenario D).  Frozen objects are never walked again,
+    nor collected: one that later becomes unreachable in a reference cycle
+    (a reload's replaced section) stays in memory, so L{PlantdService}
+    freezes once, when the daemon is ready, not after each reload.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 class PhaseService(MultiService):
     """
     The children of one L{Phase}; stopping stops them all at once.
@@ -302,6 +321,9 @@ class PlantdService(MultiService):
         self.stats = stats
         self.notifier = notifier if notifier is not None else Notifier()
         self.ready: Deferred[None] | None = None
+        #: called once, when the daemon is first ready (makeService:
+        #: L{freeze_heap})
+        self.on_ready: Callable[[], None] | None = None
         self.log_observer: ILogObserver | None = None
         self.listeners: dict[str, ListenerService] = {}
         self.actions: dict[str, IAction] = {}
@@ -362,6 +384,9 @@ class PlantdService(MultiService):
             if self.running:
                 announced = True
                 self.notifier.ready(self.status_line())
+                on_ready, self.on_ready = self.on_ready, None
+                if on_ready is not None:
+                    on_ready()
 
         self.ready = DeferredList(waits).addCallback(announce)
 
@@ -548,6 +573,7 @@ def makeService(options: Options) -> IService:
         sys.stderr.flush()
         raise SystemExit(1) from None
     top.log_observer = log_observer(options, config, os.environ)
+    top.on_ready = freeze_heap
     # SIGHUP (systemctl reload) re-reads the file: see daemon/reload.py.
     from daemon.reload import install
 

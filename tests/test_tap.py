@@ -5,14 +5,17 @@ their declared order.
 
 from __future__ import annotations
 
+import gc
 import os
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from daemon.config import config_from_string
+from daemon.core.notify import IStartedLater
 from daemon.server.trigger import ListenerService
 from daemon.status.stats import Stats
 from daemon.tap import (
@@ -22,6 +25,7 @@ from daemon.tap import (
     Phase,
     PlantdService,
     build_service,
+    freeze_heap,
     summary,
 )
 from tests.server.certs import write_certificates
@@ -168,6 +172,65 @@ class StartOrderTests(SynchronousTestCase):
         top = PlantdService(config_from_string(""), Stats())
         with self.assertRaises(TypeError):
             Recorder("x", []).setServiceParent(top)
+
+
+class ReadyTests(SynchronousTestCase):
+    """
+    L{PlantdService.on_ready} runs once, when the daemon is first ready;
+    under twistd it is L{freeze_heap}.
+    """
+
+    def test_once_when_ready(self) -> None:
+        """
+        C{on_ready} runs after the outboxes' recovery (here: none), once.
+        """
+        calls: list[str] = []
+        top = PlantdService(config_from_string(""), Stats())
+        top.on_ready = lambda: calls.append("ready")
+        top.startService()
+        self.assertEqual(calls, ["ready"])
+        self.successResultOf(top.stopService())
+        top.startService()
+        self.assertEqual(calls, ["ready"])
+
+    def test_not_when_stopped_first(self) -> None:
+        """
+        A daemon stopped before it was ready never runs C{on_ready}.
+        """
+        calls: list[str] = []
+        started: Deferred[None] = Deferred()
+
+        @implementer(IStartedLater)
+        class Late(Service):
+            def when_started(self) -> Deferred[None]:
+                return started
+
+        top = PlantdService(config_from_string(""), Stats())
+        top.on_ready = lambda: calls.append("ready")
+        top.add(Late(), Phase.OUTBOXES)
+        top.startService()
+        self.assertEqual(calls, [])
+        self.successResultOf(top.stopService())
+        started.callback(None)
+        self.assertEqual(calls, [])
+
+    def test_freeze_heap(self) -> None:
+        """
+        L{freeze_heap} collects the start-up garbage, then freezes what is
+        alive: a cycle made before stays, the collector no longer walks it.
+        """
+        self.addCleanup(gc.unfreeze)
+        gc.unfreeze()
+        garbage: list[object] = []
+        garbage.append(garbage)
+        alive: list[object] = []
+        alive.append(alive)
+        del garbage
+        before = len(gc.get_objects())
+        freeze_heap()
+        self.assertGreater(gc.get_freeze_count(), 0)
+        self.assertLess(len(gc.get_objects()), before)
+        self.assertFalse(any(o is alive for o in gc.get_objects()))
 
 
 class BuildServiceTests(SynchronousTestCase):
