@@ -491,7 +491,16 @@ class FastClient(tcp.Client):
     ) -> None:
         if whenDone is not None and not self._requiresResolution:
             # What Twisted's _finishInit does, minus the callLater(0).
-            self._commonConnection.__init__(self, skt, None, reactor)  # type: ignore[arg-type]
+            if _NONBLOCK:
+                # tcp.Connection.__init__ minus its setblocking(False): the
+                # socket was made non-blocking (createInternetSocket), and
+                # setblocking is one ioctl per connection.
+                abstract.FileDescriptor.__init__(self, reactor=reactor)
+                self.socket = skt
+                self.fileno = skt.fileno
+                self.protocol = None  # type: ignore[assignment]
+            else:
+                self._commonConnection.__init__(self, skt, None, reactor)  # type: ignore[arg-type]
             self._pending = True
             return
         tcp.Client._finishInit(self, whenDone, skt, error, reactor)

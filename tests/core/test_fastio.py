@@ -12,6 +12,7 @@ the reactor would call it.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import inspect
 import os
@@ -1760,6 +1761,41 @@ class ClientGuardTests(SynchronousTestCase):
         sock = harness.transport.socket
         self.assertEqual((sock.family, sock.type), (socket.AF_INET, socket.SOCK_STREAM))
         self.assertFalse(sock.getblocking())
+        self.assertEqual(sock.gettimeout(), 0.0)
+        self.assertEqual(
+            fcntl.fcntl(sock.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK, os.O_NONBLOCK
+        )
+
+    #: sha256 of C{tcp.Connection.__init__}'s source (Twisted 26.10.0):
+    #: L{FastClient._finishInit} does what it does but the
+    #: C{setblocking(False)} when the socket is made with C{SOCK_NONBLOCK};
+    #: when it changes, compare, do the same, and update this.
+    CONNECTION_INIT_SHA256 = (
+        "162e5439d76f8d2d5a3eeeb083e7b62c37040e2402830917782b99e8bb4b320e"
+    )
+
+    def test_connection_init_unchanged(self) -> None:
+        """
+        C{tcp.Connection.__init__} is still C{FileDescriptor.__init__}, the
+        socket, C{setblocking(False)}, C{fileno} and the protocol: what
+        L{FastClient._finishInit} does without the C{setblocking} (one
+        C{ioctl} per connection), and the transport it makes has the same
+        attributes as one made by Twisted's.
+        """
+        source = inspect.getsource(tcp.Connection.__init__)
+        self.assertEqual(
+            hashlib.sha256(source.encode()).hexdigest(),
+            self.CONNECTION_INIT_SHA256,
+            "tcp.Connection.__init__ changed: review FastClient._finishInit",
+        )
+        harness = ClientHarness(self)
+        transport = harness.transport
+        self.assertIsInstance(transport, FastClient)
+        self.assertEqual(transport.fileno, transport.socket.fileno)
+        self.assertIs(transport.reactor, harness.reactor)
+        self.assertFalse(transport.connected)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(transport.dataBuffer, b"")
 
     def test_connect_done_and_failure(self) -> None:
         """
