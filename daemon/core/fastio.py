@@ -568,6 +568,40 @@ class FastClient(tcp.Client):
         # Reading stays on: _connectDone's startReading finds it watched.
         self._connectDone()
 
+    def write_now(self, data: bytes) -> int:
+        """
+        Send C{data} at once, for a caller with no producer registered:
+        the bytes the kernel took (0 when it took none, or on an error the
+        transport's own write will meet again), or -1 when the transport
+        is not in a state to send at once (something buffered, a producer
+        registered, closing, TLS...).  What was not taken is the caller's:
+        it hands the rest to L{write} (after registering its producer, if
+        it has one), so a caller whose data went out whole needs no
+        producer at all.
+        """
+        if (
+            self._tempDataLen
+            or self.dataBuffer
+            or type(data) is not bytes
+            or not data
+            or not self.connected
+            or self.disconnecting
+            or self._writeDisconnecting
+            or self._writeDisconnected
+            or self._aborting
+            or self.TLS
+            or self.producer is not None
+        ):
+            return -1
+        try:
+            sent: int = self.socket.send(data)
+        except OSError:
+            # EAGAIN, ENOBUFS or the connection failing: the caller's write
+            # buffers it, and the reactor's doWrite retries it or loses the
+            # connection.
+            return 0
+        return sent
+
     def write(self, data: bytes) -> None:
         if (
             self._tempDataLen

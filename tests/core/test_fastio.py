@@ -2016,6 +2016,61 @@ class FastClientTests(SynchronousTestCase):
         )
         self.assertEqual(harness.watched(), (False, False))
 
+    def test_write_now(self) -> None:
+        """
+        C{write_now} sends at once and says how much the kernel took, with
+        nothing buffered; it declines (-1) before the connect is done, with
+        a producer registered, with data buffered and once half-closed, and
+        the data is the caller's then (nothing written).
+        """
+        harness = ClientHarness(self)
+        self.assertEqual(harness.transport.write_now(b"early"), -1)
+        harness.complete()
+        self.assertEqual(harness.transport.write_now(b"job\n"), 4)
+        self.assertEqual(harness.transport.dataBuffer, b"")
+        self.assertEqual(harness.watched(), (True, False))
+        self.assertEqual(harness.transport.write_now(b""), -1)
+        producer = Producer()
+        harness.transport.registerProducer(producer, True)
+        self.assertEqual(harness.transport.write_now(b"x"), -1)
+        harness.transport.unregisterProducer()
+        harness.transport.dataBuffer = b"queued"
+        self.assertEqual(harness.transport.write_now(b"x"), -1)
+        harness.transport.dataBuffer = b""
+        harness.transport.loseWriteConnection()
+        self.assertEqual(harness.transport.write_now(b"late"), -1)
+        self.assertEqual(harness.read(100), b"job\n")
+        self.assertEqual(producer.calls, [])
+
+    def test_write_now_partial(self) -> None:
+        """
+        A slow reader: C{write_now} returns what the kernel took (less than
+        asked) and buffers nothing; the rest given to
+        C{write} with a producer registered pauses it, and is sent once the
+        reader drains.
+        """
+        harness = ClientHarness(self, small=True)
+        harness.complete()
+        transport = harness.transport
+        data = b"x" * 2_000_000
+        sent = transport.write_now(data)
+        self.assertGreater(sent, 0)
+        self.assertLess(sent, len(data))
+        self.assertEqual(transport.dataBuffer, b"")
+        producer = Producer()
+        transport.registerProducer(producer, True)
+        transport.write(data[sent:])
+        self.assertEqual(producer.calls, ["pause"])
+        self.assertEqual(harness.watched(), (True, True))
+        assert harness.peer is not None
+        received = b""
+        while len(received) < len(data):
+            received += harness.peer.recv(65536)
+            if select.select([], [transport.socket], [], 0)[1]:
+                transport.doWrite()
+        self.assertEqual(received, data)
+        self.assertEqual(producer.calls, ["pause", "resume"])
+
     def test_device_speaks_first(self) -> None:
         """
         The device sent data before the connect was seen done: the poll

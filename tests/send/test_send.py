@@ -108,6 +108,35 @@ class HalfCloseTransport(StringTransport):
         super().abortConnection()
 
 
+class SendNowTransport(HalfCloseTransport):
+    """
+    L{HalfCloseTransport} that also sends at once, as fast_io's client
+    does (C{write_now}): it takes at most C{take} bytes (all by default),
+    or declines with C{take = -1}.
+
+    @ivar sent_now: what C{write_now} took.
+    @ivar registered: producers registered, in order.
+    """
+
+    take: int | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent_now = b""
+        self.registered: list[object] = []
+
+    def write_now(self, data: bytes) -> int:
+        if self.take == -1:
+            return -1
+        taken = data if self.take is None else data[: self.take]
+        self.sent_now += taken
+        return len(taken)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.registered.append(producer)
+        super().registerProducer(producer, streaming)
+
+
 @implementer(ISSLTransport)
 class TLSTransport(StringTransport):
     """
@@ -646,6 +675,64 @@ class LinkTests(SynchronousTestCase):
         IPushProducer(protocol).resumeProducing()
         self.assertTrue(link.written)
         self.assertIs(link.state, LinkState.CLOSING)
+        device_closes(protocol)
+        self.assertEqual(self.successResultOf(d), b"")
+
+    def test_sent_at_once_without_producer(self) -> None:
+        """
+        A transport that sends at once (C{write_now}) and takes all the
+        data: written with no producer registered, and the link closes as
+        usual.
+        """
+        link = self.link(payload=b"job")
+        d = link.start()
+        transport = SendNowTransport()
+        protocol, _ = self.endpoint.accept(transport)
+        self.assertEqual(transport.sent_now, b"job")
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(transport.registered, [])
+        self.assertTrue(link.written)
+        self.assertIs(link.state, LinkState.CLOSING)
+        self.assertTrue(transport.write_closed)
+        device_closes(protocol)
+        self.assertEqual(self.successResultOf(d), b"")
+
+    def test_sent_at_once_in_part(self) -> None:
+        """
+        When the kernel takes part of the data at once, the rest goes to
+        the transport's write with the link as its producer: a pause then
+        holds the link in sending until the transport resumes it.
+        """
+        link = self.link(payload=b"x" * 100_000)
+        d = link.start()
+        transport = SendNowTransport()
+        transport.take = 1000
+        protocol, _ = self.endpoint.accept(transport)
+        self.assertEqual(len(transport.sent_now), 1000)
+        self.assertEqual(transport.value(), b"x" * 99_000)
+        self.assertEqual(transport.registered, [protocol])
+        self.assertIs(link.state, LinkState.SENDING)
+        self.assertFalse(link.written)
+        IPushProducer(protocol).resumeProducing()
+        self.assertTrue(link.written)
+        self.assertIsNone(transport.producer)
+        device_closes(protocol)
+        self.assertEqual(self.successResultOf(d), b"")
+
+    def test_send_at_once_declined(self) -> None:
+        """
+        A transport that cannot send at once (C{write_now} says -1) gets
+        the whole data through its write, with the link as its producer.
+        """
+        link = self.link(payload=b"job")
+        d = link.start()
+        transport = SendNowTransport()
+        transport.take = -1
+        protocol, _ = self.endpoint.accept(transport)
+        self.assertEqual(transport.value(), b"job")
+        self.assertEqual(transport.registered, [protocol])
+        self.assertTrue(link.written)
+        self.assertIsNone(transport.producer)
         device_closes(protocol)
         self.assertEqual(self.successResultOf(d), b"")
 
