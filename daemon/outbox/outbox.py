@@ -299,7 +299,40 @@ class Outbox:
         """
         L{put}, firing with L{None} once the job is stored: what an action
         waits for, without a L{Job} built for it.
+
+        The usual case under load, a job joining the open batch of a
+        destination that already has jobs, with room and nobody waiting,
+        is done here without a call into L{_put} and L{_store_job} (the
+        same checks and counts, in the same order); anything else goes
+        through them.
         """
+        batch = self._batch
+        acks = self._acks
+        if (
+            batch is not None
+            and acks is not None
+            and batch.open
+            and not self._waiting
+            and self._state is _State.RUNNING
+        ):
+            dest = self._dests.get(destination)
+            size = len(payload)
+            policy = self.policy
+            if (
+                dest is not None
+                and dest.oldest_created is not None
+                and self._jobs < policy.max_jobs
+                and self._bytes + size <= policy.max_bytes
+            ):
+                # _bytes >= 0, so size <= max_bytes too.
+                dest.jobs += 1
+                dest.bytes += size
+                self._jobs += 1
+                self._bytes += size
+                d: Deferred[None] = Deferred()
+                batch.append(destination, payload, self._clock.seconds())
+                acks.deferreds.append(d)
+                return d
         return self._put(destination, payload, False)
 
     def _put(self, destination: str, payload: bytes, job: bool) -> Deferred[Any]:

@@ -273,6 +273,48 @@ class SqliteBatchTests(TestCase):
         self.assertEqual((job.id, job.payload), (ids[-1], b"put"))
         self.assertEqual(outbox.stored, 102)
 
+    async def test_open_batch_keeps_the_limits(self) -> None:
+        """
+        Jobs joining the open batch (L{Outbox.enqueue}'s short way) still
+        meet C{max_jobs} and C{max_bytes} (C{reject}: failed at once with
+        the same reason), a new destination joins it too, and the stored
+        ones are acknowledged after their commit, in order.
+        """
+        store = self.open()
+        outbox = Outbox(
+            "label",
+            store,
+            OutboxPolicy(max_jobs=6, max_bytes=20, when_full="reject"),
+            FakeDevice(),
+            Clock(),
+            rescan_interval=None,
+        )
+        await outbox.start()
+        self.addCleanup(outbox.stop)
+        gate = HeldCommit()
+        store.commit_hook = gate
+        first = outbox.enqueue("p", b"first")
+        await gate.entered
+        second = [outbox.enqueue("p", b"a"), outbox.enqueue("p", b"b")]
+        too_big = outbox.enqueue("p", b"x" * 14)
+        second += [outbox.enqueue("q", b"c"), outbox.enqueue("p", b"d")]
+        self.assertEqual(outbox.snapshot().pending, 5)
+        second.append(outbox.enqueue("q", b"e"))
+        over = outbox.enqueue("p", b"f")
+        for d, reason in ((too_big, "20 bytes"), (over, "6 jobs")):
+            failure = self.failureResultOf(d, OutboxFull)
+            self.assertEqual(str(failure.value), f"outbox 'label' is full ({reason})")
+        for d in second:
+            self.assertNoResult(d)
+        gate.release()
+        await gatherResults([first, *second])
+        self.assertEqual(
+            [(dest, payload) for _, dest, payload in _rows(store.path)],
+            [("p", b"first"), ("p", b"a"), ("p", b"b")]
+            + [("q", b"c"), ("p", b"d"), ("q", b"e")],
+        )
+        self.assertEqual((outbox.stored, outbox.rejected_full), (6, 2))
+
     async def test_one_bad_job_fails_alone(self) -> None:
         """
         A job SQLite refuses fails on its own: the transaction is run again
