@@ -294,6 +294,8 @@ class SendAction:
         self._outbox_running = False
         self._outbox_error: str | None = None
         self._outbox_waiters: list[Deferred[None]] = []
+        #: a destination template without variables and what it parsed to
+        self._fixed_destination: tuple[object, Destination] | None = None
 
     # -- IAction
 
@@ -383,8 +385,15 @@ class SendAction:
         """
         template = self.config.destination
         assert template is not None
+        fixed = self._fixed_destination
+        if fixed is not None and fixed[0] is template:
+            return fixed[1]
         try:
-            return parse_destination(template.render(event.variables))
+            destination = parse_destination(template.render(event.variables))
+            if not template.names:
+                # The same for every event (until a reload's new template).
+                self._fixed_destination = (template, destination)
+            return destination
         except MissingVariable as e:
             raise ActionFailed(f"destination: {e}") from None
         except ValueError as e:

@@ -292,6 +292,32 @@ class PureHelperTests(SynchronousTestCase):
         )
         self.assertAlmostEqual(action.backoff.delay(3, 0.5), 3.6)
 
+    def test_fixed_destination_parsed_once(self) -> None:
+        """
+        A destination without variables is parsed once (the same
+        L{Destination} for every event) until a reload gives another; one
+        with variables follows each event; a bad fixed one fails each time.
+        """
+        fixed = send_config(destination=Template.parse("10.0.0.9:9100"))
+        action = SendAction(fixed, Clock())
+        first = action.destination(event())
+        self.assertEqual((first.host, first.port), ("10.0.0.9", 9100))
+        self.assertIs(action.destination(event(printer="x:1")), first)
+        action.reconfigure(
+            send_config(destination=Template.parse("10.0.0.8:9100")),
+            action.endpoint_factory,
+        )
+        self.assertEqual(action.destination(event()).host, "10.0.0.8")
+        action.reconfigure(send_config(), action.endpoint_factory)
+        self.assertEqual(action.destination(event(printer="h:7")).key, "h:7")
+        self.assertEqual(action.destination(event(printer="g:8")).key, "g:8")
+        action.reconfigure(
+            send_config(destination=Template.parse("no port")),
+            action.endpoint_factory,
+        )
+        for _ in range(2):
+            self.assertRaises(ActionFailed, action.destination, event())
+
     def test_reply_delimiter_across_chunks(self) -> None:
         """
         A delimiter split across reads still completes the reply, which ends
