@@ -435,8 +435,11 @@ class Link:
         if write_now is not None and payload:
             # A transport that sends at once (fast_io's client): when the
             # kernel takes it all, nothing is buffered that a producer
-            # would have to wait for, so none is registered.
-            sent = write_now(transport, payload)
+            # would have to wait for, so none is registered.  A link that
+            # closes as soon as its data is written (no disconnect_delay:
+            # _check_written feeds WRITTEN, and _close half-closes, within
+            # this call) lets the data wait for its FIN: one segment.
+            sent = write_now(transport, payload, self.options.disconnect_delay <= 0)
             if sent == len(payload):
                 self._check_written()
                 return

@@ -2042,6 +2042,37 @@ class FastClientTests(SynchronousTestCase):
         self.assertEqual(harness.read(100), b"job\n")
         self.assertEqual(producer.calls, [])
 
+    def test_write_now_closing(self) -> None:
+        """
+        C{write_now(data, closing=True)} sends with C{MSG_MORE} (Linux),
+        so the kernel may hold the data for the FIN that follows: the
+        device reads the data then the end once the transport half-closes.
+        """
+        flags: list[int] = []
+
+        class Flags:
+            def __init__(self, real: socket.socket) -> None:
+                self.real = real
+
+            def send(self, data: bytes, flag: int = 0) -> int:
+                flags.append(flag)
+                return self.real.send(data, flag)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self.real, name)
+
+        harness = ClientHarness(self)
+        harness.complete()
+        real = harness.transport.socket
+        harness.transport.socket = Flags(real)
+        self.assertEqual(harness.transport.write_now(b"job\n", True), 4)
+        harness.transport.socket = real
+        self.assertEqual(flags, [getattr(socket, "MSG_MORE", 0)])
+        harness.transport.loseWriteConnection()
+        self.assertEqual(harness.read(100), b"job\n")
+        assert harness.peer is not None
+        self.assertEqual(harness.peer.recv(100), b"")
+
     def test_write_now_partial(self) -> None:
         """
         A slow reader: C{write_now} returns what the kernel took (less than

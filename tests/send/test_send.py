@@ -115,6 +115,7 @@ class SendNowTransport(HalfCloseTransport):
     or declines with C{take = -1}.
 
     @ivar sent_now: what C{write_now} took.
+    @ivar closing: what C{write_now} was told of the close, per call.
     @ivar registered: producers registered, in order.
     """
 
@@ -124,8 +125,10 @@ class SendNowTransport(HalfCloseTransport):
         super().__init__()
         self.sent_now = b""
         self.registered: list[object] = []
+        self.closing: list[bool] = []
 
-    def write_now(self, data: bytes) -> int:
+    def write_now(self, data: bytes, closing: bool = False) -> int:
+        self.closing.append(closing)
         if self.take == -1:
             return -1
         taken = data if self.take is None else data[: self.take]
@@ -715,10 +718,29 @@ class LinkTests(SynchronousTestCase):
         transport = SendNowTransport()
         protocol, _ = self.endpoint.accept(transport)
         self.assertEqual(transport.sent_now, b"job")
+        self.assertEqual(transport.closing, [True])
         self.assertEqual(transport.value(), b"")
         self.assertEqual(transport.registered, [])
         self.assertTrue(link.written)
         self.assertIs(link.state, LinkState.CLOSING)
+        self.assertTrue(transport.write_closed)
+        device_closes(protocol)
+        self.assertEqual(self.successResultOf(d), b"")
+
+    def test_sent_at_once_before_a_delay(self) -> None:
+        """
+        A link that keeps the connection open after writing
+        (disconnect_delay) does not ask the transport to hold its data for
+        a close.
+        """
+        link = self.link(payload=b"job", disconnect_delay=0.5)
+        d = link.start()
+        transport = SendNowTransport()
+        protocol, _ = self.endpoint.accept(transport)
+        self.assertEqual(transport.closing, [False])
+        self.assertIs(link.state, LinkState.WAITING_REPLY)
+        self.assertFalse(transport.write_closed)
+        self.clock.advance(0.5)
         self.assertTrue(transport.write_closed)
         device_closes(protocol)
         self.assertEqual(self.successResultOf(d), b"")
