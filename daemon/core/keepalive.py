@@ -167,7 +167,19 @@ def clear_keepalive(transport: object) -> bool:
     @raise OSError: the system refused an option.
     """
     sock = find_socket(transport)
-    if sock is None or not _tcp(sock):
+    return sock is not None and clear_socket_keepalive(sock)
+
+
+def clear_socket_keepalive(sock: socket.socket) -> bool:
+    """
+    L{clear_keepalive} on a socket: also for a listening socket, whose
+    accepted sockets then start without the options (a socket that systemd
+    passes on keeps what an earlier run of plantd set on it).
+
+    @return: whether C{sock} is TCP over IPv4 or IPv6 (else nothing is done).
+    @raise OSError: the system refused an option.
+    """
+    if not _tcp(sock):
         return False
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0)
     user_timeout = getattr(socket, "TCP_USER_TIMEOUT", None)
@@ -182,6 +194,7 @@ __all__ = [
     "SocketOption",
     "apply_keepalive",
     "clear_keepalive",
+    "clear_socket_keepalive",
     "find_socket",
     "has_keepalive",
     "keepalive_options",

@@ -29,6 +29,7 @@ from daemon.core.deadline import Deadlines
 from daemon.core.keepalive import (
     apply_keepalive,
     clear_keepalive,
+    clear_socket_keepalive,
     find_socket,
     has_keepalive,
     set_keepalive,
@@ -147,6 +148,11 @@ class ServerTrigger(Factory):
         try:
             if set_keepalive(sock, keepalive):
                 self.listener_keepalive = keepalive
+            else:
+                # keepalive = 0: a socket from systemd outlives plantd and
+                # may still have the options an earlier configuration set;
+                # its accepted sockets would inherit them.
+                clear_socket_keepalive(sock)
         except OSError:
             pass  # each connection sets its own, and says if it cannot
 

@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from daemon.config import config_from_string
 from daemon.core.actions import ActionChain, timestamp
-from daemon.core.keepalive import has_keepalive
+from daemon.core.keepalive import has_keepalive, set_keepalive
 from daemon.server.connection import PARTIAL_WARNING_DELAY, ServerConnection
 from daemon.server.parse import parse_frame
 from daemon.server.trigger import ServerTrigger
@@ -906,6 +906,36 @@ class KeepaliveNotInheritedTests(SynchronousTestCase):
             self.assertTrue(has_keepalive(sock, 30))
             self.assertIsNone(trigger.inherited_keepalive)
             transport.loseConnection()
+
+
+class KeepaliveOffOnPassedSocketTests(SynchronousTestCase):
+    """
+    ``keepalive = 0`` on a listening socket that already has keepalive
+    options (systemd passes the same socket to each run of plantd, with what
+    an earlier configuration set on it): the options are cleared, so the
+    sockets it accepts have no keepalive and no C{TCP_USER_TIMEOUT}.
+    """
+
+    def test_cleared(self) -> None:
+        import socket
+
+        listener = socket.socket()
+        self.addCleanup(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        set_keepalive(listener, 30)  # what the earlier run left
+        listener.listen(1)
+        trigger, _ = make("keepalive = 0")
+        trigger.listening_socket(listener)
+        self.assertEqual(trigger.listener_keepalive, 0)
+        client = socket.create_connection(listener.getsockname())
+        self.addCleanup(client.close)
+        accepted, _ = listener.accept()
+        self.addCleanup(accepted.close)
+        self.assertEqual(accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 0)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            self.assertEqual(
+                accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT), 0
+            )
 
 
 class AttributeCountTests(SynchronousTestCase):
