@@ -66,16 +66,39 @@ _ASCII_TEXT = _ASCII_BYTES.decode("ascii")
 Form = tuple[str, object, object]
 
 
+#: Shift sequences of the stateful (ISO 2022) codecs: ASCII bytes that a
+#: stateful codec reads as a change of character set, not as text.
+_SHIFTS = (
+    b"\x1b$B",
+    b"\x1b$A",
+    b"\x1b$(C",
+    b"\x1b$(D",
+    b"\x1b$(Q",
+    b"\x1b(J",
+    b"\x1b(I",
+    b"\x1b.A",
+    b"\x1bN",
+    b"\x1b$)C\x0e",
+    b"\x0e",
+    b"\x0f",
+    b"~{",
+)
+
+
 def _codec(encoding: str) -> str | None:
     """
     The codec's canonical name, if it maps ASCII to itself both ways (the
-    frames' bytes can stand for their text); else None.
+    frames' bytes can stand for their text) and is stateless (no ASCII
+    shift sequence changes how later bytes read: C{iso2022_jp} reads
+    C{ESC $ B} as a switch to JIS X 0208, so a frame's bytes are not its
+    text); else None.
     """
     try:
         name = codecs.lookup(encoding).name
         same = (
             _ASCII_BYTES.decode(encoding) == _ASCII_TEXT
             and _ASCII_TEXT.encode(encoding) == _ASCII_BYTES
+            and all(s.decode(encoding) == s.decode("ascii") for s in _SHIFTS)
         )
     except (LookupError, UnicodeError):
         return None

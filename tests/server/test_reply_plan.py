@@ -87,7 +87,7 @@ TEMPLATES = [
     "reply = none",
     "",
 ]
-ENCODINGS = ["utf-8", "auto", "latin-1", "ascii", "cp1252", "utf-16"]
+ENCODINGS = ["utf-8", "auto", "latin-1", "ascii", "cp1252", "utf-16", "iso2022_jp"]
 FRAMES = ["line", "delimiter", "stx-etx", "bytes"]
 
 
@@ -116,6 +116,8 @@ class SameRepliesTests(SynchronousTestCase):
                         b"\xff",
                         b"\x02",
                         b"\x03",
+                        b"\x1b$B",
+                        b'$"',
                     ]
                 ),
                 max_size=8,
@@ -297,6 +299,23 @@ class BatchTests(SynchronousTestCase):
         self.assertEqual(trigger.stats.replies, 3)
 
 
+class StatefulCodecTests(SynchronousTestCase):
+    """
+    A stateful (ISO 2022) encoding goes message by message: a shift
+    sequence is ASCII, but the frame's text is not its bytes.
+    """
+
+    def test_iso2022_jp(self) -> None:
+        text = (
+            "reply = [data]\\n\nencoding = iso2022_jp\nerror_reply = ERR [error]\\n\n"
+        )
+        for chunk in (b'\x1b$B$"\n', b"\x1b$B!\n", b"ok\n"):
+            batched = run(text, [chunk])
+            with per_message():
+                one_by_one = run(text, [chunk])
+            self.assertEqual(batched, one_by_one)
+
+
 class PlanTests(SynchronousTestCase):
     """
     What a configuration compiles to.
@@ -334,6 +353,9 @@ class PlanTests(SynchronousTestCase):
             self.plan("reply = [data]\nencoding = cp1252").check, replyplan.ASCII
         )
         self.assertFalse(self.plan("reply = [data]\nencoding = utf-16").batch)
+        # Stateful: ESC $ B switches character sets, so bytes are not text.
+        for name in ("iso2022_jp", "iso2022_jp_2", "iso2022_kr", "hz", "utf-7"):
+            self.assertFalse(self.plan(f"reply = [data]\nencoding = {name}").batch)
         self.assertFalse(self.plan("reply = \u20ac\nencoding = latin-1").batch)
 
     def test_one_plan_per_config(self) -> None:
