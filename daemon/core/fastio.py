@@ -91,7 +91,47 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
 
 
-class FastServer(tcp.Server):
+class _SendAtOnce(tcp.Connection):
+    """
+    The C{write} of L{FastServer} and L{FastClient}: C{send(2)} at once when
+    nothing is queued and no one else decides (a producer, TLS, a close or
+    half-close under way); what the kernel does not take, and every other
+    case, goes to Twisted's C{write} and buffer.
+    """
+
+    def write(self, data: bytes) -> None:
+        if (
+            self._tempDataLen
+            or self.dataBuffer
+            or type(data) is not bytes
+            or not data
+            or not self.connected
+            or self.disconnecting
+            or self._writeDisconnecting
+            or self._writeDisconnected
+            or self._aborting
+            or self.TLS
+            or (
+                self.producer is not None
+                and (not self.streamingProducer or self.producerPaused)
+            )
+        ):
+            # Something is queued or someone else decides: Twisted's path
+            # (which also rejects what is not bytes and drops writes to a
+            # closed connection).
+            super().write(data)
+            return
+        try:
+            sent = self.socket.send(data)
+        except OSError:
+            # EAGAIN, ENOBUFS, or the connection failing: buffered, and the
+            # reactor's doWrite retries it or loses the connection.
+            sent = 0
+        if sent < len(data):
+            super().write(data[sent:])
+
+
+class FastServer(_SendAtOnce, tcp.Server):
     """
     A server connection whose C{write} sends at once when it can (see the
     module's docstring), and whose C{doRead} hands what it read to the
@@ -113,36 +153,6 @@ class FastServer(tcp.Server):
             return main.CONNECTION_DONE
         self.protocol.dataReceived(data)
         return None
-
-    def write(self, data: bytes) -> None:
-        if (
-            self._tempDataLen
-            or self.dataBuffer
-            or type(data) is not bytes
-            or not data
-            or not self.connected
-            or self.disconnecting
-            or self._writeDisconnecting
-            or self._aborting
-            or self.TLS
-            or (
-                self.producer is not None
-                and (not self.streamingProducer or self.producerPaused)
-            )
-        ):
-            # Something is queued or someone else decides: Twisted's path
-            # (which also rejects what is not bytes and drops writes to a
-            # closed connection).
-            tcp.Server.write(self, data)
-            return
-        try:
-            sent = self.socket.send(data)
-        except OSError:
-            # EAGAIN, ENOBUFS, or the connection failing: buffered, and the
-            # reactor's doWrite retries it or loses the connection.
-            sent = 0
-        if sent < len(data):
-            tcp.Server.write(self, data[sent:])
 
     #: Inside L{readConnectionLost}; C{_closeAfterRead}: its protocol called
     #: C{loseConnection} with nothing left to write.
@@ -448,7 +458,7 @@ class LeanPollService(Service):
 # where nothing else is in the way, and hand everything else to Twisted.
 
 
-class FastClient(tcp.Client):
+class FastClient(_SendAtOnce, tcp.Client):
     """
     A TCP client connection (what L{FastConnector} makes instead of
     C{tcp.Client}):
@@ -609,34 +619,6 @@ class FastClient(tcp.Client):
             # connection.
             return 0
         return sent
-
-    def write(self, data: bytes) -> None:
-        if (
-            self._tempDataLen
-            or self.dataBuffer
-            or type(data) is not bytes
-            or not data
-            or not self.connected
-            or self.disconnecting
-            or self._writeDisconnecting
-            or self._writeDisconnected
-            or self._aborting
-            or self.TLS
-            or (
-                self.producer is not None
-                and (not self.streamingProducer or self.producerPaused)
-            )
-        ):
-            tcp.Client.write(self, data)
-            return
-        try:
-            sent = self.socket.send(data)
-        except OSError:
-            # EAGAIN, ENOBUFS or the connection failing: buffered; the
-            # reactor's doWrite retries it or loses the connection.
-            sent = 0
-        if sent < len(data):
-            tcp.Client.write(self, data[sent:])
 
     def loseWriteConnection(self) -> None:
         if (
